@@ -1,0 +1,436 @@
+#include "config.h"
+#include "log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { T_STR, T_INT, T_BOOL } obx_type_t;
+
+typedef struct {
+    const char *name;
+    obx_type_t type;
+    size_t offset;
+    const char *def;
+    int min, max;       /* T_INT range */
+    int required;
+    const char *desc;
+} obx_opt_t;
+
+#define S(f) offsetof(obx_config_t, f)
+static const obx_opt_t opts[] = {
+    {"pg.conninfo", T_STR, S(pg_conninfo), "", 0, 0, 1,
+     "libpq connection string of the producer database (the replication connection adds `replication=database`). The role needs LOGIN REPLICATION and SELECT on the outbox table. Passwords are redacted everywhere outboxd prints config. Prefer a `passfile` or PGPASSWORD from a Secret."},
+    {"slot.name", T_STR, S(slot_name), "outboxd", 0, 0, 0,
+     "Logical replication slot (plugin wal2json). One slot per outboxd deployment."},
+    {"slot.create", T_BOOL, S(slot_create), "true", 0, 0, 0,
+     "Create the slot when it does not exist. With `false`, a missing slot is an error (exit 4)."},
+    {"outbox.schema", T_STR, S(outbox_schema), "public", 0, 0, 0, "Schema of the outbox table."},
+    {"outbox.table", T_STR, S(outbox_table), "outbox", 0, 0, 0,
+     "Outbox table. Only INSERTs are relayed; UPDATEs and DELETEs are ignored, so producers may delete rows right after inserting them."},
+    {"outbox.column.id", T_STR, S(col_id), "id", 0, 0, 0, "Column with the event id (Kafka header `id`, envelope `event_id`). Required."},
+    {"outbox.column.aggregatetype", T_STR, S(col_aggregatetype), "aggregatetype", 0, 0, 0,
+     "Column with the aggregate type; `${aggregatetype}` in `topic.template`. Required."},
+    {"outbox.column.aggregateid", T_STR, S(col_aggregateid), "aggregateid", 0, 0, 0,
+     "Column with the aggregate id: the Kafka key, so one aggregate's events keep their order in one partition. Required, never NULL."},
+    {"outbox.column.type", T_STR, S(col_type), "type", 0, 0, 0, "Column with the event type (Kafka header `type`). Required."},
+    {"outbox.column.payload", T_STR, S(col_payload), "payload", 0, 0, 0,
+     "Column with the payload: json/jsonb (application/json), bytea (application/octet-stream) or text. Required."},
+    {"outbox.column.aggregate_version", T_STR, S(col_aggregate_version), "aggregate_version", 0, 0, 0,
+     "Optional column with the monotonic aggregate version consumers use to drop stale events. Empty string or a missing column disables it."},
+    {"outbox.column.topic", T_STR, S(col_topic), "topic", 0, 0, 0,
+     "Optional column; when set on a row it overrides `topic.template` for that row."},
+    {"outbox.column.headers", T_STR, S(col_headers), "headers", 0, 0, 0,
+     "Optional json/jsonb column holding an object; each member becomes an envelope header and a Kafka header."},
+    {"outbox.column.occurred_at", T_STR, S(col_occurred_at), "occurred_at", 0, 0, 0,
+     "Optional timestamptz column copied to the envelope's `occurred_at_us`."},
+    {"topic.template", T_STR, S(topic_template), "outbox.event.${aggregatetype}", 0, 0, 0,
+     "Topic for rows whose topic column is NULL. `${aggregatetype}` is replaced by the row's aggregate type (Debezium's EventRouter default)."},
+    {"status.interval_ms", T_INT, S(status_interval_ms), "10000", 100, 10000, 0,
+     "Longest gap between standby status updates to Postgres (also sent at once when the server asks, and within 1 s of the flush LSN moving). At most 10000, well under the server's wal_sender_timeout."},
+    {"shutdown.timeout_ms", T_INT, S(shutdown_timeout_ms), "30000", 0, 3600000, 0,
+     "On SIGTERM, how long to wait for Kafka to ack in-flight events before confirming and exiting. Unacked events are not confirmed and are re-sent after restart. Set the pod's terminationGracePeriodSeconds above it."},
+    {"reconnect.backoff_max_ms", T_INT, S(reconnect_backoff_max_ms), "30000", 100, 600000, 0,
+     "Cap of the exponential backoff (from 500 ms) between reconnects to Postgres or Kafka."},
+    {"poll.batch", T_INT, S(poll_batch), "256", 1, 100000, 0,
+     "Changes read from the slot between two services of Kafka delivery reports."},
+    {"log.level", T_STR, S(log_level), "info", 0, 0, 0, "debug, info, warn or error."},
+    {"log.format", T_STR, S(log_format), "auto", 0, 0, 0,
+     "auto (JSON when stderr is not a terminal), json or text."},
+};
+#undef S
+#define N_OPTS (sizeof(opts) / sizeof(opts[0]))
+
+/* Defaults outboxd applies to librdkafka unless the config sets them. */
+static const struct { const char *key, *value, *why; } kafka_defaults[] = {
+    {"enable.idempotence", "true", "acks=all, ordered retries, no duplicates within a producer session"},
+    {"partitioner", "murmur2_random", "same partition for a key as Java clients (Debezium, Kafka Streams)"},
+    {"linger.ms", "5", "batches under load at a small latency cost"},
+    {"compression.type", "lz4", "cheap on CPU, shrinks JSON payloads"},
+    {"queue.buffering.max.messages", "100000", "bounds memory; a full queue stops reading the slot"},
+    {"queue.buffering.max.kbytes", "65536", "bounds memory (64 MiB) whatever the backlog"},
+    {"message.timeout.ms", "300000", "after this an unacked event fails; outboxd restarts the pipeline from the last confirmed LSN"},
+};
+#define N_KDEF (sizeof(kafka_defaults) / sizeof(kafka_defaults[0]))
+
+static char **str_field(obx_config_t *cfg, const obx_opt_t *o) { return (char **)((char *)cfg + o->offset); }
+static int *int_field(obx_config_t *cfg, const obx_opt_t *o) { return (int *)((char *)cfg + o->offset); }
+
+static const obx_opt_t *find_opt(const char *key)
+{
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (strcmp(opts[i].name, key) == 0) return &opts[i];
+    return NULL;
+}
+
+static int parse_bool(const char *v, int *out)
+{
+    if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes") || !strcmp(v, "on")) *out = 1;
+    else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no") || !strcmp(v, "off")) *out = 0;
+    else return -1;
+    return 0;
+}
+
+static int kafka_set(obx_config_t *cfg, const char *prop, const char *value)
+{
+    for (size_t i = 0; i < cfg->n_kafka; i++)
+        if (strcmp(cfg->kafka[i].key, prop) == 0) {
+            char *v = strdup(value);
+            if (!v) return -1;
+            free(cfg->kafka[i].value);
+            cfg->kafka[i].value = v;
+            return 0;
+        }
+    obx_kv_t *kv = realloc(cfg->kafka, (cfg->n_kafka + 1) * sizeof(*kv));
+    if (!kv) return -1;
+    cfg->kafka = kv;
+    kv[cfg->n_kafka].key = strdup(prop);
+    kv[cfg->n_kafka].value = strdup(value);
+    if (!kv[cfg->n_kafka].key || !kv[cfg->n_kafka].value) {
+        free(kv[cfg->n_kafka].key);
+        free(kv[cfg->n_kafka].value);
+        return -1;
+    }
+    cfg->n_kafka++;
+    return 0;
+}
+
+const char *obx_config_kafka_get(const obx_config_t *cfg, const char *prop)
+{
+    for (size_t i = 0; i < cfg->n_kafka; i++)
+        if (strcmp(cfg->kafka[i].key, prop) == 0) return cfg->kafka[i].value;
+    return NULL;
+}
+
+int obx_config_set(obx_config_t *cfg, const char *key, const char *value,
+                   const char *source, char *errstr, size_t errstr_size)
+{
+    if (strncmp(key, "kafka.", 6) == 0) {
+        if (key[6] == '\0') {
+            snprintf(errstr, errstr_size, "%s: empty kafka property name in \"%s\"", source, key);
+            return -1;
+        }
+        if (kafka_set(cfg, key + 6, value) != 0) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    const obx_opt_t *o = find_opt(key);
+    if (!o) {
+        snprintf(errstr, errstr_size,
+                 "%s: unknown config key \"%s\"; see docs/configuration.md for the keys, "
+                 "or prefix librdkafka properties with \"kafka.\"", source, key);
+        return -1;
+    }
+    switch (o->type) {
+    case T_STR: {
+        char *v = strdup(value);
+        if (!v) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return -1;
+        }
+        free(*str_field(cfg, o));
+        *str_field(cfg, o) = v;
+        break;
+    }
+    case T_INT: {
+        char *end;
+        errno = 0;
+        long n = strtol(value, &end, 10);
+        if (errno || end == value || *end || n < o->min || n > o->max) {
+            snprintf(errstr, errstr_size, "%s: %s = \"%s\" is not an integer in [%d, %d]",
+                     source, key, value, o->min, o->max);
+            return -1;
+        }
+        *int_field(cfg, o) = (int)n;
+        break;
+    }
+    case T_BOOL:
+        if (parse_bool(value, int_field(cfg, o)) != 0) {
+            snprintf(errstr, errstr_size, "%s: %s = \"%s\" is not a boolean (true/false)",
+                     source, key, value);
+            return -1;
+        }
+        break;
+    }
+    return 0;
+}
+
+obx_config_t *obx_config_new(void)
+{
+    obx_config_t *cfg = calloc(1, sizeof(*cfg));
+    char err[256];
+    if (!cfg) return NULL;
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (obx_config_set(cfg, opts[i].name, opts[i].def, "default", err, sizeof(err)) != 0)
+            goto fail;
+    for (size_t i = 0; i < N_KDEF; i++)
+        if (kafka_set(cfg, kafka_defaults[i].key, kafka_defaults[i].value) != 0) goto fail;
+    return cfg;
+fail:
+    obx_config_destroy(cfg);
+    return NULL;
+}
+
+void obx_config_destroy(obx_config_t *cfg)
+{
+    if (!cfg) return;
+    for (size_t i = 0; i < N_OPTS; i++)
+        if (opts[i].type == T_STR) free(*str_field(cfg, &opts[i]));
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        free(cfg->kafka[i].key);
+        free(cfg->kafka[i].value);
+    }
+    free(cfg->kafka);
+    free(cfg);
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size_t errstr_size)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(errstr, errstr_size, "cannot open config file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, rc = 0;
+    while (getline(&line, &cap, f) != -1) {
+        lineno++;
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#') continue;
+        char *eq = strchr(s, '=');
+        char src[512];
+        snprintf(src, sizeof(src), "%s:%d", path, lineno);
+        if (!eq) {
+            snprintf(errstr, errstr_size, "%s: expected \"key = value\", got \"%s\"", src, s);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        /* Quotes are optional; they allow leading/trailing spaces. */
+        size_t vl = strlen(val);
+        if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
+            val[vl - 1] = '\0';
+            val++;
+        }
+        if (obx_config_set(cfg, key, val, src, errstr, errstr_size) != 0) {
+            rc = -1;
+            break;
+        }
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t errstr_size)
+{
+    for (char **e = envp; e && *e; e++) {
+        if (strncmp(*e, "OUTBOXD_", 8) != 0) continue;
+        const char *eq = strchr(*e, '=');
+        if (!eq) continue;
+        char name[256], key[256];
+        size_t n = (size_t)(eq - *e);
+        if (n >= sizeof(name)) continue;
+        memcpy(name, *e, n);
+        name[n] = '\0';
+        const char *value = eq + 1;
+        char src[300];
+        snprintf(src, sizeof(src), "environment %s", name);
+        if (strncmp(name, "OUTBOXD_KAFKA_", 14) == 0) {
+            /* librdkafka property names are dotted and have no underscores. */
+            snprintf(key, sizeof(key), "kafka.%s", name + 14);
+            for (char *p = key + 6; *p; p++) *p = *p == '_' ? '.' : (char)tolower((unsigned char)*p);
+            if (obx_config_set(cfg, key, value, src, errstr, errstr_size) != 0) return -1;
+            continue;
+        }
+        const obx_opt_t *match = NULL;
+        for (size_t i = 0; i < N_OPTS && !match; i++) {
+            char want[256];
+            snprintf(want, sizeof(want), "OUTBOXD_%s", opts[i].name);
+            for (char *p = want + 8; *p; p++) *p = (*p == '.') ? '_' : (char)toupper((unsigned char)*p);
+            if (strcmp(want, name) == 0) match = &opts[i];
+        }
+        /* Kubernetes injects OUTBOXD_SERVICE_HOST, OUTBOXD_PORT_... for a Service
+         * named outboxd, so unknown OUTBOXD_ variables cannot be fatal. */
+        if (!match) continue;
+        if (obx_config_set(cfg, match->name, value, src, errstr, errstr_size) != 0) return -1;
+    }
+    return 0;
+}
+
+int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size)
+{
+    obx_config_t *c = (obx_config_t *)cfg;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        if (opts[i].type == T_STR && opts[i].required && **str_field(c, &opts[i]) == '\0') {
+            char env[128];
+            snprintf(env, sizeof(env), "OUTBOXD_%s", opts[i].name);
+            for (char *p = env + 8; *p; p++) *p = (*p == '.') ? '_' : (char)toupper((unsigned char)*p);
+            snprintf(errstr, errstr_size, "missing required config key \"%s\": set it in the config file or as %s",
+                     opts[i].name, env);
+            return -1;
+        }
+    }
+    const char *required_cols[] = {cfg->col_id, cfg->col_aggregatetype, cfg->col_aggregateid,
+                                   cfg->col_type, cfg->col_payload};
+    for (size_t i = 0; i < 5; i++)
+        if (!*required_cols[i]) {
+            snprintf(errstr, errstr_size, "outbox.column.* for id, aggregatetype, aggregateid, type and payload must not be empty");
+            return -1;
+        }
+    if (!*cfg->slot_name || strspn(cfg->slot_name, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(cfg->slot_name)) {
+        snprintf(errstr, errstr_size, "slot.name = \"%s\": slot names may contain only lower case letters, digits and underscores",
+                 cfg->slot_name);
+        return -1;
+    }
+    obx_log_level_t lvl;
+    obx_log_format_t fmt;
+    if (obx_log_level_parse(cfg->log_level, &lvl) != 0) {
+        snprintf(errstr, errstr_size, "log.level = \"%s\": use debug, info, warn or error", cfg->log_level);
+        return -1;
+    }
+    if (obx_log_format_parse(cfg->log_format, &fmt) != 0) {
+        snprintf(errstr, errstr_size, "log.format = \"%s\": use auto, json or text", cfg->log_format);
+        return -1;
+    }
+    if (!obx_config_kafka_get(cfg, "bootstrap.servers")) {
+        snprintf(errstr, errstr_size,
+                 "missing required config key \"kafka.bootstrap.servers\": set it in the config file or as OUTBOXD_KAFKA_BOOTSTRAP_SERVERS");
+        return -1;
+    }
+    /* Let librdkafka judge its own properties now, not at first connect. */
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    char kerr[256];
+    for (size_t i = 0; i < cfg->n_kafka; i++) {
+        if (rd_kafka_conf_set(kc, cfg->kafka[i].key, cfg->kafka[i].value, kerr, sizeof(kerr)) != RD_KAFKA_CONF_OK) {
+            snprintf(errstr, errstr_size, "kafka.%s: %s", cfg->kafka[i].key, kerr);
+            rd_kafka_conf_destroy(kc);
+            return -1;
+        }
+    }
+    rd_kafka_conf_destroy(kc);
+    return 0;
+}
+
+int obx_config_is_secret(const char *key)
+{
+    static const char *const needles[] = {"password", "secret", "sasl.oauthbearer.config",
+                                          "ssl.key.pem", "ssl_key", "token", "credential"};
+    for (size_t i = 0; i < sizeof(needles) / sizeof(needles[0]); i++)
+        if (strstr(key, needles[i])) return 1;
+    return 0;
+}
+
+void obx_conninfo_redact(const char *conninfo, char *out, size_t out_size)
+{
+    char *err = NULL;
+    PQconninfoOption *o = PQconninfoParse(conninfo, &err);
+    if (!o) {
+        /* Unparseable: print nothing of it rather than risk a password. */
+        snprintf(out, out_size, "<unparseable conninfo>");
+        PQfreemem(err);
+        return;
+    }
+    size_t n = 0;
+    out[0] = '\0';
+    for (PQconninfoOption *p = o; p->keyword; p++) {
+        if (!p->val || !*p->val) continue;
+        const char *v = strcmp(p->keyword, "password") == 0 ? "[redacted]" : p->val;
+        int w = snprintf(out + n, n < out_size ? out_size - n : 0, "%s%s=%s", n ? " " : "", p->keyword, v);
+        if (w < 0) break;
+        n += (size_t)w;
+        if (n >= out_size) break;
+    }
+    PQconninfoFree(o);
+}
+
+void obx_config_print(const obx_config_t *cfg, FILE *out)
+{
+    obx_config_t *c = (obx_config_t *)cfg;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const obx_opt_t *o = &opts[i];
+        if (o->type == T_STR) {
+            const char *v = *str_field(c, o);
+            if (o->offset == offsetof(obx_config_t, pg_conninfo)) {
+                char red[1024];
+                obx_conninfo_redact(v, red, sizeof(red));
+                fprintf(out, "%s = %s\n", o->name, red);
+            } else {
+                fprintf(out, "%s = %s\n", o->name, v);
+            }
+        } else if (o->type == T_INT) {
+            fprintf(out, "%s = %d\n", o->name, *int_field(c, o));
+        } else {
+            fprintf(out, "%s = %s\n", o->name, *int_field(c, o) ? "true" : "false");
+        }
+    }
+    for (size_t i = 0; i < cfg->n_kafka; i++)
+        fprintf(out, "kafka.%s = %s\n", cfg->kafka[i].key,
+                obx_config_is_secret(cfg->kafka[i].key) ? "[redacted]" : cfg->kafka[i].value);
+}
+
+void obx_config_print_doc(FILE *out)
+{
+    fputs("# Configuration reference\n\n"
+          "<!-- Generated by `outboxd config-doc` from the table in src/config.c at build time. Do not edit. -->\n\n"
+          "outboxd reads `key = value` lines (`#` starts a comment) from the file given with\n"
+          "`--config`, then environment variables: `OUTBOXD_` + the key in upper case with\n"
+          "dots as underscores (`pg.conninfo` -> `OUTBOXD_PG_CONNINFO`). Environment wins.\n"
+          "Unknown keys in the file stop outboxd with exit code 2 and the key's name;\n"
+          "unknown `OUTBOXD_` variables are ignored because Kubernetes injects\n"
+          "`OUTBOXD_SERVICE_HOST` and friends for a Service named outboxd.\n\n"
+          "librdkafka properties pass through with a `kafka.` prefix (`kafka.bootstrap.servers`),\n"
+          "or as `OUTBOXD_KAFKA_` + the property with dots as underscores\n"
+          "(`OUTBOXD_KAFKA_SASL_PASSWORD`). They are checked by librdkafka at start-up.\n"
+          "`outboxd --print-config` prints the effective configuration with secrets redacted.\n\n"
+          "| key | type | default | description |\n|---|---|---|---|\n", out);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const char *t = opts[i].type == T_STR ? "string" : opts[i].type == T_INT ? "int" : "bool";
+        char range[64] = "";
+        if (opts[i].type == T_INT) snprintf(range, sizeof(range), " Range %d..%d.", opts[i].min, opts[i].max);
+        fprintf(out, "| `%s` | %s | %s%s%s | %s%s%s |\n", opts[i].name, t,
+                *opts[i].def ? "`" : "", *opts[i].def ? opts[i].def : "(none)", *opts[i].def ? "`" : "",
+                opts[i].required ? "**Required.** " : "", opts[i].desc, range);
+    }
+    fputs("| `kafka.bootstrap.servers` | string | (none) | **Required.** Kafka brokers, `host:port[,host:port]`. |\n", out);
+    fputs("\n## librdkafka defaults set by outboxd\n\nOverride any of them with `kafka.<property>`.\n\n"
+          "| property | value | why |\n|---|---|---|\n", out);
+    for (size_t i = 0; i < N_KDEF; i++)
+        fprintf(out, "| `%s` | `%s` | %s |\n", kafka_defaults[i].key, kafka_defaults[i].value, kafka_defaults[i].why);
+}

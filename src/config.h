@@ -1,0 +1,72 @@
+/* Configuration: one declarative table (config.c) is the single source of
+ * truth for the file format, environment overrides, --print-config and
+ * docs/configuration.md.
+ *
+ * Sources, later wins: built-in defaults, the file (`key = value` lines,
+ * `#` comments), then environment variables OUTBOXD_<KEY> with dots as
+ * underscores (pg.conninfo -> OUTBOXD_PG_CONNINFO). librdkafka properties
+ * pass through under `kafka.` (file) or OUTBOXD_KAFKA_<PROP> (env, underscores
+ * become dots: OUTBOXD_KAFKA_BOOTSTRAP_SERVERS -> kafka.bootstrap.servers). */
+#ifndef OBX_CONFIG_H
+#define OBX_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define OBX_EXIT_OK 0
+#define OBX_EXIT_FAIL 1
+#define OBX_EXIT_CONFIG 2   /* bad config or usage: fix and restart */
+#define OBX_EXIT_POISON 3   /* an outbox row cannot become an event */
+#define OBX_EXIT_SLOT 4     /* slot missing/invalidated: needs an operator */
+
+typedef struct obx_kv_s {
+    char *key;
+    char *value;
+} obx_kv_t;
+
+/* All strings are owned by the config and freed by obx_config_destroy. */
+typedef struct obx_config_s {
+    char *pg_conninfo;
+    char *slot_name;
+    int slot_create;
+    char *outbox_schema;
+    char *outbox_table;
+    char *col_id, *col_aggregatetype, *col_aggregateid, *col_type, *col_payload;
+    char *col_aggregate_version, *col_topic, *col_headers, *col_occurred_at;
+    char *topic_template;
+    int status_interval_ms;
+    int shutdown_timeout_ms;
+    int reconnect_backoff_max_ms;
+    int poll_batch;
+    char *log_level;
+    char *log_format;
+    obx_kv_t *kafka;   /* librdkafka properties without the "kafka." prefix */
+    size_t n_kafka;
+} obx_config_t;
+
+/* Returns a config holding the defaults, or NULL on allocation failure. */
+obx_config_t *obx_config_new(void);
+void obx_config_destroy(obx_config_t *cfg);
+
+/* Each returns 0, or -1 with errstr naming the key, the source and the fix. */
+int obx_config_set(obx_config_t *cfg, const char *key, const char *value,
+                   const char *source, char *errstr, size_t errstr_size);
+int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size_t errstr_size);
+int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t errstr_size);
+/* Required keys present, values in range, kafka.* accepted by librdkafka. */
+int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size);
+
+/* Looks up a kafka.* property; NULL when unset. */
+const char *obx_config_kafka_get(const obx_config_t *cfg, const char *prop);
+
+/* Effective config as `key = value` lines with secrets redacted. */
+void obx_config_print(const obx_config_t *cfg, FILE *out);
+/* Markdown reference generated from the table (docs/configuration.md). */
+void obx_config_print_doc(FILE *out);
+
+/* Copies conninfo into out with any password replaced; for logs and ports. */
+void obx_conninfo_redact(const char *conninfo, char *out, size_t out_size);
+/* True for property names that carry secrets (passwords, keys, tokens). */
+int obx_config_is_secret(const char *key);
+
+#endif

@@ -1,0 +1,20 @@
+/* `outboxd consume`: reads outbox topics and prints each envelope decoded as
+ * one JSON line (for people, the demo and the end-to-end tests). */
+#ifndef OBX_CONSUME_H
+#define OBX_CONSUME_H
+
+#include <signal.h>
+#include <stdio.h>
+
+typedef struct {
+    const char *brokers;
+    const char *topics;   /* comma-separated names, or one ^regex */
+    const char *group;    /* NULL: a fresh group, from the earliest offset */
+    long max_messages;    /* stop after this many; 0 = no limit */
+    int idle_exit_ms;     /* stop after this long without a message; 0 = never */
+} obx_consume_opts_t;
+
+/* Returns an OBX_EXIT_* code; errors go to the log. */
+int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_t *stop);
+
+#endif

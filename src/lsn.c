@@ -1,0 +1,97 @@
+#include "lsn.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int obx_lsn_parse(const char *s, obx_lsn_t *out)
+{
+    char *end;
+    if (!s || !*s) return -1;
+    unsigned long hi = strtoul(s, &end, 16);
+    if (*end != '/' || end == s) return -1;
+    const char *lo_s = end + 1;
+    unsigned long lo = strtoul(lo_s, &end, 16);
+    if (end == lo_s || *end || hi > 0xffffffffUL || lo > 0xffffffffUL) return -1;
+    *out = ((uint64_t)hi << 32) | lo;
+    return 0;
+}
+
+char *obx_lsn_format(obx_lsn_t lsn, char *buf, size_t size)
+{
+    snprintf(buf, size, OBX_LSN_FMT, OBX_LSN_ARGS(lsn));
+    return buf;
+}
+
+int64_t obx_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t obx_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+int obx_timestamptz_parse(const char *s, int64_t *out_us)
+{
+    int y, mo, d, h, mi, sec, n = 0;
+    if (!s || sscanf(s, "%4d-%2d-%2d%*1[ T]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n == 0)
+        return -1;
+    const char *p = s + n;
+    int64_t frac = 0;
+    if (*p == '.') {
+        int digits = 0;
+        p++;
+        while (*p >= '0' && *p <= '9') {
+            if (digits < 6) {
+                frac = frac * 10 + (*p - '0');
+                digits++;
+            }
+            p++;
+        }
+        while (digits++ < 6) frac *= 10;
+    }
+    while (*p == ' ') p++;
+    int64_t off = 0;
+    if (*p == '+' || *p == '-') {
+        int sign = *p == '-' ? -1 : 1, oh = 0, om = 0, os = 0;
+        p++;
+        if (sscanf(p, "%2d", &oh) != 1) return -1;
+        p += 2;
+        if (*p == ':') p++;
+        if (*p >= '0' && *p <= '9') {
+            if (sscanf(p, "%2d", &om) != 1) return -1;
+            p += 2;
+            if (*p == ':') {
+                p++;
+                if (sscanf(p, "%2d", &os) != 1) return -1;
+                p += 2;
+            }
+        }
+        off = sign * (oh * 3600 + om * 60 + os);
+    } else if (*p == 'Z' || strncmp(p, "UTC", 3) == 0 || strncmp(p, "GMT", 3) == 0) {
+        p += (*p == 'Z') ? 1 : 3;
+    } else if (*p) {
+        return -1; /* a zone abbreviation we cannot resolve safely */
+    }
+    int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - off;
+    *out_us = secs * 1000000 + frac;
+    return 0;
+}

@@ -1,0 +1,179 @@
+#include "outbox.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lsn.h"
+
+const char *obx_payload_content_type(obx_payload_kind_t k)
+{
+    switch (k) {
+    case OBX_PAYLOAD_JSON: return "application/json";
+    case OBX_PAYLOAD_BYTES: return "application/octet-stream";
+    default: return "text/plain; charset=utf-8";
+    }
+}
+
+int obx_topic_valid(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0 || n > 249 || !strcmp(t, ".") || !strcmp(t, "..")) return 0;
+    return strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+}
+
+int obx_topic_expand(const char *tmpl, const char *aggregate_type, char *out, size_t out_size)
+{
+    static const char var[] = "${aggregatetype}";
+    size_t n = 0;
+    for (const char *p = tmpl; *p;) {
+        if (strncmp(p, var, sizeof(var) - 1) == 0) {
+            size_t l = strlen(aggregate_type);
+            if (n + l >= out_size) return -1;
+            memcpy(out + n, aggregate_type, l);
+            n += l;
+            p += sizeof(var) - 1;
+        } else {
+            if (n + 1 >= out_size) return -1;
+            out[n++] = *p++;
+        }
+    }
+    out[n] = '\0';
+    return 0;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+void obx_outbox_row_clear(obx_outbox_row_t *row)
+{
+    free(row->payload_buf);
+    memset(row, 0, sizeof(*row));
+}
+
+static const obx_col_t *req(const obx_w2j_change_t *chg, const char *name, const char *what,
+                            char *errstr, size_t errstr_size)
+{
+    const obx_col_t *c = obx_w2j_col(chg, name);
+    if (!c) {
+        snprintf(errstr, errstr_size, "outbox row has no column \"%s\" (%s); fix outbox.column.* or the table", name, what);
+        return NULL;
+    }
+    if (!c->value) {
+        snprintf(errstr, errstr_size, "column \"%s\" (%s) is NULL; the producer must set it", name, what);
+        return NULL;
+    }
+    if (c->inexact) {
+        snprintf(errstr, errstr_size, "column \"%s\" (%s) is a number (%s) that cannot be carried exactly "
+                 "(beyond 2^53 or fractional); make the column text", name, what, c->value);
+        return NULL;
+    }
+    return c;
+}
+
+int obx_outbox_map(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_outbox_row_t *row,
+                   char *errstr, size_t errstr_size)
+{
+    memset(row, 0, sizeof(*row));
+    const obx_col_t *c;
+    if (!(c = req(chg, cfg->col_id, "event id", errstr, errstr_size))) goto fail;
+    row->event_id = c->value;
+    if (!(c = req(chg, cfg->col_aggregatetype, "aggregate type", errstr, errstr_size))) goto fail;
+    row->aggregate_type = c->value;
+    if (!(c = req(chg, cfg->col_aggregateid, "aggregate id, the Kafka key", errstr, errstr_size))) goto fail;
+    row->aggregate_id = c->value;
+    if (!(c = req(chg, cfg->col_type, "event type", errstr, errstr_size))) goto fail;
+    row->event_type = c->value;
+
+    c = obx_w2j_col(chg, cfg->col_payload);
+    if (!c) {
+        snprintf(errstr, errstr_size, "outbox row has no column \"%s\" (payload)", cfg->col_payload);
+        goto fail;
+    }
+    if (c->type && strcmp(c->type, "bytea") == 0) {
+        row->payload_kind = OBX_PAYLOAD_BYTES;
+        if (c->value) {
+            /* wal2json sends bytea as hex without the \x prefix. */
+            size_t n = c->value_len;
+            if (n % 2) {
+                snprintf(errstr, errstr_size, "bytea column \"%s\" has odd hex length %zu", cfg->col_payload, n);
+                goto fail;
+            }
+            row->payload_buf = malloc(n / 2 + 1);
+            if (!row->payload_buf) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+            }
+            for (size_t i = 0; i < n / 2; i++) {
+                int hi = hexval(c->value[2 * i]), lo = hexval(c->value[2 * i + 1]);
+                if (hi < 0 || lo < 0) {
+                    snprintf(errstr, errstr_size, "bytea column \"%s\" is not hex", cfg->col_payload);
+                    goto fail;
+                }
+                row->payload_buf[i] = (unsigned char)(hi << 4 | lo);
+            }
+            row->payload = row->payload_buf;
+            row->payload_len = n / 2;
+        }
+    } else {
+        row->payload_kind = (c->type && (strcmp(c->type, "jsonb") == 0 || strcmp(c->type, "json") == 0))
+                                ? OBX_PAYLOAD_JSON : OBX_PAYLOAD_TEXT;
+        row->payload = (const unsigned char *)c->value; /* NULL payload = tombstone-like empty value */
+        row->payload_len = c->value_len;
+    }
+
+    if (*cfg->col_aggregate_version && (c = obx_w2j_col(chg, cfg->col_aggregate_version)) && c->value) {
+        if (c->inexact) {
+            snprintf(errstr, errstr_size, "column \"%s\" (aggregate version) = %s is beyond 2^53 or fractional; "
+                     "versions must be integers below 2^53", cfg->col_aggregate_version, c->value);
+            goto fail;
+        }
+        char *end;
+        errno = 0;
+        long long v = strtoll(c->value, &end, 10);
+        if (errno || *end || end == c->value) {
+            snprintf(errstr, errstr_size, "column \"%s\" (aggregate version) = \"%.40s\" is not a 64-bit integer",
+                     cfg->col_aggregate_version, c->value);
+            goto fail;
+        }
+        row->has_version = 1;
+        row->version = v;
+    }
+    if (*cfg->col_occurred_at && (c = obx_w2j_col(chg, cfg->col_occurred_at)) && c->value) {
+        if (obx_timestamptz_parse(c->value, &row->occurred_at_us) != 0) {
+            snprintf(errstr, errstr_size, "column \"%s\" (occurred_at) = \"%.60s\" is not a timestamptz; make it timestamptz",
+                     cfg->col_occurred_at, c->value);
+            goto fail;
+        }
+    }
+    if (*cfg->col_headers && (c = obx_w2j_col(chg, cfg->col_headers)) && c->value)
+        row->headers_json = c->value;
+
+    const char *topic = NULL;
+    if (*cfg->col_topic && (c = obx_w2j_col(chg, cfg->col_topic)) && c->value && c->value[0]) topic = c->value;
+    if (topic) {
+        if (strlen(topic) >= sizeof(row->topic)) {
+            snprintf(errstr, errstr_size, "topic \"%.60s...\" is longer than 249 characters", topic);
+            goto fail;
+        }
+        strcpy(row->topic, topic);
+    } else if (obx_topic_expand(cfg->topic_template, row->aggregate_type, row->topic, sizeof(row->topic)) != 0) {
+        snprintf(errstr, errstr_size, "topic from template \"%s\" is longer than 249 characters", cfg->topic_template);
+        goto fail;
+    }
+    if (!obx_topic_valid(row->topic)) {
+        snprintf(errstr, errstr_size,
+                 "topic \"%s\" is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -); fix the row's %s or topic.template",
+                 row->topic, topic ? "topic column" : "aggregate type");
+        goto fail;
+    }
+    return 0;
+fail:
+    obx_outbox_row_clear(row);
+    return -1;
+}

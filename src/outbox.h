@@ -1,0 +1,43 @@
+/* The outbox contract: which columns of an inserted outbox row become which
+ * parts of the event, the topic rule, and what makes a row poison. */
+#ifndef OBX_OUTBOX_H
+#define OBX_OUTBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "wal2json.h"
+
+typedef enum { OBX_PAYLOAD_JSON, OBX_PAYLOAD_BYTES, OBX_PAYLOAD_TEXT } obx_payload_kind_t;
+
+/* Borrowed pointers into the change it was mapped from, except `payload`
+ * for bytea and `topic`, which point into buffers the row owns.
+ * obx_outbox_row_clear frees them. */
+typedef struct {
+    const char *event_id, *aggregate_type, *aggregate_id, *event_type;
+    const unsigned char *payload;
+    size_t payload_len;
+    obx_payload_kind_t payload_kind;
+    int has_version;
+    int64_t version;
+    int64_t occurred_at_us;
+    const char *headers_json;  /* object text or NULL */
+    char topic[256];
+    unsigned char *payload_buf;
+} obx_outbox_row_t;
+
+/* Maps an INSERT change. Returns 0, or -1 when the row is poison: errstr then
+ * names the column and the problem (never a silent skip). */
+int obx_outbox_map(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_outbox_row_t *row,
+                   char *errstr, size_t errstr_size);
+void obx_outbox_row_clear(obx_outbox_row_t *row);
+
+/* Kafka's topic name rule: 1..249 of [a-zA-Z0-9._-], not "." or "..". */
+int obx_topic_valid(const char *topic);
+/* Expands ${aggregatetype} in tmpl. Returns 0, -1 if it does not fit. */
+int obx_topic_expand(const char *tmpl, const char *aggregate_type, char *out, size_t out_size);
+
+const char *obx_payload_content_type(obx_payload_kind_t k);
+
+#endif

@@ -1,0 +1,207 @@
+#include "pg_repl.h"
+
+#include <libpq-fe.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Seconds from 1970-01-01 to 2000-01-01. */
+#define PG_EPOCH_OFFSET_US (INT64_C(946684800) * 1000000)
+
+struct obx_repl_s {
+    PGconn *conn;
+    char *copybuf;
+};
+
+int64_t obx_repl_now(void) { return obx_now_us() - PG_EPOCH_OFFSET_US; }
+
+static uint64_t get_u64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | (uint8_t)p[i];
+    return v;
+}
+
+static void put_u64(char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (char)(v & 0xff);
+        v >>= 8;
+    }
+}
+
+obx_repl_t *obx_repl_connect(const char *conninfo, char *errstr, size_t errstr_size)
+{
+    obx_repl_t *r = calloc(1, sizeof(*r));
+    if (!r) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    /* expand_dbname: the first dbname is the whole user conninfo; the later
+     * keys override it. */
+    const char *keys[] = {"dbname", "replication", "fallback_application_name", NULL};
+    const char *vals[] = {conninfo, "database", "outboxd", NULL};
+    r->conn = PQconnectdbParams(keys, vals, 1);
+    if (!r->conn || PQstatus(r->conn) != CONNECTION_OK) {
+        snprintf(errstr, errstr_size, "replication connection failed: %s",
+                 r->conn ? PQerrorMessage(r->conn) : "out of memory");
+        obx_repl_destroy(r);
+        return NULL;
+    }
+    return r;
+}
+
+void obx_repl_destroy(obx_repl_t *r)
+{
+    if (!r) return;
+    if (r->copybuf) PQfreemem(r->copybuf);
+    if (r->conn) PQfinish(r->conn);
+    free(r);
+}
+
+int obx_repl_socket(const obx_repl_t *r) { return PQsocket(r->conn); }
+
+int obx_repl_start(obx_repl_t *r, const char *slot, obx_lsn_t start, const char *const *opts,
+                   size_t n_opts, char *errstr, size_t errstr_size)
+{
+    size_t cap = 512;
+    for (size_t i = 0; i < n_opts; i++) cap += strlen(opts[2 * i]) + 2 * strlen(opts[2 * i + 1]) + 16;
+    char *sql = malloc(cap);
+    if (!sql) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    char *ident = PQescapeIdentifier(r->conn, slot, strlen(slot));
+    if (!ident) {
+        snprintf(errstr, errstr_size, "cannot quote slot name: %s", PQerrorMessage(r->conn));
+        free(sql);
+        return -1;
+    }
+    size_t n = (size_t)snprintf(sql, cap, "START_REPLICATION SLOT %s LOGICAL " OBX_LSN_FMT, ident, OBX_LSN_ARGS(start));
+    PQfreemem(ident);
+    for (size_t i = 0; i < n_opts; i++) {
+        /* Option values are single-quoted literals; double any quote. */
+        n += (size_t)snprintf(sql + n, cap - n, "%s\"%s\" '", i ? ", " : " (", opts[2 * i]);
+        for (const char *v = opts[2 * i + 1]; *v; v++) {
+            if (*v == '\'') sql[n++] = '\'';
+            sql[n++] = *v;
+        }
+        sql[n++] = '\'';
+        sql[n] = '\0';
+    }
+    if (n_opts) {
+        sql[n++] = ')';
+        sql[n] = '\0';
+    }
+    PGresult *res = PQexec(r->conn, sql);
+    free(sql);
+    if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+        snprintf(errstr, errstr_size, "%s", PQresultErrorMessage(res));
+        size_t l = strlen(errstr);
+        while (l && errstr[l - 1] == '\n') errstr[--l] = '\0';
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    return 0;
+}
+
+int obx_repl_next(obx_repl_t *r, obx_repl_msg_t *msg, int timeout_ms, char *errstr, size_t errstr_size)
+{
+    if (r->copybuf) {
+        PQfreemem(r->copybuf);
+        r->copybuf = NULL;
+    }
+    for (int waited = 0;; waited = 1) {
+        int len = PQgetCopyData(r->conn, &r->copybuf, 1);
+        if (len == 0) {
+            if (waited) return 0;
+            struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+            int pr = poll(&pfd, 1, timeout_ms);
+            if (pr < 0) return 0; /* EINTR: let the caller look at its flags */
+            if (pr == 0) return 0;
+            if (!PQconsumeInput(r->conn)) {
+                snprintf(errstr, errstr_size, "reading from the slot: %s", PQerrorMessage(r->conn));
+                return -1;
+            }
+            continue;
+        }
+        if (len == -1) {
+            PGresult *res = PQgetResult(r->conn);
+            if (res && PQresultStatus(res) != PGRES_COMMAND_OK)
+                snprintf(errstr, errstr_size, "the server ended the stream: %s", PQresultErrorMessage(res));
+            else
+                snprintf(errstr, errstr_size, "the server ended the stream");
+            PQclear(res);
+            return -2;
+        }
+        if (len < 0) {
+            snprintf(errstr, errstr_size, "reading from the slot: %s", PQerrorMessage(r->conn));
+            return -1;
+        }
+        const char *b = r->copybuf;
+        if (b[0] == 'w' && len >= 25) {
+            msg->kind = OBX_REPL_XLOGDATA;
+            msg->data_start = get_u64(b + 1);
+            msg->wal_end = get_u64(b + 9);
+            msg->send_time = (int64_t)get_u64(b + 17);
+            msg->reply_requested = 0;
+            msg->data = b + 25;
+            msg->len = (size_t)len - 25;
+            return 1;
+        }
+        if (b[0] == 'k' && len >= 18) {
+            msg->kind = OBX_REPL_KEEPALIVE;
+            msg->data_start = 0;
+            msg->wal_end = get_u64(b + 1);
+            msg->send_time = (int64_t)get_u64(b + 9);
+            msg->reply_requested = b[17] != 0;
+            msg->data = NULL;
+            msg->len = 0;
+            return 1;
+        }
+        snprintf(errstr, errstr_size, "unexpected replication message '%c' of %d bytes", b[0], len);
+        return -1;
+    }
+}
+
+int obx_repl_send_status(obx_repl_t *r, obx_lsn_t write, obx_lsn_t flush, obx_lsn_t apply,
+                         char *errstr, size_t errstr_size)
+{
+    char buf[1 + 8 * 4 + 1];
+    buf[0] = 'r';
+    put_u64(buf + 1, write);
+    put_u64(buf + 9, flush);
+    put_u64(buf + 17, apply);
+    put_u64(buf + 25, (uint64_t)obx_repl_now());
+    buf[33] = 0;
+    if (PQputCopyData(r->conn, buf, sizeof(buf)) <= 0 || PQflush(r->conn) != 0) {
+        snprintf(errstr, errstr_size, "sending status update: %s", PQerrorMessage(r->conn));
+        return -1;
+    }
+    return 0;
+}
+
+int obx_repl_end(obx_repl_t *r, char *errstr, size_t errstr_size)
+{
+    if (PQputCopyEnd(r->conn, NULL) <= 0 || PQflush(r->conn) != 0) {
+        snprintf(errstr, errstr_size, "ending the stream: %s", PQerrorMessage(r->conn));
+        return -1;
+    }
+    /* Drain what the server still sends until it confirms the end of COPY. */
+    int64_t deadline = obx_mono_ms() + 5000;
+    for (;;) {
+        char *buf = NULL;
+        int len = PQgetCopyData(r->conn, &buf, 1);
+        if (buf) PQfreemem(buf);
+        if (len > 0) continue;
+        if (len == -1) break;
+        if (len < -1 || obx_mono_ms() > deadline) return -1;
+        struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+        if (poll(&pfd, 1, 100) > 0 && !PQconsumeInput(r->conn)) return -1;
+    }
+    PGresult *res;
+    while ((res = PQgetResult(r->conn)) != NULL) PQclear(res);
+    return 0;
+}

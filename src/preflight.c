@@ -1,0 +1,218 @@
+#include "preflight.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+static void chomp(char *s)
+{
+    size_t l = strlen(s);
+    while (l && (s[l - 1] == '\n' || s[l - 1] == ' ')) s[--l] = '\0';
+}
+
+PGconn *obx_pg_connect(const char *conninfo, char *errstr, size_t errstr_size)
+{
+    const char *keys[] = {"dbname", "fallback_application_name", NULL};
+    const char *vals[] = {conninfo, "outboxd", NULL};
+    PGconn *c = PQconnectdbParams(keys, vals, 1);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        snprintf(errstr, errstr_size, "cannot connect to Postgres (pg.conninfo): %s",
+                 c ? PQerrorMessage(c) : "out of memory");
+        chomp(errstr);
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Runs a one-row query with text params; returns the result or NULL (errstr). */
+static PGresult *q(PGconn *c, const char *sql, int n, const char *const *params, char *errstr, size_t errstr_size)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
+        snprintf(errstr, errstr_size, "query failed: %s", PQresultErrorMessage(r));
+        chomp(errstr);
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, char *errstr, size_t errstr_size)
+{
+    memset(info, 0, sizeof(*info));
+    info->server_version = PQserverVersion(conn);
+    if (info->server_version < 100000) {
+        snprintf(errstr, errstr_size, "PostgreSQL %d is too old: outboxd needs 10 or newer", info->server_version);
+        return OBX_EXIT_CONFIG;
+    }
+    PGresult *r = q(conn,
+                    "SELECT current_setting('wal_level'), current_database(),"
+                    " (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),"
+                    " (SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'),"
+                    " current_user",
+                    0, NULL, errstr, errstr_size);
+    if (!r) return OBX_EXIT_FAIL;
+    snprintf(info->database, sizeof(info->database), "%s", PQgetvalue(r, 0, 1));
+    int rc = 0;
+    if (strcmp(PQgetvalue(r, 0, 0), "logical") != 0) {
+        snprintf(errstr, errstr_size,
+                 "wal_level is \"%s\", logical decoding needs \"logical\": set wal_level = logical in postgresql.conf "
+                 "(or ALTER SYSTEM SET wal_level = logical) and restart Postgres",
+                 PQgetvalue(r, 0, 0));
+        rc = OBX_EXIT_CONFIG;
+    } else if (strcmp(PQgetvalue(r, 0, 2), "t") != 0) {
+        snprintf(errstr, errstr_size,
+                 "role \"%s\" lacks the REPLICATION privilege: run ALTER ROLE \"%s\" REPLICATION as a superuser",
+                 PQgetvalue(r, 0, 4), PQgetvalue(r, 0, 4));
+        rc = OBX_EXIT_CONFIG;
+    } else if (!PQgetisnull(r, 0, 3) && !strstr(PQgetvalue(r, 0, 3), "wal2json")) {
+        /* Only some builds have this GUC; where it exists it gates plugins. */
+        snprintf(errstr, errstr_size,
+                 "output_plugin_libraries = \"%s\" does not allow wal2json: run "
+                 "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf();",
+                 PQgetvalue(r, 0, 3));
+        rc = OBX_EXIT_CONFIG;
+    }
+    PQclear(r);
+    if (rc) return rc;
+
+    const char *p[2] = {cfg->outbox_schema, cfg->outbox_table};
+    r = q(conn,
+          "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+          " JOIN pg_namespace n ON n.oid = c.relnamespace"
+          " WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+          2, p, errstr, errstr_size);
+    if (!r) return OBX_EXIT_FAIL;
+    if (PQntuples(r) == 0) {
+        snprintf(errstr, errstr_size,
+                 "outbox table %s.%s does not exist (or is not visible to this role): create it with "
+                 "deploy/sql/outbox.sql, or set outbox.schema / outbox.table",
+                 cfg->outbox_schema, cfg->outbox_table);
+        PQclear(r);
+        return OBX_EXIT_CONFIG;
+    }
+    const struct { const char *col, *key; int *flag; } cols[] = {
+        {cfg->col_id, "outbox.column.id", NULL},
+        {cfg->col_aggregatetype, "outbox.column.aggregatetype", NULL},
+        {cfg->col_aggregateid, "outbox.column.aggregateid", NULL},
+        {cfg->col_type, "outbox.column.type", NULL},
+        {cfg->col_payload, "outbox.column.payload", NULL},
+        {cfg->col_aggregate_version, "outbox.column.aggregate_version", &info->has_version_col},
+        {cfg->col_topic, "outbox.column.topic", &info->has_topic_col},
+        {cfg->col_headers, "outbox.column.headers", &info->has_headers_col},
+        {cfg->col_occurred_at, "outbox.column.occurred_at", &info->has_occurred_at_col},
+    };
+    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++) {
+        int found = 0;
+        for (int t = 0; t < PQntuples(r) && *cols[i].col; t++)
+            if (strcmp(PQgetvalue(r, t, 0), cols[i].col) == 0) found = 1;
+        if (cols[i].flag) {
+            *cols[i].flag = found;
+            if (!found && *cols[i].col)
+                obx_info("outbox_optional_column_missing", "%s.%s has no column \"%s\" (%s): feature off",
+                         cfg->outbox_schema, cfg->outbox_table, cols[i].col, cols[i].key);
+        } else if (!found) {
+            snprintf(errstr, errstr_size,
+                     "outbox table %s.%s has no column \"%s\": add it (see deploy/sql/outbox.sql) or set %s to the column's name",
+                     cfg->outbox_schema, cfg->outbox_table, cols[i].col, cols[i].key);
+            PQclear(r);
+            return OBX_EXIT_CONFIG;
+        }
+    }
+    PQclear(r);
+
+    /* The relay reads nothing with SELECT, but doctor and snapshots do. */
+    return 0;
+}
+
+int obx_slot_inspect(PGconn *conn, const char *slot, obx_slot_info_t *out, char *errstr, size_t errstr_size)
+{
+    memset(out, 0, sizeof(*out));
+    const char *p[1] = {slot};
+    PGresult *r = q(conn,
+                    "SELECT plugin, active, coalesce(active_pid, 0), coalesce(wal_status, ''),"
+                    " coalesce(confirmed_flush_lsn::text, ''), coalesce(restart_lsn::text, ''), database = current_database()"
+                    " FROM pg_replication_slots WHERE slot_name = $1",
+                    1, p, errstr, errstr_size);
+    if (!r) return -1;
+    if (PQntuples(r) == 1) {
+        out->exists = 1;
+        snprintf(out->plugin, sizeof(out->plugin), "%s", PQgetvalue(r, 0, 0));
+        out->active = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+        out->active_pid = atoi(PQgetvalue(r, 0, 2));
+        snprintf(out->wal_status, sizeof(out->wal_status), "%s", PQgetvalue(r, 0, 3));
+        obx_lsn_parse(PQgetvalue(r, 0, 4), &out->confirmed_flush);
+        obx_lsn_parse(PQgetvalue(r, 0, 5), &out->restart_lsn);
+    }
+    PQclear(r);
+    return 0;
+}
+
+int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out, char *errstr, size_t errstr_size)
+{
+    if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
+    if (!out->exists) {
+        if (!cfg->slot_create) {
+            snprintf(errstr, errstr_size,
+                     "replication slot \"%s\" does not exist and slot.create = false: create it with "
+                     "SELECT pg_create_logical_replication_slot('%s', 'wal2json') or set slot.create = true",
+                     cfg->slot_name, cfg->slot_name);
+            return OBX_EXIT_SLOT;
+        }
+        const char *p[1] = {cfg->slot_name};
+        PGresult *r = PQexecParams(conn, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'wal2json')",
+                                   1, NULL, p, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            const char *msg = PQresultErrorMessage(r);
+            if (strstr(msg, "could not access file") || strstr(msg, "wal2json.so"))
+                snprintf(errstr, errstr_size,
+                         "creating slot \"%s\": the wal2json plugin is not installed on the server: install "
+                         "postgresql-<version>-wal2json (Debian/Ubuntu) or build wal2json (%s)",
+                         cfg->slot_name, msg);
+            else if (strstr(msg, "may not be used as an output plugin"))
+                snprintf(errstr, errstr_size,
+                         "creating slot \"%s\": the server does not allow wal2json: run ALTER SYSTEM SET "
+                         "output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf(); (%s)",
+                         cfg->slot_name, msg);
+            else if (strstr(msg, "all replication slots are in use"))
+                snprintf(errstr, errstr_size, "creating slot \"%s\": raise max_replication_slots and restart Postgres (%s)",
+                         cfg->slot_name, msg);
+            else
+                snprintf(errstr, errstr_size, "creating slot \"%s\": %s", cfg->slot_name, msg);
+            chomp(errstr);
+            PQclear(r);
+            return OBX_EXIT_CONFIG;
+        }
+        obx_info("slot_created", "created replication slot %s (wal2json) at %s", cfg->slot_name, PQgetvalue(r, 0, 0));
+        PQclear(r);
+        if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
+    }
+    if (strcmp(out->plugin, "wal2json") != 0) {
+        snprintf(errstr, errstr_size,
+                 "replication slot \"%s\" uses plugin \"%s\", not wal2json: set slot.name to another slot, or drop it "
+                 "(SELECT pg_drop_replication_slot('%s')) if nothing else uses it",
+                 cfg->slot_name, out->plugin, cfg->slot_name);
+        return OBX_EXIT_SLOT;
+    }
+    if (strcmp(out->wal_status, "lost") == 0) {
+        snprintf(errstr, errstr_size,
+                 "replication slot \"%s\" is invalidated (wal_status = lost, max_slot_wal_keep_size exceeded): "
+                 "WAL after its confirmed position " OBX_LSN_FMT " is gone, so events committed since then cannot be "
+                 "decoded. Recover: drop the slot, let outboxd create a new one, and re-emit current state with a snapshot",
+                 cfg->slot_name, OBX_LSN_ARGS(out->confirmed_flush));
+        return OBX_EXIT_SLOT;
+    }
+    return 0;
+}
+
+int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_size)
+{
+    const char *p[1] = {slot};
+    PGresult *r = q(conn, "SELECT pg_drop_replication_slot($1)", 1, p, errstr, errstr_size);
+    if (!r) return -1;
+    PQclear(r);
+    return 0;
+}

@@ -1,0 +1,45 @@
+/* Checks on a normal (non-replication) connection before streaming, each
+ * failure naming the problem and the fix; and slot creation/inspection. */
+#ifndef OBX_PREFLIGHT_H
+#define OBX_PREFLIGHT_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "lsn.h"
+
+typedef struct {
+    int server_version;     /* e.g. 150020 */
+    char database[128];
+    int has_version_col, has_topic_col, has_headers_col, has_occurred_at_col;
+} obx_pg_info_t;
+
+typedef struct {
+    int exists;
+    char plugin[64];
+    int active;
+    int active_pid;
+    char wal_status[32];
+    obx_lsn_t confirmed_flush;
+    obx_lsn_t restart_lsn;
+} obx_slot_info_t;
+
+/* Normal connection; NULL + errstr on failure. Caller PQfinish()es it. */
+PGconn *obx_pg_connect(const char *conninfo, char *errstr, size_t errstr_size);
+
+/* Server settings, privileges and the outbox table. Returns 0, or an
+ * OBX_EXIT_* code with errstr saying what is wrong and how to fix it. */
+int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, char *errstr, size_t errstr_size);
+
+/* Reads the slot's row from pg_replication_slots. 0, or -1 on query error. */
+int obx_slot_inspect(PGconn *conn, const char *slot, obx_slot_info_t *out, char *errstr, size_t errstr_size);
+
+/* Makes sure the slot exists with wal2json and is not lost (creating it if
+ * cfg->slot_create). Returns 0 or an OBX_EXIT_* code with errstr. */
+int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out, char *errstr, size_t errstr_size);
+
+/* Drops the slot; for tests and `outboxd slot drop`. */
+int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_size);
+
+#endif
