@@ -7,14 +7,16 @@
 
 int obx_lsn_parse(const char *s, obx_lsn_t *out)
 {
-    char *end;
-    if (!s || !*s) return -1;
-    unsigned long hi = strtoul(s, &end, 16);
-    if (*end != '/' || end == s) return -1;
-    const char *lo_s = end + 1;
-    unsigned long lo = strtoul(lo_s, &end, 16);
-    if (end == lo_s || *end || hi > 0xffffffffUL || lo > 0xffffffffUL) return -1;
-    *out = ((uint64_t)hi << 32) | lo;
+    /* Exactly pg_lsn_in's syntax: 1-8 hex digits, '/', 1-8 hex digits. strtoul
+     * alone would also take blanks, signs and "0x". */
+    static const char hex[] = "0123456789abcdefABCDEF";
+    if (!s) return -1;
+    size_t nh = strspn(s, hex);
+    if (nh < 1 || nh > 8 || s[nh] != '/') return -1;
+    const char *lo_s = s + nh + 1;
+    size_t nl = strspn(lo_s, hex);
+    if (nl < 1 || nl > 8 || lo_s[nl] != '\0') return -1;
+    *out = ((uint64_t)strtoul(s, NULL, 16) << 32) | strtoul(lo_s, NULL, 16);
     return 0;
 }
 
@@ -49,10 +51,20 @@ static int64_t days_from_civil(int64_t y, int m, int d)
     return era * 146097 + doe - 719468;
 }
 
+/* Two decimal digits at p; never reads past a NUL. */
+static int two_digits(const char *p, int *out)
+{
+    if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9') return -1;
+    *out = (p[0] - '0') * 10 + (p[1] - '0');
+    return 0;
+}
+
 int obx_timestamptz_parse(const char *s, int64_t *out_us)
 {
     int y, mo, d, h, mi, sec, n = 0;
     if (!s || sscanf(s, "%4d-%2d-%2d%*1[ T]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n == 0)
+        return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 60)
         return -1;
     const char *p = s + n;
     int64_t frac = 0;
@@ -73,24 +85,24 @@ int obx_timestamptz_parse(const char *s, int64_t *out_us)
     if (*p == '+' || *p == '-') {
         int sign = *p == '-' ? -1 : 1, oh = 0, om = 0, os = 0;
         p++;
-        if (sscanf(p, "%2d", &oh) != 1) return -1;
+        if (two_digits(p, &oh) != 0) return -1;
         p += 2;
         if (*p == ':') p++;
         if (*p >= '0' && *p <= '9') {
-            if (sscanf(p, "%2d", &om) != 1) return -1;
+            if (two_digits(p, &om) != 0) return -1;
             p += 2;
             if (*p == ':') {
                 p++;
-                if (sscanf(p, "%2d", &os) != 1) return -1;
+                if (two_digits(p, &os) != 0) return -1;
                 p += 2;
             }
         }
         off = sign * (oh * 3600 + om * 60 + os);
     } else if (*p == 'Z' || strncmp(p, "UTC", 3) == 0 || strncmp(p, "GMT", 3) == 0) {
         p += (*p == 'Z') ? 1 : 3;
-    } else if (*p) {
-        return -1; /* a zone abbreviation we cannot resolve safely */
     }
+    /* Anything left (" BC", a zone abbreviation) would silently shift the time. */
+    if (*p) return -1;
     int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - off;
     *out_us = secs * 1000000 + frac;
     return 0;

@@ -158,18 +158,20 @@ int obx_outbox_map(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_out
     if (*cfg->col_topic && (c = obx_w2j_col(chg, cfg->col_topic)) && c->value && c->value[0]) topic = c->value;
     if (topic) {
         if (strlen(topic) >= sizeof(row->topic)) {
-            snprintf(errstr, errstr_size, "topic \"%.60s...\" is longer than 249 characters", topic);
+            snprintf(errstr, errstr_size, "column \"%s\" (topic) = \"%.60s...\" is longer than 249 characters",
+                     cfg->col_topic, topic);
             goto fail;
         }
         strcpy(row->topic, topic);
     } else if (obx_topic_expand(cfg->topic_template, row->aggregate_type, row->topic, sizeof(row->topic)) != 0) {
-        snprintf(errstr, errstr_size, "topic from template \"%s\" is longer than 249 characters", cfg->topic_template);
+        snprintf(errstr, errstr_size, "topic from template \"%s\" with column \"%s\" (aggregate type) is longer than 249 characters",
+                 cfg->topic_template, cfg->col_aggregatetype);
         goto fail;
     }
     if (!obx_topic_valid(row->topic)) {
         snprintf(errstr, errstr_size,
-                 "topic \"%s\" is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -); fix the row's %s or topic.template",
-                 row->topic, topic ? "topic column" : "aggregate type");
+                 "topic \"%s\" is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -); fix column \"%s\" (%s) or topic.template",
+                 row->topic, topic ? cfg->col_topic : cfg->col_aggregatetype, topic ? "topic" : "aggregate type");
         goto fail;
     }
     return 0;

@@ -49,6 +49,19 @@ obx_repl_t *obx_repl_connect(const char *conninfo, char *errstr, size_t errstr_s
         obx_repl_destroy(r);
         return NULL;
     }
+    /* wal2json prints values with this session's output settings, which a
+     * role or database default may change: with bytea_output = escape it
+     * strips two real bytes (it expects "\x"), a non-ISO DateStyle makes
+     * timestamptz unreadable. Pin the wire format. */
+    PGresult *res = PQexec(r->conn, "SET bytea_output = 'hex'; SET datestyle = 'ISO'; SET timezone = 'UTC'");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        snprintf(errstr, errstr_size, "cannot set the replication session's output format: %s",
+                 PQerrorMessage(r->conn));
+        PQclear(res);
+        obx_repl_destroy(r);
+        return NULL;
+    }
+    PQclear(res);
     return r;
 }
 

@@ -34,6 +34,7 @@ typedef struct {
     obx_lsn_t write_lsn, sent_flush;
     int64_t last_status_ms, last_progress_ms;
     int backpressured;
+    int64_t stop_deadline;    /* set when a stop request arrives */
 
     /* the open transaction */
     obx_lsn_t txn_lsn, txn_end;
@@ -119,6 +120,21 @@ static session_rc_t poison(relay_t *r, const char *what)
               OBX_LSN_ARGS(r->txn_end));
     r->exit_code = OBX_EXIT_POISON;
     return S_FATAL;
+}
+
+/* A stop request waits for the open transaction's COMMIT (bounded by
+ * shutdown.timeout_ms): stopping mid-transaction would leave its produced
+ * rows unconfirmable, and a restart would send them twice. */
+static int must_stop(relay_t *r)
+{
+    if (!*r->stop) return 0;
+    if (!obx_lsn_ring_in_txn(r->ring)) return 1;
+    int64_t now = obx_mono_ms();
+    if (!r->stop_deadline) {
+        r->stop_deadline = now + r->cfg->shutdown_timeout_ms;
+        obx_info("stopping", "stop requested inside transaction xid %u: reading to its commit first", r->txn_xid);
+    }
+    return now >= r->stop_deadline;
 }
 
 /* Delivery failures seen in the last poll decide the session's fate. */
@@ -240,7 +256,7 @@ static int handle_insert(relay_t *r, const obx_w2j_change_t *chg, session_rc_t *
                 *out = S_RETRY;
                 goto done;
             }
-            if (*r->stop) {
+            if (must_stop(r)) {
                 free(val);
                 *out = S_STOP;
                 goto done;
@@ -408,7 +424,8 @@ static session_rc_t session(relay_t *r)
     }
 
     int since_poll = 0;
-    while (!*r->stop) {
+    r->stop_deadline = 0;
+    while (!must_stop(r)) {
         obx_repl_msg_t m;
         int n = obx_repl_next(r->repl, &m, 100, err, sizeof(err));
         if (n < 0) {

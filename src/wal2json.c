@@ -68,7 +68,7 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
         if (lsn_member(root, "nextlsn", &out->nextlsn, 1, errstr, errstr_size) != 0) goto fail;
         const char *ts = str_member(root, "timestamp");
         if (ts && obx_timestamptz_parse(ts, &out->commit_time_us) != 0) {
-            snprintf(errstr, errstr_size, "wal2json timestamp \"%.60s\" not understood; set the server's log_timezone to UTC", ts);
+            snprintf(errstr, errstr_size, "wal2json timestamp \"%.60s\" not understood; the replication session needs DateStyle ISO", ts);
             goto fail;
         }
         return 0;
@@ -120,7 +120,9 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
                  * is flagged so no key or version is ever silently rounded. */
                 double d = v->valuedouble;
                 char *nb = out->numbuf[out->ncols];
-                if (d == (double)(int64_t)d && fabs(d) < 9007199254740992.0) {
+                /* Range first: converting a double beyond int64 (a real 1e+30)
+                 * is undefined behaviour. */
+                if (fabs(d) < 9007199254740992.0 && d == (double)(int64_t)d) {
                     snprintf(nb, sizeof(out->numbuf[0]), "%lld", (long long)(int64_t)d);
                 } else {
                     snprintf(nb, sizeof(out->numbuf[0]), "%.17g", d);

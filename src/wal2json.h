@@ -56,7 +56,8 @@ void obx_w2j_change_clear(obx_w2j_change_t *c);
 const obx_col_t *obx_w2j_col(const obx_w2j_change_t *c, const char *name);
 
 /* Escapes a schema or table name for wal2json's add-tables option
- * ('.', ',' and '\' take a backslash). Returns 0, -1 if it does not fit. */
+ * ('.', ',', '\' and ' ' take a backslash; wal2json rejects an unescaped
+ * space). Returns 0, -1 if it does not fit. */
 int obx_w2j_escape_table(const char *schema, const char *table, char *out, size_t out_size);
 
 #endif

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# README command 1: the main job end to end on this machine.
+# Installs what is missing, builds, starts PostgreSQL 15 (wal2json) and Kafka,
+# creates the outbox and the article's athletes service, runs outboxd, runs a
+# sample producer, and shows the events arriving in Kafka, decoded. Then it
+# drains a 100k-event burst and prints the relay's events/s.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+RUN=${OBX_RUN_DIR:-/tmp/outboxd-run}
+PSQL_APP=(psql "host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=app user=app password=app" -qAt -v ON_ERROR_STOP=1)
+PSQL_RELAY=(psql "host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=app user=outboxd password=outboxd" -qAt)
+BURST=${BURST:-100000}
+
+scripts/install-deps.sh
+scripts/build.sh
+scripts/services.sh up
+
+echo "== outbox table and the athletes service (deploy/sql)"
+"${PSQL_APP[@]}" -f deploy/sql/outbox.sql -f deploy/sql/demo-athletes.sql
+
+echo "== outboxd run (log: $RUN/outboxd-demo.log)"
+pkill -f "outboxd run --config deploy/config/outboxd.conf" 2>/dev/null || true
+OUTBOXD_LOG_FORMAT=text ./build/outboxd run --config deploy/config/outboxd.conf >"$RUN/outboxd-demo.log" 2>&1 &
+RELAY=$!
+trap 'kill $RELAY 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "streaming slot" "$RUN/outboxd-demo.log" && break; sleep 0.1; done
+grep "streaming slot" "$RUN/outboxd-demo.log" || { cat "$RUN/outboxd-demo.log"; exit 1; }
+
+echo "== sample producer: 10 status changes, one transaction each"
+for i in $(seq 1 10); do
+    st=$( ((i % 3)) && echo active || echo suspended)
+    v=$("${PSQL_APP[@]}" -c "SELECT athlete_update_status('ath-$i', '$st')")
+    echo "  committed athlete ath-$i status=$st version=$v"
+done
+
+echo "== events in Kafka topic outbox.event.athlete, decoded (outboxd consume)"
+# A fresh consumer group reads the topic from the beginning; the newest 10
+# are the ones just committed.
+./build/outboxd consume --topic outbox.event.athlete --idle-exit-ms 3000 | python3 scripts/show_events.py 10
+
+echo "== burst: $BURST events (topic outbox.event.rating) in 100 transactions, timed from commit to confirmed (= acked by Kafka)"
+per=$((BURST / 100))
+start_ns=$(date +%s%N)
+"${PSQL_APP[@]}" -c "
+DO \$\$ BEGIN
+  FOR t IN 1..100 LOOP
+    INSERT INTO outbox (aggregatetype, aggregateid, type, aggregate_version, payload)
+    SELECT 'rating', 'ath-' || (1 + g % 1000), 'AthleteRated', g,
+           jsonb_build_object('rating', g, 'note', repeat('x', 400))
+      FROM generate_series((t - 1) * $per + 1, t * $per) g;
+    COMMIT;
+  END LOOP;
+END \$\$;"
+target=$("${PSQL_RELAY[@]}" -c "SELECT pg_current_wal_lsn()")
+commit_ns=$(date +%s%N)
+until [ "$("${PSQL_RELAY[@]}" -c "SELECT confirmed_flush_lsn >= '$target' FROM pg_replication_slots WHERE slot_name = 'outboxd'")" = t ]; do
+    sleep 0.05
+done
+done_ns=$(date +%s%N)
+python3 - "$start_ns" "$commit_ns" "$done_ns" "$BURST" <<'PY'
+import sys
+s, c, d, n = map(int, sys.argv[1:])
+print(f"  committed in {(c - s) / 1e9:.2f} s; all {n} acked by Kafka and confirmed {(d - c) / 1e9:.2f} s after the last commit")
+print(f"  end to end: {n / ((d - s) / 1e9):,.0f} events/s from first commit to last confirm")
+PY
+grep -E "progress|error" "$RUN/outboxd-demo.log" | tail -2 || true
+
+echo "== stopping outboxd (SIGTERM: flush Kafka, confirm, end the stream)"
+kill -TERM $RELAY; wait $RELAY || true
+tail -3 "$RUN/outboxd-demo.log"
+trap - EXIT
+echo "demo done. Services keep running: scripts/services.sh down stops them."

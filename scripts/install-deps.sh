@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what outboxd needs to build, test and run locally on Debian 12:
+# Debian's packaged libraries and servers, and the Python test driver deps.
+# Idempotent: skips apt when every package is already installed.
+set -euo pipefail
+
+PKGS=(
+    build-essential cmake pkg-config
+    libpq-dev librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev libcmocka-dev
+    postgresql-15 postgresql-15-wal2json postgresql-client-15
+    kcat
+    # only for bench/json_parse.c, the parser comparison
+    libjson-c-dev libjansson-dev
+)
+# Kafka runs on any Java >= 17 and is fetched with Maven; keep a preinstalled JDK.
+command -v java >/dev/null || PKGS+=(default-jre-headless)
+command -v mvn >/dev/null || PKGS+=(maven)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    echo "installing: ${missing[*]}"
+    $SUDO apt-get update -qq
+    # The postgresql package's postinst may start a cluster on 5432; ours uses 55432.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# End-to-end test drivers (pytest + psycopg); the daemon needs none of this.
+python3 -c 'import pytest, psycopg' 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check pytest "psycopg[binary]"

@@ -1,0 +1,179 @@
+"""End-to-end fixtures: a real PostgreSQL 15 + wal2json and a real Kafka broker
+(started by scripts/pg.sh and scripts/kafka.sh), and the outboxd binary.
+
+Each test gets its own outbox table, slot and topic prefix, so tests never see
+each other's events."""
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("OUTBOXD_BIN", os.path.join(ROOT, "build", "outboxd"))
+PG_PORT = os.environ.get("OBX_PG_PORT", "55432")
+BROKERS = "127.0.0.1:" + os.environ.get("OBX_KAFKA_PORT", "9092")
+APP_DSN = f"host=127.0.0.1 port={PG_PORT} dbname=app user=app password=app"
+RELAY_DSN = f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd password=outboxd"
+
+OUTBOX_DDL = """
+CREATE TABLE {t} (
+    id                uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    aggregatetype     text        NOT NULL,
+    aggregateid       text,
+    type              text        NOT NULL,
+    payload           jsonb,
+    aggregate_version bigint,
+    topic             text,
+    headers           jsonb,
+    occurred_at       timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def pg(dsn=APP_DSN, autocommit=True):
+    return psycopg.connect(dsn, autocommit=autocommit)
+
+
+class Outboxd:
+    """One outboxd process with its log captured line by line."""
+
+    def __init__(self, env, args=("run",)):
+        self.lines = []
+        self.cond = threading.Condition()
+        full = dict(os.environ)
+        full.update(env)
+        self.proc = subprocess.Popen([BIN, *args], env=full, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+
+    def log(self):
+        with self.cond:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern, timeout=30):
+        rx = re.compile(pattern)
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if rx.search(line):
+                        return line
+                left = deadline - time.time()
+                if left <= 0 or self.proc.poll() is not None and not self._pending():
+                    raise AssertionError(f"outboxd never logged /{pattern}/; log:\n" + "\n".join(self.lines))
+                self.cond.wait(min(left, 0.2))
+
+    def _pending(self):
+        return self.reader.is_alive()
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self.reader.join(5)
+        return rc
+
+
+class Harness:
+    def __init__(self, name):
+        self.name = name
+        self.table = f"ob_{name}"
+        self.slot = f"t_{name}"
+        self.prefix = f"e2e.{name}.{uuid.uuid4().hex[:8]}"
+        self.procs = []
+
+    def env(self, **extra):
+        e = {
+            "OUTBOXD_PG_CONNINFO": RELAY_DSN,
+            "OUTBOXD_SLOT_NAME": self.slot,
+            "OUTBOXD_OUTBOX_TABLE": self.table,
+            "OUTBOXD_TOPIC_TEMPLATE": self.prefix + ".${aggregatetype}",
+            "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": BROKERS,
+            "OUTBOXD_LOG_FORMAT": "text",
+            "OUTBOXD_STATUS_INTERVAL_MS": "1000",
+        }
+        e.update({k: str(v) for k, v in extra.items()})
+        return e
+
+    def start(self, wait=True, **extra):
+        p = Outboxd(self.env(**extra))
+        self.procs.append(p)
+        if wait:
+            p.wait_for(r"streaming: streaming slot")
+        return p
+
+    def create_slot(self):
+        out = subprocess.run([BIN, "slot", "create"], env={**os.environ, **self.env()},
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+
+    def slot_confirmed(self):
+        with pg(RELAY_DSN) as c:
+            row = c.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                            (self.slot,)).fetchone()
+            return row[0] if row else None
+
+    def wait_confirmed(self, target_lsn, timeout=60):
+        """Everything up to target_lsn is acked by Kafka once the slot says so."""
+        deadline = time.time() + timeout
+        with pg(RELAY_DSN) as c:
+            while time.time() < deadline:
+                ok = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                               (target_lsn, self.slot)).fetchone()
+                if ok and ok[0]:
+                    return
+                time.sleep(0.2)
+        raise AssertionError(f"slot {self.slot} did not confirm {target_lsn}; at {self.slot_confirmed()}; logs:\n"
+                             + "\n---\n".join(p.log() for p in self.procs))
+
+    def consume(self, aggregate_types, idle_ms=4000):
+        topics = ",".join(f"{self.prefix}.{a}" for a in aggregate_types)
+        out = subprocess.run([BIN, "consume", "--brokers", BROKERS, "--topic", topics,
+                              "--idle-exit-ms", str(idle_ms)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
+
+
+def current_lsn():
+    with pg(RELAY_DSN) as c:
+        return c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+
+
+@pytest.fixture
+def harness(request):
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40]
+    h = Harness(name)
+    with pg() as c:
+        c.execute(f"DROP TABLE IF EXISTS {h.table}")
+        c.execute(OUTBOX_DDL.format(t=h.table))
+    with pg(RELAY_DSN) as c:
+        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                  (h.slot,))
+    yield h
+    for p in h.procs:
+        if p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
+    # The slot pins WAL: never leave one behind.
+    with pg(RELAY_DSN) as c:
+        for _ in range(50):
+            try:
+                c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                          (h.slot,))
+                break
+            except psycopg.errors.ObjectInUse:
+                time.sleep(0.2)
+    with pg() as c:
+        c.execute(f"DROP TABLE IF EXISTS {h.table}")
