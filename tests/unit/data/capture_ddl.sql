@@ -14,3 +14,8 @@ CREATE TABLE ut_types (
   id int PRIMARY KEY, t text, big bigint, num numeric, f8 float8, f4 real, i2 smallint,
   b boolean, bin bytea, j jsonb, js json, ts timestamptz, tsn timestamp, d date, arr int[]);
 CREATE TABLE ut_other (x int);
+-- for weird_names.jsonl (obx_w2j_escape_table against the real add-tables parser)
+DROP SCHEMA IF EXISTS "ut s.ch" CASCADE;
+CREATE SCHEMA "ut s.ch";
+CREATE TABLE "ut s.ch"."t,a\b" (x int);
+CREATE TABLE "ut s.ch"."t" (x int);

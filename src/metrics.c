@@ -1,0 +1,171 @@
+#include "metrics.h"
+
+#include <string.h>
+
+#include "lsn.h"
+
+static obx_metrics_t g_metrics;
+
+/* Commit-to-ack latency buckets (seconds), Prometheus `le` bounds. */
+static const double lat_bounds[OBX_LAT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1,
+                                                   0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+
+obx_metrics_t *obx_metrics(void) { return &g_metrics; }
+
+void obx_metrics_observe_latency(int64_t us)
+{
+    if (us < 0) us = 0;
+    double s = (double)us / 1e6;
+    int i = 0;
+    while (i < OBX_LAT_BUCKETS && s > lat_bounds[i]) i++;
+    atomic_fetch_add(&g_metrics.lat_buckets[i], 1);
+    atomic_fetch_add(&g_metrics.lat_count, 1);
+    atomic_fetch_add(&g_metrics.lat_sum_us, (uint64_t)us);
+}
+
+const char *obx_state_name(obx_state_t s)
+{
+    static const char *const n[] = {"starting", "connecting", "standby", "streaming", "backpressured", "stopping", "halted"};
+    return (unsigned)s < sizeof(n) / sizeof(n[0]) ? n[s] : "unknown";
+}
+
+static const char *const wal_names[] = {"unknown", "reserved", "extended", "unreserved", "lost"};
+
+obx_wal_status_t obx_wal_status_parse(const char *s)
+{
+    for (int i = 1; i < 5; i++)
+        if (strcmp(s, wal_names[i]) == 0) return (obx_wal_status_t)i;
+    return OBX_WAL_UNKNOWN;
+}
+
+const char *obx_wal_status_name(obx_wal_status_t s) { return (unsigned)s < 5 ? wal_names[s] : "unknown"; }
+
+int obx_metrics_live(int64_t max_stall_ms)
+{
+    int64_t last = atomic_load(&g_metrics.last_loop_us);
+    return last == 0 || obx_now_us() - last <= max_stall_ms * 1000;
+}
+
+int obx_metrics_ready(char *reason, size_t reason_size)
+{
+    int st = atomic_load(&g_metrics.state);
+    if (!obx_metrics_live(30000)) {
+        snprintf(reason, reason_size, "stalled: main loop has not run for over 30 s");
+        return 0;
+    }
+    if (st == OBX_STATE_STANDBY) {
+        snprintf(reason, reason_size, "standby: slot %s is active in another process; taking over when it is released",
+                 g_metrics.slot);
+        return 0;
+    }
+    if (st != OBX_STATE_STREAMING && st != OBX_STATE_BACKPRESSURED) {
+        snprintf(reason, reason_size, "not streaming: %s", obx_state_name((obx_state_t)st));
+        return 0;
+    }
+    if (atomic_load(&g_metrics.kafka_brokers_up) <= 0) {
+        snprintf(reason, reason_size, "kafka unreachable: no broker connection up");
+        return 0;
+    }
+    snprintf(reason, reason_size, "ok: %s", obx_state_name((obx_state_t)st));
+    return 1;
+}
+
+static double age_s(int64_t then_us, int64_t now_us) { return then_us ? (double)(now_us - then_us) / 1e6 : -1; }
+
+#define COUNTER(name, help, field) \
+    fprintf(out, "# HELP outboxd_" name " " help "\n# TYPE outboxd_" name " counter\noutboxd_" name "%s %llu\n", lbl, \
+            (unsigned long long)atomic_load(&m->field))
+#define GAUGE(name, help, fmt, val) \
+    fprintf(out, "# HELP outboxd_" name " " help "\n# TYPE outboxd_" name " gauge\noutboxd_" name "%s " fmt "\n", lbl, val)
+
+void obx_metrics_render_prometheus(FILE *out)
+{
+    obx_metrics_t *m = &g_metrics;
+    int64_t now = obx_now_us();
+    char lbl[96];
+    snprintf(lbl, sizeof(lbl), "{slot=\"%s\"}", m->slot);
+    COUNTER("events_published_total", "Outbox events handed to Kafka.", events_published);
+    COUNTER("events_acked_total", "Outbox events acknowledged by the broker (acks=all).", events_acked);
+    COUNTER("events_failed_total", "Delivery failures reported by the producer (not acked; re-sent or halted).", events_failed);
+    COUNTER("events_skipped_duplicate_total", "Re-decoded events already found in Kafka and not sent again (exactly-once).", events_skipped_duplicate);
+    COUNTER("events_dead_lettered_total", "Poison rows published to the dead-letter topic.", events_dead_lettered);
+    COUNTER("changes_ignored_total", "Updates, deletes and other changes of the outbox table that are not events.", events_ignored);
+    COUNTER("transactions_total", "Transactions with at least one outbox event.", transactions);
+    COUNTER("restarts_total", "Pipeline restarts after a lost connection or a retriable delivery failure.", restarts);
+    COUNTER("backpressure_episodes_total", "Times the Kafka queue filled and reading the slot paused.", backpressure_episodes);
+    COUNTER("heartbeats_total", "Heartbeat messages written with pg_logical_emit_message.", heartbeats);
+    COUNTER("status_updates_total", "Standby status updates sent to PostgreSQL.", status_updates);
+    GAUGE("inflight_events", "Events handed to Kafka and not yet acked.", "%lld", (long long)atomic_load(&m->inflight_events));
+    GAUGE("inflight_transactions", "Transactions with unacked events.", "%lld", (long long)atomic_load(&m->inflight_transactions));
+    GAUGE("received_lsn", "Highest WAL position received from the slot (bytes).", "%llu", (unsigned long long)atomic_load(&m->received_lsn));
+    GAUGE("confirmed_lsn", "Flush position confirmed to PostgreSQL (bytes): everything before it is acked.", "%llu", (unsigned long long)atomic_load(&m->confirmed_lsn));
+    double sa = age_s(atomic_load(&m->newest_confirmed_commit_us), now);
+    GAUGE("source_age_seconds", "Now minus the commit time of the newest transaction or heartbeat confirmed end to end (-1 before the first).", "%.3f", sa);
+    double la = age_s(atomic_load(&m->last_ack_us), now);
+    GAUGE("seconds_since_last_ack", "Seconds since the broker last acked an event (-1 before the first).", "%.3f", la);
+    GAUGE("slot_retained_wal_bytes", "WAL the slot keeps on the server (pg_current_wal_lsn - restart_lsn), polled every 10 s (-1 unknown).", "%lld",
+          atomic_load(&m->slot_info_valid) ? (long long)atomic_load(&m->slot_retained_wal_bytes) : -1LL);
+    GAUGE("slot_safe_wal_size_bytes", "WAL that can still be written before the slot is at risk of invalidation (-1 unlimited or unknown).", "%lld",
+          (long long)atomic_load(&m->slot_safe_wal_size_bytes));
+    fprintf(out, "# HELP outboxd_slot_wal_status The slot's wal_status (1 for the current one).\n# TYPE outboxd_slot_wal_status gauge\n");
+    int ws = atomic_load(&m->slot_wal_status);
+    for (int i = 0; i < 5; i++)
+        fprintf(out, "outboxd_slot_wal_status{slot=\"%s\",status=\"%s\"} %d\n", m->slot, wal_names[i], ws == i);
+    fprintf(out, "# HELP outboxd_state The relay's state (1 for the current one).\n# TYPE outboxd_state gauge\n");
+    int st = atomic_load(&m->state);
+    for (int i = 0; i <= OBX_STATE_HALTED; i++)
+        fprintf(out, "outboxd_state{slot=\"%s\",state=\"%s\"} %d\n", m->slot, obx_state_name((obx_state_t)i), st == i);
+    GAUGE("postgres_connected", "1 while the replication connection is streaming.", "%d", atomic_load(&m->pg_connected));
+    GAUGE("kafka_brokers_up", "Kafka broker connections in state UP (librdkafka statistics, every 5 s).", "%d", atomic_load(&m->kafka_brokers_up));
+    char reason[256];
+    GAUGE("ready", "1 when /readyz passes.", "%d", obx_metrics_ready(reason, sizeof(reason)));
+    GAUGE("start_time_seconds", "Process start, Unix seconds.", "%.3f", (double)atomic_load(&m->started_us) / 1e6);
+    fprintf(out, "# HELP outboxd_commit_to_ack_seconds Commit in PostgreSQL to ack by the broker, per event.\n"
+                 "# TYPE outboxd_commit_to_ack_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < OBX_LAT_BUCKETS; i++) {
+        cum += atomic_load(&m->lat_buckets[i]);
+        fprintf(out, "outboxd_commit_to_ack_seconds_bucket{slot=\"%s\",le=\"%g\"} %llu\n", m->slot, lat_bounds[i],
+                (unsigned long long)cum);
+    }
+    cum += atomic_load(&m->lat_buckets[OBX_LAT_BUCKETS]);
+    fprintf(out, "outboxd_commit_to_ack_seconds_bucket{slot=\"%s\",le=\"+Inf\"} %llu\n", m->slot, (unsigned long long)cum);
+    fprintf(out, "outboxd_commit_to_ack_seconds_sum%s %.6f\n", lbl, (double)atomic_load(&m->lat_sum_us) / 1e6);
+    fprintf(out, "outboxd_commit_to_ack_seconds_count%s %llu\n", lbl, (unsigned long long)atomic_load(&m->lat_count));
+    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\noutboxd_build_info{version=\"%s\"} 1\n",
+            OBX_VERSION);
+}
+
+void obx_metrics_render_json(FILE *out)
+{
+    obx_metrics_t *m = &g_metrics;
+    int64_t now = obx_now_us();
+    char rl[24], cl[24], reason[256];
+    int ready = obx_metrics_ready(reason, sizeof(reason));
+    obx_lsn_format(atomic_load(&m->received_lsn), rl, sizeof(rl));
+    obx_lsn_format(atomic_load(&m->confirmed_lsn), cl, sizeof(cl));
+    fprintf(out,
+            "{\"version\":\"%s\",\"slot\":\"%s\",\"state\":\"%s\",\"ready\":%s,\"ready_reason\":\"%s\","
+            "\"live\":%s,\"postgres_connected\":%s,\"kafka_brokers_up\":%d,"
+            "\"received_lsn\":\"%s\",\"confirmed_lsn\":\"%s\","
+            "\"source_age_seconds\":%.3f,\"seconds_since_last_ack\":%.3f,"
+            "\"events\":{\"published\":%llu,\"acked\":%llu,\"failed\":%llu,\"skipped_duplicate\":%llu,\"dead_lettered\":%llu,\"inflight\":%lld},"
+            "\"inflight_transactions\":%lld,\"transactions\":%llu,\"restarts\":%llu,\"backpressure_episodes\":%llu,"
+            "\"heartbeats\":%llu,"
+            "\"slot_wal\":{\"status\":\"%s\",\"retained_bytes\":%lld,\"safe_wal_size_bytes\":%lld},"
+            "\"commit_to_ack\":{\"count\":%llu,\"mean_seconds\":%.6f}}\n",
+            OBX_VERSION, m->slot, obx_state_name((obx_state_t)atomic_load(&m->state)), ready ? "true" : "false", reason,
+            obx_metrics_live(30000) ? "true" : "false", atomic_load(&m->pg_connected) ? "true" : "false",
+            atomic_load(&m->kafka_brokers_up), rl, cl, age_s(atomic_load(&m->newest_confirmed_commit_us), now),
+            age_s(atomic_load(&m->last_ack_us), now), (unsigned long long)atomic_load(&m->events_published),
+            (unsigned long long)atomic_load(&m->events_acked), (unsigned long long)atomic_load(&m->events_failed),
+            (unsigned long long)atomic_load(&m->events_skipped_duplicate),
+            (unsigned long long)atomic_load(&m->events_dead_lettered), (long long)atomic_load(&m->inflight_events),
+            (long long)atomic_load(&m->inflight_transactions), (unsigned long long)atomic_load(&m->transactions),
+            (unsigned long long)atomic_load(&m->restarts), (unsigned long long)atomic_load(&m->backpressure_episodes),
+            (unsigned long long)atomic_load(&m->heartbeats),
+            obx_wal_status_name((obx_wal_status_t)atomic_load(&m->slot_wal_status)),
+            atomic_load(&m->slot_info_valid) ? (long long)atomic_load(&m->slot_retained_wal_bytes) : -1LL,
+            (long long)atomic_load(&m->slot_safe_wal_size_bytes), (unsigned long long)atomic_load(&m->lat_count),
+            atomic_load(&m->lat_count) ? (double)atomic_load(&m->lat_sum_us) / 1e6 / (double)atomic_load(&m->lat_count) : 0.0);
+}

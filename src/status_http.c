@@ -1,0 +1,109 @@
+#include "status_http.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics.h"
+
+struct obx_status_http_s {
+    struct MHD_Daemon *d;
+};
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char *ctype, char *body, size_t len)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", ctype);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(c, code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                               const char *version, const char *upload, size_t *upload_size, void **state)
+{
+    (void)cls, (void)version, (void)upload, (void)upload_size, (void)state;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        char *b = strdup("method not allowed\n");
+        return b ? reply(c, 405, "text/plain", b, strlen(b)) : MHD_NO;
+    }
+    char *body = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&body, &len);
+    if (!f) return MHD_NO;
+    unsigned code = 200;
+    const char *ctype = "text/plain; charset=utf-8";
+    char reason[256];
+    if (strcmp(url, "/healthz") == 0) {
+        int live = obx_metrics_live(30000);
+        code = live ? 200 : 503;
+        fputs(live ? "ok\n" : "stalled: main loop has not run for over 30 s\n", f);
+    } else if (strcmp(url, "/readyz") == 0) {
+        code = obx_metrics_ready(reason, sizeof(reason)) ? 200 : 503;
+        fprintf(f, "%s\n", reason);
+    } else if (strcmp(url, "/metrics") == 0) {
+        ctype = "text/plain; version=0.0.4; charset=utf-8";
+        obx_metrics_render_prometheus(f);
+    } else if (strcmp(url, "/status") == 0) {
+        ctype = "application/json";
+        obx_metrics_render_json(f);
+    } else if (strcmp(url, "/") == 0) {
+        fputs("outboxd: /healthz /readyz /metrics /status\n", f);
+    } else {
+        code = 404;
+        fputs("not found: /healthz /readyz /metrics /status\n", f);
+    }
+    fclose(f);
+    return reply(c, code, ctype, body, len);
+}
+
+obx_status_http_t *obx_status_http_start(const char *listen, char *errstr, size_t errstr_size)
+{
+    if (!listen || !*listen) return NULL;
+    char host[256];
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof(host)) {
+        snprintf(errstr, errstr_size, "status.listen = \"%s\": use host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", listen);
+        return NULL;
+    }
+    memcpy(host, listen, (size_t)(colon - listen));
+    host[colon - listen] = '\0';
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+    if (gai != 0) {
+        snprintf(errstr, errstr_size, "status.listen = \"%s\": %s", listen, gai_strerror(gai));
+        return NULL;
+    }
+    struct sockaddr_in sin;
+    memcpy(&sin, ai->ai_addr, sizeof(sin));
+    freeaddrinfo(ai);
+    obx_status_http_t *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return NULL;
+    }
+    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG, ntohs(sin.sin_port),
+                            NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sin,
+                            MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_END);
+    if (!h->d) {
+        snprintf(errstr, errstr_size, "status.listen = \"%s\": cannot listen (address in use or not local?)", listen);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void obx_status_http_stop(obx_status_http_t *h)
+{
+    if (!h) return;
+    MHD_stop_daemon(h->d);
+    free(h);
+}

@@ -1,0 +1,475 @@
+/* The config table (src/config.h): defaults, file, environment, validation,
+ * redaction and the generated reference. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+
+/* Every key of the table, as documented. */
+static const char *const all_keys[] = {
+    "pg.conninfo", "slot.name", "slot.create", "outbox.schema", "outbox.table",
+    "outbox.column.id", "outbox.column.aggregatetype", "outbox.column.aggregateid", "outbox.column.type",
+    "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
+    "outbox.column.occurred_at", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
+    "reconnect.backoff_max_ms", "poll.batch", "log.level", "log.format",
+};
+#define N_KEYS (sizeof(all_keys) / sizeof(all_keys[0]))
+
+static obx_config_t *cfg_new(void)
+{
+    obx_config_t *c = obx_config_new();
+    assert_non_null(c);
+    return c;
+}
+
+/* Writes text to a fresh temp file; path into buf. */
+static void write_file(char *path, size_t size, const char *text)
+{
+    snprintf(path, size, "/tmp/obx_test_config_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    size_t n = strlen(text);
+    assert_int_equal(write(fd, text, n), (ssize_t)n);
+    close(fd);
+}
+
+static void load_ok(obx_config_t *c, const char *text)
+{
+    char path[64], err[512] = "";
+    write_file(path, sizeof(path), text);
+    int rc = obx_config_load_file(c, path, err, sizeof(err));
+    unlink(path);
+    if (rc != 0) fail_msg("%s", err);
+}
+
+/* Loads text, expects -1 and every needle in errstr ("@" = "path:line"). */
+static void load_fail(const char *text, int line, const char *n1, const char *n2)
+{
+    obx_config_t *c = cfg_new();
+    char path[64], err[512] = "", where[96];
+    write_file(path, sizeof(path), text);
+    int rc = obx_config_load_file(c, path, err, sizeof(err));
+    unlink(path);
+    if (rc != -1) fail_msg("accepted: %s", text);
+    snprintf(where, sizeof(where), "%s:%d", path, line);
+    if (!strstr(err, where)) fail_msg("errstr \"%s\" lacks \"%s\"", err, where);
+    if (n1 && !strstr(err, n1)) fail_msg("errstr \"%s\" lacks \"%s\"", err, n1);
+    if (n2 && !strstr(err, n2)) fail_msg("errstr \"%s\" lacks \"%s\"", err, n2);
+    obx_config_destroy(c);
+}
+
+static char *print_cfg(const obx_config_t *c)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    obx_config_print(c, f);
+    fclose(f);
+    assert_non_null(buf);
+    return buf;
+}
+
+static void assert_has(const char *hay, const char *needle)
+{
+    if (!strstr(hay, needle)) fail_msg("\"%s\" not found in:\n%s", needle, hay);
+}
+
+static void assert_lacks(const char *hay, const char *needle)
+{
+    if (strstr(hay, needle)) fail_msg("\"%s\" found in:\n%s", needle, hay);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    obx_config_t *c = cfg_new();
+    assert_string_equal(c->pg_conninfo, "");
+    assert_string_equal(c->slot_name, "outboxd");
+    assert_int_equal(c->slot_create, 1);
+    assert_string_equal(c->outbox_schema, "public");
+    assert_string_equal(c->outbox_table, "outbox");
+    assert_string_equal(c->col_id, "id");
+    assert_string_equal(c->col_aggregatetype, "aggregatetype");
+    assert_string_equal(c->col_aggregateid, "aggregateid");
+    assert_string_equal(c->col_type, "type");
+    assert_string_equal(c->col_payload, "payload");
+    assert_string_equal(c->col_aggregate_version, "aggregate_version");
+    assert_string_equal(c->col_topic, "topic");
+    assert_string_equal(c->col_headers, "headers");
+    assert_string_equal(c->col_occurred_at, "occurred_at");
+    assert_string_equal(c->topic_template, "outbox.event.${aggregatetype}");
+    assert_int_equal(c->status_interval_ms, 10000);
+    assert_int_equal(c->shutdown_timeout_ms, 30000);
+    assert_int_equal(c->reconnect_backoff_max_ms, 30000);
+    assert_int_equal(c->poll_batch, 256);
+    assert_string_equal(c->log_level, "info");
+    assert_string_equal(c->log_format, "auto");
+    assert_int_equal(c->n_kafka, 7);
+    assert_string_equal(obx_config_kafka_get(c, "enable.idempotence"), "true");
+    assert_string_equal(obx_config_kafka_get(c, "partitioner"), "murmur2_random");
+    assert_string_equal(obx_config_kafka_get(c, "linger.ms"), "5");
+    assert_string_equal(obx_config_kafka_get(c, "compression.type"), "lz4");
+    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.messages"), "100000");
+    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.kbytes"), "65536");
+    assert_string_equal(obx_config_kafka_get(c, "message.timeout.ms"), "300000");
+    assert_null(obx_config_kafka_get(c, "bootstrap.servers"));
+    obx_config_destroy(c);
+    obx_config_destroy(NULL);
+}
+
+static void test_load_file(void **state)
+{
+    (void)state;
+    obx_config_t *c = cfg_new();
+    load_ok(c,
+            "# outboxd.conf\n"
+            "\n"
+            "   # indented comment\n"
+            "pg.conninfo = host=127.0.0.1 port=55432 dbname=app user=outboxd\n"
+            "slot.name=my_slot\n"
+            "  slot.create   =   false  \n"
+            "outbox.table = \"  spaced name  \"\n"
+            "outbox.schema = \"\"\n"
+            "topic.template = events.${aggregatetype}\n"
+            "status.interval_ms = 250\r\n"
+            "poll.batch = 1\n"
+            "outbox.column.aggregate_version =\n"
+            "kafka.bootstrap.servers = 127.0.0.1:9092,127.0.0.1:9093\n"
+            "kafka.linger.ms = 50\n"
+            "kafka.sasl.password = p#ss word=\n"
+            "log.level = debug\n"
+            "pg.conninfo = host=db2\n" /* later lines win */
+            "# the end");
+    assert_string_equal(c->pg_conninfo, "host=db2");
+    assert_string_equal(c->slot_name, "my_slot");
+    assert_int_equal(c->slot_create, 0);
+    assert_string_equal(c->outbox_table, "  spaced name  ");
+    assert_string_equal(c->outbox_schema, "");
+    assert_string_equal(c->topic_template, "events.${aggregatetype}");
+    assert_int_equal(c->status_interval_ms, 250);
+    assert_int_equal(c->poll_batch, 1);
+    assert_string_equal(c->col_aggregate_version, "");
+    assert_string_equal(c->log_level, "debug");
+    assert_string_equal(obx_config_kafka_get(c, "bootstrap.servers"), "127.0.0.1:9092,127.0.0.1:9093");
+    assert_string_equal(obx_config_kafka_get(c, "linger.ms"), "50"); /* overrides the default */
+    assert_string_equal(obx_config_kafka_get(c, "sasl.password"), "p#ss word="); /* '#' mid-value is data */
+    assert_int_equal(c->n_kafka, 9);
+    /* untouched keys keep their defaults */
+    assert_string_equal(c->col_id, "id");
+    assert_int_equal(c->shutdown_timeout_ms, 30000);
+    obx_config_destroy(c);
+
+    c = cfg_new();
+    load_ok(c, ""); /* empty file */
+    assert_string_equal(c->slot_name, "outboxd");
+    obx_config_destroy(c);
+}
+
+static void test_load_file_errors(void **state)
+{
+    (void)state;
+    load_fail("# ok\nslot.name = x\nno.such.key = 1\n", 3, "\"no.such.key\"", "unknown config key");
+    load_fail("pg_conninfo = x\n", 1, "\"pg_conninfo\"", "kafka.");
+    load_fail("bootstrap.servers = b:9092\n", 1, "\"bootstrap.servers\"", NULL);
+    load_fail("\n\njust some text\n", 3, "key = value", "just some text");
+    load_fail("kafka. = 1\n", 1, "empty kafka property", NULL);
+    load_fail("status.interval_ms = fast\n", 1, "status.interval_ms", "\"fast\"");
+    load_fail("status.interval_ms = 99\n", 1, "status.interval_ms", "[100, 10000]");
+    load_fail("status.interval_ms = 10001\n", 1, "status.interval_ms", "[100, 10000]");
+    load_fail("status.interval_ms = 12x\n", 1, "status.interval_ms", "\"12x\"");
+    load_fail("status.interval_ms =\n", 1, "status.interval_ms", "not an integer");
+    load_fail("poll.batch = 99999999999999999999\n", 1, "poll.batch", "not an integer");
+    load_fail("shutdown.timeout_ms = -1\n", 1, "shutdown.timeout_ms", "[0, 3600000]");
+    load_fail("slot.create = maybe\n", 1, "slot.create", "\"maybe\"");
+    load_fail("slot.create = TRUE\n", 1, "slot.create", "not a boolean");
+
+    obx_config_t *c = cfg_new();
+    char err[512] = "";
+    assert_int_equal(obx_config_load_file(c, "/nonexistent/outboxd.conf", err, sizeof(err)), -1);
+    assert_has(err, "/nonexistent/outboxd.conf");
+    /* set() reports the source it was given */
+    assert_int_equal(obx_config_set(c, "poll.batch", "0", "--set", err, sizeof(err)), -1);
+    assert_has(err, "--set");
+    assert_has(err, "poll.batch");
+    assert_int_equal(c->poll_batch, 256); /* unchanged by a failed set */
+    assert_int_equal(obx_config_set(c, "slot.create", "off", "--set", err, sizeof(err)), 0);
+    assert_int_equal(c->slot_create, 0);
+    assert_int_equal(obx_config_set(c, "slot.create", "yes", "--set", err, sizeof(err)), 0);
+    assert_int_equal(c->slot_create, 1);
+    assert_int_equal(obx_config_set(c, "slot.create", "0", "--set", err, sizeof(err)), 0);
+    assert_int_equal(c->slot_create, 0);
+    assert_int_equal(obx_config_set(c, "shutdown.timeout_ms", "0", "--set", err, sizeof(err)), 0);
+    assert_int_equal(c->shutdown_timeout_ms, 0);
+    assert_int_equal(obx_config_set(c, "shutdown.timeout_ms", "3600000", "--set", err, sizeof(err)), 0);
+    assert_int_equal(c->shutdown_timeout_ms, 3600000);
+    obx_config_destroy(c);
+}
+
+static void test_env(void **state)
+{
+    (void)state;
+    obx_config_t *c = cfg_new();
+    char err[512] = "";
+    load_ok(c, "pg.conninfo = host=from-file\nslot.name = file_slot\nkafka.linger.ms = 7\n");
+    char *env[] = {
+        "PATH=/usr/bin",
+        "OUTBOXD_PG_CONNINFO=host=from-env password=pw",
+        "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS=k1:9092",
+        "OUTBOXD_KAFKA_LINGER_MS=9",
+        "OUTBOXD_KAFKA_SASL_PASSWORD=Secret_With_Caps",
+        "OUTBOXD_SERVICE_HOST=10.0.0.1",      /* Kubernetes: ignored */
+        "OUTBOXD_PORT_8080_TCP=tcp://10.0.0.1:8080",
+        "OUTBOXD_STATUS_INTERVAL_MS=500",
+        "OUTBOXD_SLOT_CREATE=false",
+        "OUTBOXD_OUTBOX_COLUMN_AGGREGATE_VERSION=ver",
+        "OUTBOXD_TOPIC_TEMPLATE=t.${aggregatetype}",
+        "outboxd_log_level=debug",            /* case matters */
+        "OUTBOXD_LOG_LEVEL",                  /* no '=' */
+        "OUTBOXD_=x",
+        NULL,
+    };
+    assert_int_equal(obx_config_load_env(c, env, err, sizeof(err)), 0);
+    assert_string_equal(c->pg_conninfo, "host=from-env password=pw"); /* env wins */
+    assert_string_equal(c->slot_name, "file_slot");
+    assert_string_equal(obx_config_kafka_get(c, "bootstrap.servers"), "k1:9092");
+    assert_string_equal(obx_config_kafka_get(c, "linger.ms"), "9");
+    assert_string_equal(obx_config_kafka_get(c, "sasl.password"), "Secret_With_Caps"); /* values keep case */
+    assert_int_equal(c->status_interval_ms, 500);
+    assert_int_equal(c->slot_create, 0);
+    assert_string_equal(c->col_aggregate_version, "ver");
+    assert_string_equal(c->topic_template, "t.${aggregatetype}");
+    assert_string_equal(c->log_level, "info");
+    assert_null(obx_config_kafka_get(c, "service.host"));
+    assert_int_equal(obx_config_load_env(c, NULL, err, sizeof(err)), 0);
+
+    char *bad[] = {"OUTBOXD_STATUS_INTERVAL_MS=fast", NULL};
+    assert_int_equal(obx_config_load_env(c, bad, err, sizeof(err)), -1);
+    assert_has(err, "OUTBOXD_STATUS_INTERVAL_MS");
+    assert_has(err, "fast");
+    assert_int_equal(c->status_interval_ms, 500);
+    char *bad2[] = {"OUTBOXD_SLOT_CREATE=sometimes", NULL};
+    assert_int_equal(obx_config_load_env(c, bad2, err, sizeof(err)), -1);
+    assert_has(err, "OUTBOXD_SLOT_CREATE");
+    obx_config_destroy(c);
+}
+
+static void validate_fails(obx_config_t *c, const char *n1, const char *n2)
+{
+    char err[512] = "";
+    assert_int_equal(obx_config_validate(c, err, sizeof(err)), -1);
+    assert_has(err, n1);
+    if (n2) assert_has(err, n2);
+}
+
+static void set(obx_config_t *c, const char *k, const char *v)
+{
+    char err[512];
+    if (obx_config_set(c, k, v, "test", err, sizeof(err)) != 0) fail_msg("%s", err);
+}
+
+static void test_validate(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    obx_config_t *c = cfg_new();
+    validate_fails(c, "\"pg.conninfo\"", "OUTBOXD_PG_CONNINFO");
+    set(c, "pg.conninfo", "host=127.0.0.1");
+    validate_fails(c, "\"kafka.bootstrap.servers\"", "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS");
+    set(c, "kafka.bootstrap.servers", "127.0.0.1:9092");
+    assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+
+    set(c, "kafka.no.such.property", "1");
+    validate_fails(c, "kafka.no.such.property", "No such configuration property");
+    obx_config_destroy(c);
+
+    static const struct { const char *key, *value, *n1, *n2; } bad[] = {
+        {"kafka.compression.type", "zip", "kafka.compression.type", NULL},
+        {"kafka.linger.ms", "soon", "kafka.linger.ms", NULL},
+        {"slot.name", "Outboxd", "slot.name", "lower case"},
+        {"slot.name", "out-boxd", "slot.name", "\"out-boxd\""},
+        {"slot.name", "", "slot.name", NULL},
+        {"log.level", "loud", "log.level", "\"loud\""},
+        {"log.format", "xml", "log.format", "\"xml\""},
+        {"outbox.column.id", "", "outbox.column", NULL},
+        {"outbox.column.payload", "", "outbox.column", NULL},
+        {"pg.conninfo", "", "pg.conninfo", NULL},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        c = cfg_new();
+        set(c, "pg.conninfo", "host=127.0.0.1");
+        set(c, "kafka.bootstrap.servers", "127.0.0.1:9092");
+        set(c, bad[i].key, bad[i].value);
+        validate_fails(c, bad[i].n1, bad[i].n2);
+        obx_config_destroy(c);
+    }
+
+    /* optional columns may be empty; good log settings pass */
+    c = cfg_new();
+    set(c, "pg.conninfo", "host=127.0.0.1");
+    set(c, "kafka.bootstrap.servers", "127.0.0.1:9092");
+    set(c, "outbox.column.topic", "");
+    set(c, "outbox.column.aggregate_version", "");
+    set(c, "log.level", "warn");
+    set(c, "log.format", "json");
+    set(c, "slot.name", "outboxd_2");
+    set(c, "kafka.acks", "all");
+    assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+    obx_config_destroy(c);
+}
+
+static void test_conninfo_redact(void **state)
+{
+    (void)state;
+    char out[512];
+    obx_conninfo_redact("host=db port=5432 user=u password=hunter2 dbname=app", out, sizeof(out));
+    assert_lacks(out, "hunter2");
+    assert_has(out, "password=[redacted]");
+    assert_has(out, "host=db");
+    assert_has(out, "user=u");
+    assert_has(out, "dbname=app");
+    assert_has(out, "port=5432");
+
+    obx_conninfo_redact("postgresql://u:s3cr3t@db:5432/app?sslmode=require", out, sizeof(out));
+    assert_lacks(out, "s3cr3t");
+    assert_has(out, "password=[redacted]");
+    assert_has(out, "host=db");
+    assert_has(out, "sslmode=require");
+
+    obx_conninfo_redact("host=db password='quoted secret'", out, sizeof(out));
+    assert_lacks(out, "quoted");
+    assert_lacks(out, "secret");
+
+    obx_conninfo_redact("host=db", out, sizeof(out));
+    assert_string_equal(out, "host=db");
+    obx_conninfo_redact("", out, sizeof(out));
+    assert_string_equal(out, "");
+
+    /* unparseable: nothing of it is printed */
+    obx_conninfo_redact("host=db password='unterminated", out, sizeof(out));
+    assert_string_equal(out, "<unparseable conninfo>");
+    obx_conninfo_redact("host=db passwrd=x", out, sizeof(out));
+    assert_string_equal(out, "<unparseable conninfo>");
+
+    /* a small buffer truncates, NUL-terminated */
+    memset(out, 'X', sizeof(out));
+    obx_conninfo_redact("host=averyveryverylonghostname password=hunter2", out, 12);
+    assert_int_equal(strlen(out), 11);
+    assert_lacks(out, "hunter2");
+}
+
+static void test_print_redacts(void **state)
+{
+    (void)state;
+    obx_config_t *c = cfg_new();
+    set(c, "pg.conninfo", "host=db user=outboxd password=pg_secret_1");
+    set(c, "kafka.bootstrap.servers", "k1:9092");
+    set(c, "kafka.sasl.username", "alice");
+    set(c, "kafka.sasl.password", "kafka_secret_2");
+    set(c, "kafka.ssl.key.password", "kafka_secret_3");
+    set(c, "kafka.sasl.oauthbearer.client.secret", "kafka_secret_4");
+    set(c, "kafka.sasl.oauthbearer.config", "principal=kafka_secret_5");
+    set(c, "kafka.ssl.key.pem", "kafka_secret_6");
+    char *s = print_cfg(c);
+    for (int i = 1; i <= 6; i++) {
+        char needle[32];
+        snprintf(needle, sizeof(needle), "secret_%d", i);
+        assert_lacks(s, needle);
+    }
+    /* redacted conninfo comes back in libpq's keyword order */
+    const char *first = "pg.conninfo = user=outboxd password=[redacted] host=db\n";
+    assert_memory_equal(s, first, strlen(first));
+    assert_has(s, "\nkafka.sasl.password = [redacted]\n");
+    assert_has(s, "\nkafka.ssl.key.password = [redacted]\n");
+    assert_has(s, "\nkafka.sasl.oauthbearer.client.secret = [redacted]\n");
+    assert_has(s, "\nkafka.sasl.username = alice\n");
+    assert_has(s, "\nkafka.bootstrap.servers = k1:9092\n");
+    assert_has(s, "\nslot.create = true\n");
+    assert_has(s, "\nstatus.interval_ms = 10000\n");
+    assert_has(s, "\ntopic.template = outbox.event.${aggregatetype}\n");
+    free(s);
+    obx_config_destroy(c);
+
+    assert_true(obx_config_is_secret("sasl.password"));
+    assert_true(obx_config_is_secret("ssl.keystore.password"));
+    assert_true(obx_config_is_secret("sasl.oauthbearer.client.secret"));
+    assert_true(obx_config_is_secret("sasl.oauthbearer.config"));
+    assert_true(obx_config_is_secret("ssl.key.pem"));
+    assert_false(obx_config_is_secret("sasl.username"));
+    assert_false(obx_config_is_secret("bootstrap.servers"));
+    assert_false(obx_config_is_secret("ssl.ca.location"));
+}
+
+/* print lists every table key once, as "key = value" */
+static void test_print_lists_every_key(void **state)
+{
+    (void)state;
+    obx_config_t *c = cfg_new();
+    char *s = print_cfg(c);
+    size_t lines = 0;
+    for (const char *p = s; *p; p++) lines += *p == '\n';
+    assert_int_equal(lines, N_KEYS + c->n_kafka);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char needle[96];
+        snprintf(needle, sizeof(needle), "%s%s = ", i ? "\n" : "", all_keys[i]);
+        assert_has(s, needle);
+    }
+    free(s);
+    obx_config_destroy(c);
+}
+
+static void test_print_doc(void **state)
+{
+    (void)state;
+    char *doc = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&doc, &len);
+    assert_non_null(f);
+    obx_config_print_doc(f);
+    fclose(f);
+    assert_non_null(doc);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char needle[96];
+        snprintf(needle, sizeof(needle), "| `%s` |", all_keys[i]);
+        assert_has(doc, needle);
+    }
+    assert_has(doc, "| `kafka.bootstrap.servers` |");
+    /* every librdkafka default outboxd sets is listed with its value */
+    obx_config_t *c = cfg_new();
+    for (size_t i = 0; i < c->n_kafka; i++) {
+        char needle[160];
+        snprintf(needle, sizeof(needle), "| `%s` | `%s` |", c->kafka[i].key, c->kafka[i].value);
+        assert_has(doc, needle);
+    }
+    obx_config_destroy(c);
+    assert_has(doc, "| `status.interval_ms` | int | `10000` |");
+    assert_has(doc, "Range 100..10000.");
+    assert_has(doc, "| `slot.create` | bool | `true` |");
+    assert_has(doc, "| `pg.conninfo` | string | (none) | **Required.**");
+    assert_has(doc, "OUTBOXD_SERVICE_HOST");
+    free(doc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_load_file_errors),
+        cmocka_unit_test(test_env),
+        cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_conninfo_redact),
+        cmocka_unit_test(test_print_redacts),
+        cmocka_unit_test(test_print_lists_every_key),
+        cmocka_unit_test(test_print_doc),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
