@@ -58,6 +58,22 @@ static const obx_opt_t opts[] = {
      "Cap of the exponential backoff (from 500 ms) between reconnects to Postgres or Kafka."},
     {"poll.batch", T_INT, S(poll_batch), "256", 1, 100000, 0,
      "Changes read from the slot between two services of Kafka delivery reports."},
+    {"status.listen", T_STR, S(status_listen), "127.0.0.1:8080", 0, 0, 0,
+     "host:port of the status HTTP port (/healthz, /readyz, /metrics, /status). Loopback by default; 0.0.0.0:8080 in a container. Empty disables it."},
+    {"heartbeat.interval_ms", T_INT, S(heartbeat_interval_ms), "10000", 0, 3600000, 0,
+     "Every this often, write a transactional pg_logical_emit_message (prefix `outboxd`) on a normal connection, so an idle outbox still advances the slot (no WAL pile-up) and source age stays measurable. 0 disables."},
+    {"standby.retry_ms", T_INT, S(standby_retry_ms), "1000", 100, 60000, 0,
+     "While another process holds the slot (hot standby), try to take it over this often."},
+    {"slot.poll_interval_ms", T_INT, S(slot_poll_interval_ms), "10000", 1000, 600000, 0,
+     "How often to read the slot's retained WAL and wal_status from pg_replication_slots (metrics; wal_status = lost stops with exit 4)."},
+    {"exactly_once", T_BOOL, S(exactly_once), "true", 0, 0, 0,
+     "After a restart or reconnect, read back the tail of each partition written to and skip events already there, so a crash re-sends nothing. Requires that outboxd is the only writer of its (topic, key) records from this slot; see docs/guarantees.md. `false` gives plain at-least-once."},
+    {"exactly_once.scan_max", T_INT, S(dedup_scan_max), "1000", 1, 1000000, 0,
+     "Records read back per partition when looking for this slot's newest event (other producers' records are skipped over)."},
+    {"poison.policy", T_STR, S(poison_policy), "halt", 0, 0, 0,
+     "What to do with an outbox row that cannot become an event (NULL key, invalid topic, payload the broker refuses): `halt` stops before it without confirming past it (exit 3); `dead-letter` publishes it to poison.dlq_topic with the reason and goes on."},
+    {"poison.dlq_topic", T_STR, S(dlq_topic), "outboxd.deadletter", 0, 0, 0,
+     "Dead-letter topic for poison.policy = dead-letter. Records keep the envelope (payload dropped when it was too large) and carry headers `outboxd-error` and `outboxd-original-topic`."},
     {"log.level", T_STR, S(log_level), "info", 0, 0, 0, "debug, info, warn or error."},
     {"log.format", T_STR, S(log_format), "auto", 0, 0, 0,
      "auto (JSON when stderr is not a terminal), json or text."},
@@ -73,7 +89,7 @@ static const struct { const char *key, *value, *why; } kafka_defaults[] = {
     {"compression.type", "lz4", "cheap on CPU, shrinks JSON payloads"},
     {"queue.buffering.max.messages", "100000", "bounds memory; a full queue stops reading the slot"},
     {"queue.buffering.max.kbytes", "65536", "bounds memory (64 MiB) whatever the backlog"},
-    {"message.timeout.ms", "300000", "after this an unacked event fails; outboxd restarts the pipeline from the last confirmed LSN"},
+    {"statistics.interval.ms", "5000", "broker connection states for /readyz and outboxd_kafka_brokers_up"},
 };
 #define N_KDEF (sizeof(kafka_defaults) / sizeof(kafka_defaults[0]))
 
@@ -325,8 +341,17 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
         snprintf(errstr, errstr_size, "log.level = \"%s\": use debug, info, warn or error", cfg->log_level);
         return -1;
     }
+    if (strcmp(cfg->poison_policy, "halt") != 0 && strcmp(cfg->poison_policy, "dead-letter") != 0) {
+        snprintf(errstr, errstr_size, "poison.policy = \"%s\": use halt or dead-letter", cfg->poison_policy);
+        return -1;
+    }
     if (obx_log_format_parse(cfg->log_format, &fmt) != 0) {
         snprintf(errstr, errstr_size, "log.format = \"%s\": use auto, json or text", cfg->log_format);
+        return -1;
+    }
+    const char *part = obx_config_kafka_get(cfg, "partitioner");
+    if (part && !strcmp(part, "random")) {
+        snprintf(errstr, errstr_size, "kafka.partitioner = random ignores the key and breaks per-aggregate order: use murmur2_random (default)");
         return -1;
     }
     if (!obx_config_kafka_get(cfg, "bootstrap.servers")) {
@@ -418,7 +443,9 @@ void obx_config_print_doc(FILE *out)
           "librdkafka properties pass through with a `kafka.` prefix (`kafka.bootstrap.servers`),\n"
           "or as `OUTBOXD_KAFKA_` + the property with dots as underscores\n"
           "(`OUTBOXD_KAFKA_SASL_PASSWORD`). They are checked by librdkafka at start-up.\n"
-          "`outboxd --print-config` prints the effective configuration with secrets redacted.\n\n"
+          "`outboxd --print-config` prints the effective configuration with secrets redacted.\n"
+          "`kafka.message.timeout.ms` defaults to 0 (never time out; Kafka down means waiting with the slot paused)\n"
+          "with `exactly_once = true`, and to 300000 otherwise.\n\n"
           "| key | type | default | description |\n|---|---|---|---|\n", out);
     for (size_t i = 0; i < N_OPTS; i++) {
         const char *t = opts[i].type == T_STR ? "string" : opts[i].type == T_INT ? "int" : "bool";

@@ -38,6 +38,14 @@ typedef struct obx_config_s {
     int shutdown_timeout_ms;
     int reconnect_backoff_max_ms;
     int poll_batch;
+    char *status_listen;
+    int heartbeat_interval_ms;
+    int standby_retry_ms;
+    int slot_poll_interval_ms;
+    int exactly_once;
+    int dedup_scan_max;
+    char *poison_policy;
+    char *dlq_topic;
     char *log_level;
     char *log_format;
     obx_kv_t *kafka;   /* librdkafka properties without the "kafka." prefix */

@@ -4,6 +4,7 @@
 
 typedef struct {
     obx_lsn_t end_lsn;
+    int64_t commit_time_us;
     uint32_t pending;
     int committed;
 } entry_t;
@@ -15,6 +16,7 @@ struct obx_lsn_ring_s {
     int in_txn, open_has_entry;
     uint64_t inflight_msgs;
     obx_lsn_t flush;
+    int64_t open_time_us, flush_time_us;
 };
 
 obx_lsn_ring_t *obx_lsn_ring_new(obx_lsn_t start_lsn)
@@ -46,6 +48,7 @@ static void advance(obx_lsn_ring_t *r)
         entry_t *h = at(r, 0);
         if (!h->committed || h->pending > 0) break;
         if (h->end_lsn > r->flush) r->flush = h->end_lsn;
+        if (h->commit_time_us > r->flush_time_us) r->flush_time_us = h->commit_time_us;
         r->head = (r->head + 1) % r->cap;
         r->head_seq++;
         r->len--;
@@ -70,6 +73,7 @@ int obx_lsn_ring_begin(obx_lsn_ring_t *r)
     if (r->in_txn) return -1;
     r->in_txn = 1;
     r->open_has_entry = 0;
+    r->open_time_us = 0;
     return 0;
 }
 
@@ -80,6 +84,7 @@ int obx_lsn_ring_add(obx_lsn_ring_t *r, uint64_t *ticket)
         if (r->len == r->cap && grow(r) != 0) return -1;
         entry_t *t = at(r, r->len++);
         t->end_lsn = 0;
+        t->commit_time_us = r->open_time_us;
         t->pending = 0;
         t->committed = 0;
         r->open_has_entry = 1;
@@ -102,8 +107,10 @@ int obx_lsn_ring_commit(obx_lsn_ring_t *r, obx_lsn_t end_lsn)
         /* Empty txn: confirmable exactly when the newest entry is. */
         entry_t *t = at(r, r->len - 1);
         if (end_lsn > t->end_lsn) t->end_lsn = end_lsn;
-    } else if (end_lsn > r->flush) {
-        r->flush = end_lsn;
+        if (r->open_time_us > t->commit_time_us) t->commit_time_us = r->open_time_us;
+    } else {
+        if (end_lsn > r->flush) r->flush = end_lsn;
+        if (r->open_time_us > r->flush_time_us) r->flush_time_us = r->open_time_us;
     }
     r->open_has_entry = 0;
     advance(r);
@@ -131,3 +138,17 @@ size_t obx_lsn_ring_inflight_txns(const obx_lsn_ring_t *r) { return r->len; }
 uint64_t obx_lsn_ring_inflight_msgs(const obx_lsn_ring_t *r) { return r->inflight_msgs; }
 int obx_lsn_ring_idle(const obx_lsn_ring_t *r) { return !r->in_txn && r->len == 0; }
 int obx_lsn_ring_in_txn(const obx_lsn_ring_t *r) { return r->in_txn; }
+
+void obx_lsn_ring_set_time(obx_lsn_ring_t *r, int64_t commit_time_us)
+{
+    r->open_time_us = commit_time_us;
+    if (r->open_has_entry) at(r, r->len - 1)->commit_time_us = commit_time_us;
+}
+
+int64_t obx_lsn_ring_ticket_time(const obx_lsn_ring_t *r, uint64_t ticket)
+{
+    if (ticket < r->head_seq || ticket >= r->head_seq + r->len) return 0;
+    return r->e[(r->head + (size_t)(ticket - r->head_seq)) % r->cap].commit_time_us;
+}
+
+int64_t obx_lsn_ring_flush_time(const obx_lsn_ring_t *r) { return r->flush_time_us; }

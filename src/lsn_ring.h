@@ -32,6 +32,14 @@ int obx_lsn_ring_ack(obx_lsn_ring_t *r, uint64_t ticket);
 /* A keepalive's walEnd: confirmable only when nothing is in flight. */
 void obx_lsn_ring_keepalive(obx_lsn_ring_t *r, obx_lsn_t wal_end);
 
+/* Commit time (us since the Unix epoch) of the open transaction, for
+ * latency and source-age metrics; call after obx_lsn_ring_begin. */
+void obx_lsn_ring_set_time(obx_lsn_ring_t *r, int64_t commit_time_us);
+/* Commit time of the transaction a ticket belongs to; 0 if unknown. */
+int64_t obx_lsn_ring_ticket_time(const obx_lsn_ring_t *r, uint64_t ticket);
+/* Commit time of the newest confirmed transaction (with or without rows). */
+int64_t obx_lsn_ring_flush_time(const obx_lsn_ring_t *r);
+
 obx_lsn_t obx_lsn_ring_flush_lsn(const obx_lsn_ring_t *r);
 size_t obx_lsn_ring_inflight_txns(const obx_lsn_ring_t *r);
 uint64_t obx_lsn_ring_inflight_msgs(const obx_lsn_ring_t *r);

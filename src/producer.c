@@ -6,6 +6,10 @@
 #include <string.h>
 
 #include "log.h"
+#include "lsn.h"
+#include "metrics.h"
+
+#include <cjson/cJSON.h>
 
 #define TOPIC_CACHE 64
 
@@ -70,6 +74,24 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
     obx_log(l, "kafka", "%s: %s", fac, buf);
 }
 
+/* Statistics every statistics.interval.ms: how many brokers are UP, for
+ * /readyz. Bootstrap entries (nodeid -1) do not count. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk, (void)opaque;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    const cJSON *brokers = cJSON_GetObjectItemCaseSensitive(root, "brokers"), *b;
+    int up = 0;
+    cJSON_ArrayForEach(b, brokers) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(b, "state");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(b, "nodeid");
+        if (cJSON_IsString(st) && !strcmp(st->valuestring, "UP") && cJSON_IsNumber(id) && id->valuedouble >= 0) up++;
+    }
+    atomic_store(&obx_metrics()->kafka_brokers_up, up);
+    cJSON_Delete(root);
+    return 0;
+}
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk;
@@ -96,7 +118,21 @@ obx_producer_t *obx_producer_new(const obx_config_t *cfg, obx_dr_cb_t cb, void *
             return NULL;
         }
     }
+    if (cfg->exactly_once) {
+        /* Dedup reads partition tails after a restart: a lost message with a
+         * later one written after it would be skipped, so no gaps, ever. */
+        if (rd_kafka_conf_set(conf, "enable.gapless.guarantee", "true", errstr, errstr_size) != RD_KAFKA_CONF_OK ||
+            (!obx_config_kafka_get(cfg, "message.timeout.ms") &&
+             rd_kafka_conf_set(conf, "message.timeout.ms", "0", errstr, errstr_size) != RD_KAFKA_CONF_OK)) {
+            rd_kafka_conf_destroy(conf);
+            free(p);
+            return NULL;
+        }
+    } else if (!obx_config_kafka_get(cfg, "message.timeout.ms")) {
+        rd_kafka_conf_set(conf, "message.timeout.ms", "300000", errstr, errstr_size);
+    }
     rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+    rd_kafka_conf_set_stats_cb(conf, stats_cb);
     rd_kafka_conf_set_log_cb(conf, log_cb);
     rd_kafka_conf_set_error_cb(conf, error_cb);
     rd_kafka_conf_set_opaque(conf, p);
@@ -147,7 +183,9 @@ static rd_kafka_topic_t *topic_get(obx_producer_t *p, const char *name)
     return p->topics[slot].rkt;
 }
 
-obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, const char *key,
+struct rd_kafka_s *obx_producer_rk(obx_producer_t *p) { return p->rk; }
+
+obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, int32_t partition, const char *key,
                                    uint8_t *value, size_t value_len, const char *const *headers,
                                    size_t n_headers, uint64_t ticket, char *errstr, size_t errstr_size)
 {
@@ -160,7 +198,8 @@ obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, const c
     for (size_t i = 0; i < n_headers; i++)
         rd_kafka_header_add(hdrs, headers[2 * i], -1, headers[2 * i + 1], -1);
     rd_kafka_resp_err_t err = rd_kafka_producev(
-        p->rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(key, strlen(key)), RD_KAFKA_V_VALUE(value, value_len),
+        p->rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, strlen(key)),
+        RD_KAFKA_V_VALUE(value, value_len),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE), RD_KAFKA_V_HEADERS(hdrs),
         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)ticket), RD_KAFKA_V_END);
     if (!err) return OBX_PRODUCE_OK;
@@ -175,7 +214,13 @@ void obx_producer_poll(obx_producer_t *p, int timeout_ms) { rd_kafka_poll(p->rk,
 
 int obx_producer_flush(obx_producer_t *p, int timeout_ms)
 {
-    rd_kafka_flush(p->rk, timeout_ms);
+    /* In steps, so a producer that turned fatal (nothing more will be
+     * acked) does not hold shutdown for the whole timeout. */
+    int64_t deadline = obx_mono_ms() + timeout_ms;
+    while (rd_kafka_outq_len(p->rk) > 0 && obx_mono_ms() < deadline) {
+        rd_kafka_flush(p->rk, 100);
+        if (rd_kafka_fatal_error(p->rk, NULL, 0)) break;
+    }
     return rd_kafka_outq_len(p->rk);
 }
 

@@ -23,7 +23,9 @@ typedef enum {
 typedef void (*obx_dr_cb_t)(void *opaque, uint64_t ticket, const char *err, int retriable,
                             const char *topic, const void *value, size_t value_len);
 
-/* Returns NULL with errstr set on failure. The producer keeps `cb`/`opaque`. */
+/* Returns NULL with errstr set on failure. The producer keeps `cb`/`opaque`.
+ * With cfg->exactly_once the producer is gapless (a failed message stops it)
+ * and, unless kafka.message.timeout.ms is set, never times messages out. */
 obx_producer_t *obx_producer_new(const obx_config_t *cfg, obx_dr_cb_t cb, void *opaque,
                                  char *errstr, size_t errstr_size);
 /* Destroys without waiting: unacked messages are purged (reported failed). */
@@ -32,9 +34,13 @@ void obx_producer_destroy(obx_producer_t *p);
 /* Hands one record to librdkafka. On OBX_PRODUCE_OK the producer takes
  * ownership of `value` (malloc'd) and frees it; otherwise the caller keeps it.
  * headers: n pairs of NUL-terminated key/value. */
-obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, const char *key,
+obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, int32_t partition, const char *key,
                                    uint8_t *value, size_t value_len, const char *const *headers,
                                    size_t n_headers, uint64_t ticket, char *errstr, size_t errstr_size);
+
+/* The librdkafka handle, for dedup's metadata queries; owned by p. */
+struct rd_kafka_s;
+struct rd_kafka_s *obx_producer_rk(obx_producer_t *p);
 
 /* Serves delivery reports for up to timeout_ms. */
 void obx_producer_poll(obx_producer_t *p, int timeout_ms);
