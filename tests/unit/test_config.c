@@ -19,7 +19,9 @@ static const char *const all_keys[] = {
     "outbox.column.id", "outbox.column.aggregatetype", "outbox.column.aggregateid", "outbox.column.type",
     "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
     "outbox.column.occurred_at", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
-    "reconnect.backoff_max_ms", "poll.batch", "log.level", "log.format",
+    "reconnect.backoff_max_ms", "poll.batch", "status.listen", "heartbeat.interval_ms", "standby.retry_ms",
+    "slot.poll_interval_ms", "exactly_once", "exactly_once.scan_max", "poison.policy", "poison.dlq_topic",
+    "log.level", "log.format",
 };
 #define N_KEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
@@ -120,7 +122,17 @@ static void test_defaults(void **state)
     assert_string_equal(obx_config_kafka_get(c, "compression.type"), "lz4");
     assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.messages"), "100000");
     assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.kbytes"), "65536");
-    assert_string_equal(obx_config_kafka_get(c, "message.timeout.ms"), "300000");
+    /* Set by the producer: 0 with exactly_once, 300000 without. */
+    assert_null(obx_config_kafka_get(c, "message.timeout.ms"));
+    assert_string_equal(obx_config_kafka_get(c, "statistics.interval.ms"), "5000");
+    assert_string_equal(c->status_listen, "127.0.0.1:8080");
+    assert_int_equal(c->heartbeat_interval_ms, 10000);
+    assert_int_equal(c->standby_retry_ms, 1000);
+    assert_int_equal(c->slot_poll_interval_ms, 10000);
+    assert_int_equal(c->exactly_once, 1);
+    assert_int_equal(c->dedup_scan_max, 1000);
+    assert_string_equal(c->poison_policy, "halt");
+    assert_string_equal(c->dlq_topic, "outboxd.deadletter");
     assert_null(obx_config_kafka_get(c, "bootstrap.servers"));
     obx_config_destroy(c);
     obx_config_destroy(NULL);
