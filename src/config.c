@@ -461,3 +461,24 @@ void obx_config_print_doc(FILE *out)
     for (size_t i = 0; i < N_KDEF; i++)
         fprintf(out, "| `%s` | `%s` | %s |\n", kafka_defaults[i].key, kafka_defaults[i].value, kafka_defaults[i].why);
 }
+
+int obx_config_check_key_rule(const obx_config_t *prev, const obx_config_t *next, char *errstr, size_t errstr_size)
+{
+    const char *pp = obx_config_kafka_get(prev, "partitioner"), *np = obx_config_kafka_get(next, "partitioner");
+    pp = pp ? pp : "consistent_random";
+    np = np ? np : "consistent_random";
+    char change[512] = "";
+    if (strcmp(prev->col_aggregateid, next->col_aggregateid) != 0)
+        snprintf(change, sizeof(change), "the key column changed (outbox.column.aggregateid: %s -> %s)",
+                 prev->col_aggregateid, next->col_aggregateid);
+    else if (strcmp(pp, np) != 0)
+        snprintf(change, sizeof(change), "the partitioner changed (kafka.partitioner: %s -> %s)", pp, np);
+    if (!*change) return 0;
+    if (strcmp(prev->topic_template, next->topic_template) != 0) return 0;
+    snprintf(errstr, errstr_size,
+             "%s but topic.template is still \"%s\": consumers would see one aggregate's events in two partitions, "
+             "out of order. The key rule is part of the event schema: give the topic a new version in topic.template "
+             "(e.g. \"%s.v2\") and migrate consumers, or keep the old key rule",
+             change, next->topic_template, next->topic_template);
+    return -1;
+}

@@ -64,6 +64,11 @@ int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t err
 /* Required keys present, values in range, kafka.* accepted by librdkafka. */
 int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size);
 
+/* The partition key rule (key column, partitioner) is part of the event
+ * schema: refuses (-1, errstr) a change of it that keeps the same topic
+ * template. For `outboxd config-check --previous OLD`. */
+int obx_config_check_key_rule(const obx_config_t *prev, const obx_config_t *next, char *errstr, size_t errstr_size);
+
 /* Looks up a kafka.* property; NULL when unset. */
 const char *obx_config_kafka_get(const obx_config_t *cfg, const char *prop);
 

@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "consume.h"
+#include "doctor.h"
 #include "log.h"
 #include "preflight.h"
 #include "relay.h"
@@ -30,6 +31,9 @@ static void usage(FILE *f)
           "  run --config FILE           relay outbox inserts from the slot to Kafka\n"
           "  slot status|create|drop --config FILE\n"
           "                              inspect or manage the replication slot\n"
+          "  doctor --config FILE        check PostgreSQL and Kafka, print PASS/WARN/FAIL with fixes\n"
+          "  config-check --previous OLD --config NEW\n"
+          "                              refuse a partition key change that keeps the topic name\n"
           "  consume --brokers B --topic T [--max N] [--idle-exit-ms MS] [--group G]\n"
           "                              print outbox events from Kafka as JSON lines\n"
           "  config-doc                  print the configuration reference (Markdown)\n"
@@ -133,8 +137,9 @@ int main(int argc, char **argv)
         {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
         {"max", required_argument, NULL, 'm'}, {"idle-exit-ms", required_argument, NULL, 'i'},
         {"group", required_argument, NULL, 'g'}, {"help", no_argument, NULL, 'h'},
+        {"previous", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0}};
-    const char *config_path = NULL;
+    const char *config_path = NULL, *previous_path = NULL;
     int print_config = 0;
     obx_consume_opts_t co = {.brokers = "127.0.0.1:9092", .topics = "^outbox\\..*"};
     int first = 2;
@@ -161,6 +166,7 @@ int main(int argc, char **argv)
         case 'm': co.max_messages = atol(optarg); break;
         case 'i': co.idle_exit_ms = atoi(optarg); break;
         case 'g': co.group = optarg; break;
+        case 'P': previous_path = optarg; break;
         case 'h': usage(stdout); return OBX_EXIT_OK;
         default: usage(stderr); return OBX_EXIT_CONFIG;
         }
@@ -182,14 +188,36 @@ int main(int argc, char **argv)
         obx_log_setup(OBX_LOG_INFO, OBX_LOG_AUTO);
         return obx_consume_run(&co, stdout, &g_stop);
     }
-    if (strcmp(cmd, "run") != 0 && strcmp(cmd, "slot") != 0) {
+    if (strcmp(cmd, "run") != 0 && strcmp(cmd, "slot") != 0 && strcmp(cmd, "doctor") != 0 &&
+        strcmp(cmd, "config-check") != 0) {
         fprintf(stderr, "outboxd: unknown command \"%s\"\n", cmd);
         usage(stderr);
         return OBX_EXIT_CONFIG;
     }
     obx_config_t *cfg = load_config(config_path, 1);
     int rc;
-    if (print_config) {
+    if (!strcmp(cmd, "config-check")) {
+        char err[1024];
+        if (!previous_path) {
+            fprintf(stderr, "outboxd: config-check needs --previous FILE\n");
+            rc = OBX_EXIT_CONFIG;
+        } else {
+            obx_config_t *prev = obx_config_new();
+            if (!prev || obx_config_load_file(prev, previous_path, err, sizeof(err)) != 0) {
+                obx_error("config", "%s", prev ? err : "out of memory");
+                rc = OBX_EXIT_CONFIG;
+            } else if (obx_config_check_key_rule(prev, cfg, err, sizeof(err)) != 0) {
+                obx_error("key_rule_changed", "%s", err);
+                rc = OBX_EXIT_CONFIG;
+            } else {
+                printf("config-check: the partition key rule is unchanged or comes with a new topic version\n");
+                rc = OBX_EXIT_OK;
+            }
+            obx_config_destroy(prev);
+        }
+    } else if (!strcmp(cmd, "doctor")) {
+        rc = obx_doctor_run(cfg, stdout);
+    } else if (print_config) {
         obx_config_print(cfg, stdout);
         rc = OBX_EXIT_OK;
     } else if (verb) {

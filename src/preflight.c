@@ -78,8 +78,13 @@ int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, ch
     }
     PQclear(r);
     if (rc) return rc;
+    return obx_preflight_outbox(conn, cfg, info, errstr, errstr_size);
+}
 
+int obx_preflight_outbox(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, char *errstr, size_t errstr_size)
+{
     const char *p[2] = {cfg->outbox_schema, cfg->outbox_table};
+    PGresult *r;
     r = q(conn,
           "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
           " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -123,8 +128,6 @@ int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, ch
         }
     }
     PQclear(r);
-
-    /* The relay reads nothing with SELECT, but doctor and snapshots do. */
     return 0;
 }
 

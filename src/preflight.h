@@ -32,6 +32,9 @@ PGconn *obx_pg_connect(const char *conninfo, char *errstr, size_t errstr_size);
  * OBX_EXIT_* code with errstr saying what is wrong and how to fix it. */
 int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, char *errstr, size_t errstr_size);
 
+/* Only the outbox table and its columns (fills info's has_* flags). */
+int obx_preflight_outbox(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, char *errstr, size_t errstr_size);
+
 /* Reads the slot's row from pg_replication_slots. 0, or -1 on query error. */
 int obx_slot_inspect(PGconn *conn, const char *slot, obx_slot_info_t *out, char *errstr, size_t errstr_size);
 
