@@ -28,5 +28,5 @@ if ((${#missing[@]})); then
 fi
 
 # End-to-end test drivers (pytest + psycopg); the daemon needs none of this.
-python3 -c 'import pytest, psycopg' 2>/dev/null ||
-    python3 -m pip install -q --disable-pip-version-check pytest "psycopg[binary]"
+python3 -c 'import pytest, psycopg, yaml' 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check pytest "psycopg[binary]" pyyaml

@@ -24,6 +24,9 @@ if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- docs/configu
     exit 1
 fi
 
+echo "== deployment manifests, dashboard, compose file"
+python3 -m pytest -q -p no:cacheprovider tests/deploy
+
 echo "== services"
 scripts/services.sh up
 

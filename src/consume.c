@@ -1,5 +1,6 @@
 #include "consume.h"
 
+#include <cjson/cJSON.h>
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +54,7 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
     }
     long n = 0;
     int64_t last = obx_mono_ms();
-    while (!*stop && (o->max_messages == 0 || n < o->max_messages)) {
+    while (!*stop && n >= 0 && (o->max_messages == 0 || n < o->max_messages)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
         if (!m) {
             if (o->idle_exit_ms && obx_mono_ms() - last > o->idle_exit_ms) break;
@@ -75,11 +76,36 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
         } else {
             char *js = obx_envelope_to_json(ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset,
                                             m->key, m->key_len, rd_kafka_message_timestamp(m, NULL));
-            if (js) {
-                fprintf(out, "%s\n", js);
+            if (js && o->on_event) {
+                if (o->on_event(o->opaque, ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset) != 0) n = o->max_messages ? o->max_messages : -1;
+            } else if (js) {
+                /* Kafka headers ride along as "kafka_headers" (last value wins). */
+                rd_kafka_headers_t *hdrs = NULL;
+                size_t l = strlen(js);
+                if (!rd_kafka_message_headers(m, &hdrs) && hdrs && l > 1) {
+                    cJSON *kh = cJSON_CreateObject();
+                    const char *name;
+                    const void *val;
+                    size_t vsz;
+                    for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &val, &vsz); i++) {
+                        char *v = strndup(val ? val : "", val ? vsz : 0);
+                        if (v) {
+                            cJSON_DeleteItemFromObjectCaseSensitive(kh, name);
+                            cJSON_AddStringToObject(kh, name, v);
+                        }
+                        free(v);
+                    }
+                    char *khs = cJSON_PrintUnformatted(kh);
+                    cJSON_Delete(kh);
+                    js[l - 1] = '\0';
+                    fprintf(out, "%s,\"kafka_headers\":%s}\n", js, khs ? khs : "{}");
+                    cJSON_free(khs);
+                } else {
+                    fprintf(out, "%s\n", js);
+                }
                 fflush(out);
-                free(js);
             }
+            free(js);
             obx_envelope_free(ev);
         }
         rd_kafka_message_destroy(m);

@@ -4,7 +4,14 @@
 #define OBX_CONSUME_H
 
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
+
+struct Outboxd__V1__Event;
+
+/* Called per decoded event instead of printing; non-zero stops the loop. */
+typedef int (*obx_event_cb_t)(void *opaque, const struct Outboxd__V1__Event *ev, const char *topic,
+                              int32_t partition, int64_t offset);
 
 typedef struct {
     const char *brokers;
@@ -12,6 +19,8 @@ typedef struct {
     const char *group;    /* NULL: a fresh group, from the earliest offset */
     long max_messages;    /* stop after this many; 0 = no limit */
     int idle_exit_ms;     /* stop after this long without a message; 0 = never */
+    obx_event_cb_t on_event; /* NULL: print JSON lines to out */
+    void *opaque;
 } obx_consume_opts_t;
 
 /* Returns an OBX_EXIT_* code; errors go to the log. */

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "preflight.h"
 #include "relay.h"
+#include "verify.h"
 
 extern char **environ;
 
@@ -36,6 +37,8 @@ static void usage(FILE *f)
           "                              refuse a partition key change that keeps the topic name\n"
           "  consume --brokers B --topic T [--max N] [--idle-exit-ms MS] [--group G]\n"
           "                              print outbox events from Kafka as JSON lines\n"
+          "  verify --topic T [--expected IDS_FILE] [--allow-duplicates] [--idle-exit-ms MS]\n"
+          "                              check topics: duplicates, missing ids, per-aggregate order\n"
           "  config-doc                  print the configuration reference (Markdown)\n"
           "  version                     print the version\n"
           "\n"
@@ -137,9 +140,11 @@ int main(int argc, char **argv)
         {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
         {"max", required_argument, NULL, 'm'}, {"idle-exit-ms", required_argument, NULL, 'i'},
         {"group", required_argument, NULL, 'g'}, {"help", no_argument, NULL, 'h'},
-        {"previous", required_argument, NULL, 'P'},
+        {"previous", required_argument, NULL, 'P'}, {"expected", required_argument, NULL, 'e'},
+        {"allow-duplicates", no_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}};
-    const char *config_path = NULL, *previous_path = NULL;
+    const char *config_path = NULL, *previous_path = NULL, *expected_path = NULL;
+    int allow_dups = 0;
     int print_config = 0;
     obx_consume_opts_t co = {.brokers = "127.0.0.1:9092", .topics = "^outbox\\..*"};
     int first = 2;
@@ -167,6 +172,8 @@ int main(int argc, char **argv)
         case 'i': co.idle_exit_ms = atoi(optarg); break;
         case 'g': co.group = optarg; break;
         case 'P': previous_path = optarg; break;
+        case 'e': expected_path = optarg; break;
+        case 'D': allow_dups = 1; break;
         case 'h': usage(stdout); return OBX_EXIT_OK;
         default: usage(stderr); return OBX_EXIT_CONFIG;
         }
@@ -184,6 +191,12 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (!strcmp(cmd, "verify")) {
+        obx_log_setup(OBX_LOG_INFO, OBX_LOG_AUTO);
+        obx_verify_opts_t vo = {.consume = co, .expected_path = expected_path, .allow_duplicates = allow_dups};
+        if (!vo.consume.idle_exit_ms) vo.consume.idle_exit_ms = 5000;
+        return obx_verify_run(&vo, stdout, &g_stop);
+    }
     if (!strcmp(cmd, "consume")) {
         obx_log_setup(OBX_LOG_INFO, OBX_LOG_AUTO);
         return obx_consume_run(&co, stdout, &g_stop);

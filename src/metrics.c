@@ -54,9 +54,11 @@ int obx_metrics_ready(char *reason, size_t reason_size)
         return 0;
     }
     if (st == OBX_STATE_STANDBY) {
+        /* Ready as a standby: it does its job (waiting to take over), and a
+         * rolling update must be able to count it before stopping the old pod. */
         snprintf(reason, reason_size, "standby: slot %s is active in another process; taking over when it is released",
                  g_metrics.slot);
-        return 0;
+        return 1;
     }
     if (st != OBX_STATE_STREAMING && st != OBX_STATE_BACKPRESSURED) {
         snprintf(reason, reason_size, "not streaming: %s", obx_state_name((obx_state_t)st));

@@ -53,7 +53,8 @@ const char *obx_wal_status_name(obx_wal_status_t s);
 
 /* Liveness: the main loop ran within max_stall_ms. */
 int obx_metrics_live(int64_t max_stall_ms);
-/* Readiness: streaming, Kafka brokers up, loop alive. reason gets a word. */
+/* Readiness: streaming with Kafka brokers up, or a healthy hot standby
+ * (reason then starts with "standby:"); loop alive. */
 int obx_metrics_ready(char *reason, size_t reason_size);
 
 void obx_metrics_render_prometheus(FILE *out);

@@ -38,10 +38,12 @@ obx_repl_t *obx_repl_connect(const char *conninfo, char *errstr, size_t errstr_s
         snprintf(errstr, errstr_size, "out of memory");
         return NULL;
     }
-    /* expand_dbname: the first dbname is the whole user conninfo; the later
-     * keys override it. */
-    const char *keys[] = {"dbname", "replication", "fallback_application_name", NULL};
-    const char *vals[] = {conninfo, "database", "outboxd", NULL};
+    /* expand_dbname: dbname carries the user's conninfo, which overrides the
+     * keys before it (defaults: bounded connect, a silent network cut
+     * surfaces in ~30 s, not minutes) and is overridden by those after. */
+    const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                          "tcp_user_timeout", "dbname", "replication", "fallback_application_name", NULL};
+    const char *vals[] = {"10", "10", "5", "3", "30000", conninfo, "database", "outboxd", NULL};
     r->conn = PQconnectdbParams(keys, vals, 1);
     if (!r->conn || PQstatus(r->conn) != CONNECTION_OK) {
         snprintf(errstr, errstr_size, "replication connection failed: %s",

@@ -14,8 +14,9 @@ static void chomp(char *s)
 
 PGconn *obx_pg_connect(const char *conninfo, char *errstr, size_t errstr_size)
 {
-    const char *keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *vals[] = {conninfo, "outboxd", NULL};
+    const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                          "tcp_user_timeout", "dbname", "fallback_application_name", NULL};
+    const char *vals[] = {"10", "10", "5", "3", "30000", conninfo, "outboxd", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         snprintf(errstr, errstr_size, "cannot connect to Postgres (pg.conninfo): %s",

@@ -1,6 +1,7 @@
 /* The status HTTP port (libmicrohttpd, its own thread):
  *   /healthz  200 while the main loop runs (a stalled loop fails it)
- *   /readyz   200 while streaming with Kafka reachable; 503 with the reason
+ *   /readyz   200 while streaming with Kafka reachable, or as a hot standby
+ *             (body "standby: ..."); 503 with the reason otherwise
  *   /metrics  Prometheus text format
  *   /status   the same as JSON
  * Serves only what obx_metrics() holds: no config, no secrets. */

@@ -177,3 +177,55 @@ def harness(request):
                 time.sleep(0.2)
     with pg() as c:
         c.execute(f"DROP TABLE IF EXISTS {h.table}")
+
+
+SUPER_DSN = f"host=127.0.0.1 port={PG_PORT} dbname=app user=postgres"
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=5):
+    """(status, body) from the status port."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text, name, **labels):
+    """Value of one Prometheus sample, or None."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+def wait_until(fn, timeout=30, interval=0.2, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def services(action, which):
+    """scripts/kafka.sh or scripts/pg.sh start|stop, for fault injection."""
+    script = os.path.join(ROOT, "scripts", f"{which}.sh")
+    out = subprocess.run(["bash", script, action], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -81,9 +81,11 @@ class LoadGen:
         """Writes at least n_events committed outbox rows; returns when done."""
         target = n_events
         errors = []
+        self.runs = getattr(self, "runs", 0) + 1
+        run_no = self.runs
 
         def worker(i):
-            rnd = random.Random(self.seed * 1000 + i)
+            rnd = random.Random(self.seed * 1_000_000 + run_no * 1000 + i)
             try:
                 with psycopg.connect(self.dsn, autocommit=True) as conn:
                     while True:

@@ -1,0 +1,552 @@
+#!/usr/bin/env python3
+"""The side-by-side benchmark behind bench/run.sh (run that, not this).
+
+One run, one PostgreSQL, one Kafka, the systems one after the other:
+  drain    N outbox rows are committed while nothing reads; then each system
+           drains that same backlog from its own slot (created before the writes):
+           pg_recvlogical + wal2json to /dev/null (the decoding limit),
+           pg_recvlogical + pgoutput to /dev/null (Debezium's plugin, for reference),
+           outboxd, Debezium (embedded engine + EventRouter + KafkaProducer).
+  latency  per relay, a fresh slot, the relay started and streaming, then the load
+           generator commits at fixed rates (1k/s, 10k/s); latency of an event =
+           broker LogAppendTime of its record - the time its COMMIT returned.
+CPU (utime+stime from /proc/PID/stat) and RSS (VmHWM/VmRSS from /proc/PID/status)
+are read from the relay process itself.
+
+Everything the run creates (slots, publication, table, topics) carries the run id
+and is dropped in `finally`; bench/run.sh drops leftovers again from its trap.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PARTITIONS = 3
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Stop(Exception):
+    pass
+
+
+def on_signal(signum, _frame):
+    raise Stop(f"signal {signum}")
+
+
+# ---------------------------------------------------------------- /proc
+def proc_cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # utime, stime (all threads)
+
+
+def proc_mem_kb(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "VmRSS"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+# ---------------------------------------------------------------- Kafka helpers
+class Kafka:
+    def __init__(self, brokers, java_cp):
+        self.brokers = brokers
+        self.java_cp = java_cp
+
+    def admin(self, *args):
+        subprocess.run(["java", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", self.java_cp,
+                        "io.outboxd.bench.BenchAdmin", args[0], self.brokers, *args[1:]],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def count(self, topic):
+        """Records in a topic = sum of its partitions' end offsets (acked records)."""
+        cmd = ["kcat", "-b", self.brokers, "-Q"]
+        for p in range(PARTITIONS):
+            cmd += ["-t", f"{topic}:{p}:-1"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        offs = [int(m) for m in re.findall(r"offset (-?\d+)", out.stdout)]
+        return sum(o for o in offs if o > 0) if len(offs) == PARTITIONS else 0
+
+    def read(self, topic, fmt):
+        p = subprocess.Popen(["kcat", "-C", "-b", self.brokers, "-t", topic, "-o", "beginning", "-e", "-q",
+                              "-f", fmt], stdout=subprocess.PIPE, text=True, errors="replace")
+        for line in p.stdout:
+            yield line
+        p.wait()
+
+
+# ---------------------------------------------------------------- processes
+class Proc:
+    """A relay process whose CPU and memory we read from /proc."""
+
+    def __init__(self, name, cmd, env, logfile):
+        self.name = name
+        self.logpath = logfile
+        self.log = open(logfile, "w")
+        self.t_start = time.time()
+        self.p = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+                                  cwd=ROOT)
+        self.max_rss_kb = 0
+
+    def cpu(self):
+        return proc_cpu_s(self.p.pid)
+
+    def mem(self):
+        m = proc_mem_kb(self.p.pid)
+        self.max_rss_kb = max(self.max_rss_kb, m.get("VmRSS", 0))
+        return m
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def check(self):
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited with {self.p.returncode}; see {self.logpath}")
+
+    def stop(self, timeout=30):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} ignored SIGTERM for {timeout} s, killing")
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+        return self.p.returncode
+
+
+def percentile(sorted_vals, q):
+    """Nearest-rank percentile."""
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, int(-(-q * len(sorted_vals) // 100)) - 1))
+    return sorted_vals[k]
+
+
+# ---------------------------------------------------------------- the run
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.id = a.run_id                      # PG object names
+        self.topic_id = a.run_id.replace("_", "-")
+        self.app = f"host=127.0.0.1 port={a.pg_port} dbname=app user=app password=app"
+        self.rel = f"host=127.0.0.1 port={a.pg_port} dbname=app user=outboxd password=outboxd"
+        self.table = f"{self.id}_outbox"
+        self.pub = f"{self.id}_pub"
+        self.slots = []
+        self.topics = []
+        self.procs = []
+        self.kafka = Kafka(a.brokers, a.java_cp)
+        self.outdir = a.work_dir
+        self.res = {"run_id": a.stamp, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "params": {"backlog_rows": a.rows, "payload_pad_bytes": a.pad, "rates": a.rates,
+                               "step_seconds": a.seconds, "warmup_seconds": a.warmup,
+                               "rows_per_txn": {str(r): self.batch_for(r) for r in a.rates},
+                               "debezium_xmx": a.xmx, "partitions": PARTITIONS},
+                    "drain": {}, "latency": {}, "memory": {}}
+
+    def batch_for(self, rate):
+        return 1 if rate <= 2000 else 10
+
+    def sql(self, dsn, q, args=None, fetch=False):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            cur = c.execute(q, args)
+            return cur.fetchall() if fetch else None
+
+    def create_slot(self, name, plugin):
+        self.slots.append(name)
+        return self.sql(self.rel, "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, %s)",
+                        (name, plugin), fetch=True)[0][0]
+
+    def topic(self, system, aggtype):
+        return f"bench.{self.topic_id}.{system}.{aggtype}"
+
+    # -------------------------------------------------------- setup / cleanup
+    def setup(self):
+        with open("/proc/loadavg") as f:
+            load = f.read().split()[:3]
+        others = self.sql(self.rel, "SELECT slot_name FROM pg_replication_slots WHERE active", fetch=True)
+        # Other users of the same PG/Kafka (tests, demos) make the numbers noisy: record it.
+        self.res["environment"] = {"loadavg_at_start": load, "other_active_slots": [r[0] for r in others]}
+        self.services0 = self.services()
+        log(f"table {self.table}, publication {self.pub}")
+        self.sql(self.app, f"CREATE TABLE {self.table} (LIKE outbox INCLUDING ALL)")
+        # The publication must exist before the rows are written: pgoutput reads it
+        # from the catalog as of each change.
+        self.sql(self.app, f"CREATE PUBLICATION {self.pub} FOR TABLE {self.table}")
+        aggs = ["drain", "warm"] + [self.rate_name(r) for r in self.a.rates]
+        self.topics = [self.topic(s, g) for s in ("outboxd", "debezium") for g in aggs]
+        log(f"creating {len(self.topics)} topics (LogAppendTime, {PARTITIONS} partitions)")
+        self.kafka.admin("create", str(PARTITIONS), *self.topics)
+
+    def services(self):
+        """Identity of the running services, to notice a restart by someone else mid-run."""
+        kpid = None
+        try:
+            with open(os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "kafka", "kafka.pid")) as f:
+                kpid = f.read().strip()
+        except OSError:
+            pass
+        pg = self.sql(self.rel, "SELECT pg_postmaster_start_time()::text", fetch=True)[0][0]
+        return {"kafka_pid": kpid, "pg_started": pg}
+
+    def cleanup(self):
+        for p in self.procs:
+            try:
+                p.stop(timeout=20)
+            except Exception as e:  # noqa: BLE001 -- cleanup goes on
+                log(f"stopping {p.name}: {e}")
+        with psycopg.connect(self.rel, autocommit=True) as c:
+            for s in self.slots:
+                for _ in range(50):
+                    try:
+                        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                  "WHERE slot_name = %s", (s,))
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        time.sleep(0.2)
+                else:
+                    log(f"could not drop slot {s}: still active")
+        try:
+            self.sql(self.app, f"DROP PUBLICATION IF EXISTS {self.pub}")
+            self.sql(self.app, f"DROP TABLE IF EXISTS {self.table}")
+        except Exception as e:  # noqa: BLE001
+            log(f"dropping publication/table: {e}")
+        if self.topics and not self.a.keep_topics:
+            try:
+                self.kafka.admin("delete", *self.topics)
+            except Exception as e:  # noqa: BLE001
+                log(f"deleting topics: {e}")
+
+    @staticmethod
+    def rate_name(rate):
+        return f"r{rate // 1000}k" if rate % 1000 == 0 else f"r{rate}"
+
+    # -------------------------------------------------------- relays
+    def start_outboxd(self, slot, tag):
+        env = {"OUTBOXD_PG_CONNINFO": self.rel, "OUTBOXD_SLOT_NAME": slot, "OUTBOXD_SLOT_CREATE": "false",
+               "OUTBOXD_OUTBOX_TABLE": self.table, "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": self.a.brokers,
+               "OUTBOXD_TOPIC_TEMPLATE": f"bench.{self.topic_id}.outboxd.${{aggregatetype}}",
+               "OUTBOXD_LOG_FORMAT": "text",
+               # The status port (default 127.0.0.1:8080) would collide with other
+               # outboxd processes on this machine (tests); the bench does not use it.
+               "OUTBOXD_STATUS_LISTEN": ""}
+        p = Proc(f"outboxd-{tag}", [self.a.outboxd, "run"], env, os.path.join(self.outdir, f"outboxd-{tag}.log"))
+        self.procs.append(p)
+        return p
+
+    def start_debezium(self, slot, tag):
+        env = {"BENCH_KAFKA_BROKERS": self.a.brokers, "BENCH_TOPIC_PREFIX": f"bench.{self.topic_id}.debezium",
+               "BENCH_OFFSET_FILE": os.path.join(self.outdir, f"debezium-{tag}.offsets"),
+               "BENCH_PG_PORT": str(self.a.pg_port), "BENCH_SLOT": slot, "BENCH_PUBLICATION": self.pub,
+               "BENCH_TABLE": f"public.{self.table}"}
+        cmd = ["java", f"-Xmx{self.a.xmx}", "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
+               "-cp", self.a.java_cp, "io.outboxd.bench.DebeziumRelay"]
+        p = Proc(f"debezium-{tag}", cmd, env, os.path.join(self.outdir, f"debezium-{tag}.log"))
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        rc = p.stop()
+        self.procs.remove(p)
+        return rc
+
+    def wait_streaming(self, p, slot, timeout=120):
+        """Streaming = the slot is active (a walsender serves it)."""
+        deadline = time.time() + timeout
+        with psycopg.connect(self.rel, autocommit=True) as c:
+            while time.time() < deadline:
+                p.check()
+                r = c.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+                if r and r[0]:
+                    return time.time() - p.t_start
+                time.sleep(0.05)
+        raise RuntimeError(f"{p.name} did not start streaming slot {slot} in {timeout} s; see {p.logpath}")
+
+    def wait_count(self, p, topic, n, timeout, every=0.1):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            p.check()
+            c = self.kafka.count(topic)
+            if c >= n:
+                return c
+            time.sleep(every)
+        raise RuntimeError(f"{p.name}: {topic} has {self.kafka.count(topic)} of {n} records after {timeout} s")
+
+    # -------------------------------------------------------- phase 1: drain
+    def write_backlog(self):
+        n, pad = self.a.rows, self.a.pad
+        log(f"writing the backlog: {n} rows (~{pad} B payload) in transactions of 1000")
+        t = time.time()
+        self.sql(self.app, f"""DO $$ BEGIN FOR t IN 0..({n} / 1000 - 1) LOOP
+          INSERT INTO {self.table} (aggregatetype, aggregateid, type, aggregate_version, payload)
+          SELECT 'drain', 'agg-' || (g % 5000), 'Updated', g,
+                 jsonb_build_object('n', g, 'name', 'Zoë "q" ' || g, 'pad', repeat('x', {pad}))
+            FROM generate_series(t * 1000, t * 1000 + 999) g;
+          COMMIT; END LOOP; END $$""")
+        end_lsn = self.sql(self.rel, "SELECT pg_current_wal_lsn()::text", fetch=True)[0][0]
+        log(f"backlog written in {time.time() - t:.1f} s, end LSN {end_lsn}")
+        return end_lsn
+
+    def recvlogical(self, slot, end_lsn, opts):
+        cmd = ["pg_recvlogical", "-d", self.rel, "-S", slot, "--start", f"--endpos={end_lsn}", "-f", "/dev/null",
+               "--no-loop"]
+        for o in opts:
+            cmd += ["-o", o]
+        t0 = time.time()
+        p = subprocess.Popen(cmd)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.time() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"pg_recvlogical exited {p.returncode}")
+        return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_kb": ru.ru_maxrss}
+
+    def drain(self):
+        n = self.a.rows
+        slots = {"recv_w2j": (f"{self.id}_recv_w2j", "wal2json"), "recv_pgo": (f"{self.id}_recv_pgo", "pgoutput"),
+                 "outboxd": (f"{self.id}_obx_drain", "wal2json"), "debezium": (f"{self.id}_dbz_drain", "pgoutput")}
+        for name, plugin in slots.values():
+            self.create_slot(name, plugin)
+        end_lsn = self.write_backlog()
+        self.res["params"]["backlog_end_lsn"] = end_lsn
+        d = self.res["drain"]
+
+        log("decoding limit: pg_recvlogical + wal2json (outboxd's options) -> /dev/null")
+        r = self.recvlogical(slots["recv_w2j"][0], end_lsn,
+                             ["format-version=2", "include-xids=1", "include-lsn=1", "include-timestamp=1",
+                              "include-typmod=0", f"add-tables=public.{self.table}"])
+        d["pg_recvlogical_wal2json"] = self.drain_row(n, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
+        log("reference: pg_recvlogical + pgoutput (Debezium's plugin) -> /dev/null")
+        r = self.recvlogical(slots["recv_pgo"][0], end_lsn, ["proto_version=1", f"publication_names={self.pub}"])
+        d["pg_recvlogical_pgoutput"] = self.drain_row(n, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
+
+        log("outboxd: drain until the slot confirms the backlog's end LSN")
+        p = self.start_outboxd(slots["outboxd"][0], "drain")
+        t_confirmed = None
+        with psycopg.connect(self.rel, autocommit=True) as c:
+            deadline = time.time() + self.a.drain_timeout
+            while time.time() < deadline:
+                p.check()
+                ok = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                               "WHERE slot_name = %s", (end_lsn, slots["outboxd"][0])).fetchone()
+                if ok and ok[0]:
+                    t_confirmed = time.time()
+                    break
+                p.mem()
+                time.sleep(0.02)
+        if t_confirmed is None:
+            raise RuntimeError(f"outboxd did not confirm {end_lsn} within {self.a.drain_timeout} s")
+        cpu, mem = p.cpu(), p.mem()
+        self.stop(p)
+        d["outboxd"] = self.drain_row(n, None, t_confirmed - p.t_start, cpu, mem["VmHWM"], t_start=p.t_start)
+
+        log("Debezium: drain until its topic holds the whole backlog")
+        p = self.start_debezium(slots["debezium"][0], "drain")
+        deadline = time.time() + self.a.drain_timeout
+        topic = self.topic("debezium", "drain")
+        t_done = None
+        while time.time() < deadline:
+            p.check()
+            p.mem()
+            if self.kafka.count(topic) >= n:
+                t_done = time.time()
+                break
+            time.sleep(0.1)
+        if t_done is None:
+            raise RuntimeError(f"Debezium did not deliver {n} records within {self.a.drain_timeout} s")
+        cpu, mem = p.cpu(), p.mem()
+        self.stop(p)
+        d["debezium"] = self.drain_row(n, None, None, cpu, mem["VmHWM"], t_start=p.t_start)
+
+    def drain_row(self, n, wall, confirmed, cpu, rss_kb, t_start=None):
+        row = {"events": n, "cpu_s": round(cpu, 3), "cpu_s_per_100k": round(cpu / n * 1e5, 3),
+               "peak_rss_mib": round(rss_kb / 1024, 1)}
+        if wall is not None:
+            row.update(wall_s=round(wall, 3), events_per_s=round(n / wall))
+        if confirmed is not None:
+            row.update(confirmed_s=round(confirmed, 3), confirmed_events_per_s=round(n / confirmed))
+        if t_start is not None:
+            row["_t_start"] = t_start
+        return row
+
+    def drain_from_topic(self, system):
+        """First and last LogAppendTime of the drained records: acked throughput."""
+        row = self.res["drain"][system]
+        ts = [int(line) for line in self.kafka.read(self.topic(system, "drain"), "%T\n") if line.strip()]
+        t_start = row.pop("_t_start")
+        if not ts:
+            row["records_in_topic"] = 0
+            return
+        first, last = min(ts) / 1000, max(ts) / 1000
+        n = row["events"]
+        row.update(records_in_topic=len(ts), startup_s=round(first - t_start, 3),
+                   wall_s=round(last - t_start, 3), events_per_s=round(n / (last - t_start)),
+                   steady_s=round(last - first, 3),
+                   steady_events_per_s=round(n / (last - first)) if last > first else None)
+
+    # -------------------------------------------------------- phase 2: latency
+    def loadgen(self, aggtype, step, rate, seconds, out):
+        cmd = [sys.executable, os.path.join(HERE, "loadgen.py"), "--dsn", self.app, "--table", self.table,
+               "--aggtype", aggtype, "--step", str(step), "--rate", str(rate), "--seconds", str(seconds),
+               "--batch", str(self.batch_for(rate)), "--pad", str(self.a.pad), "--out", out]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"load generator failed ({r.returncode}): {r.stderr[-2000:]}")
+        return json.loads(r.stdout)
+
+    def latency(self, system):
+        slot = f"{self.id}_{'obx' if system == 'outboxd' else 'dbz'}_lat"
+        self.create_slot(slot, "wal2json" if system == "outboxd" else "pgoutput")
+        p = self.start_outboxd(slot, "latency") if system == "outboxd" else self.start_debezium(slot, "latency")
+        t_ready = self.wait_streaming(p, slot)
+        log(f"{system}: streaming after {t_ready:.1f} s; warm-up {self.a.warmup} s at 1k/s")
+        steps = {}
+        # Row ids are unique per (system, step): both systems write to the same table.
+        base = 100 if system == "outboxd" else 200
+        if self.a.warmup > 0:
+            w = self.loadgen("warm", base, 1000, self.a.warmup, os.path.join(self.outdir, f"{system}-warm.commits"))
+            self.wait_count(p, self.topic(system, "warm"), w["rows"], 120)
+        for i, rate in enumerate(self.a.rates, start=1):
+            name = self.rate_name(rate)
+            commits = os.path.join(self.outdir, f"{system}-{name}.commits")
+            log(f"{system}: {rate} events/s for {self.a.seconds} s")
+            cpu0 = p.cpu()
+            lg = subprocess.Popen([sys.executable, os.path.join(HERE, "loadgen.py"), "--dsn", self.app,
+                                   "--table", self.table, "--aggtype", name, "--step", str(base + i), "--rate", str(rate),
+                                   "--seconds", str(self.a.seconds), "--batch", str(self.batch_for(rate)),
+                                   "--pad", str(self.a.pad), "--out", commits], stdout=subprocess.PIPE, text=True)
+            while lg.poll() is None:
+                p.check()
+                p.mem()
+                time.sleep(0.25)
+            if lg.returncode != 0:
+                raise RuntimeError(f"load generator failed ({lg.returncode})")
+            summary = json.loads(lg.stdout.read())
+            t_gen_end = time.time()
+            self.wait_count(p, self.topic(system, name), summary["rows"], self.a.step_timeout, every=0.25)
+            catch_up = time.time() - t_gen_end
+            cpu = p.cpu() - cpu0
+            p.mem()
+            steps[name] = {"target_rate": rate, "achieved_rate": summary["achieved_rate"],
+                           "rows": summary["rows"], "rows_per_txn": summary["batch"],
+                           "late_txns_over_10ms": summary["late_txns_over_10ms"],
+                           "catch_up_after_load_s": round(catch_up, 2),
+                           "cpu_s": round(cpu, 3), "cpu_s_per_100k": round(cpu / summary["rows"] * 1e5, 3),
+                           "_commits": commits, "_step": base + i}
+        mem = p.mem()
+        self.stop(p)
+        self.res["latency"][system] = steps
+        self.res["memory"][system] = {"steady_peak_rss_mib": round(mem["VmHWM"] / 1024, 1),
+                                      "rss_at_end_mib": round(mem["VmRSS"] / 1024, 1),
+                                      "drain_peak_rss_mib": self.res["drain"][system]["peak_rss_mib"],
+                                      "startup_to_streaming_s": round(t_ready, 2)}
+
+    def latency_from_topic(self, system):
+        for name, st in self.res["latency"][system].items():
+            commit = {}
+            with open(st.pop("_commits")) as f:
+                for line in f:
+                    s, t = line.split()
+                    commit[int(s)] = float(t)
+            step = st.pop("_step")
+            lat, seen, dup, foreign = [], set(), 0, 0
+            for line in self.kafka.read(self.topic(system, name), "%T %h\n"):
+                ts, _, hdrs = line.rstrip("\n").partition(" ")
+                m = re.search(r"(?:^|,)id=([0-9a-f]{8})-0000-4000-8000-([0-9a-f]{12})", hdrs)
+                if not m or int(m.group(1), 16) != step:
+                    foreign += 1
+                    continue
+                seq = int(m.group(2), 16)
+                if seq in seen:
+                    dup += 1
+                    continue
+                seen.add(seq)
+                lat.append(int(ts) - commit[seq] * 1000)
+            lat.sort()
+            st.update(received=len(seen), missing=len(commit) - len(seen), duplicates=dup, unmatched=foreign)
+            for q in (50, 95, 99):
+                v = percentile(lat, q)
+                st[f"p{q}_ms"] = round(v, 1) if v is not None else None
+            st["max_ms"] = round(lat[-1], 1) if lat else None
+            st["mean_ms"] = round(sum(lat) / len(lat), 1) if lat else None
+
+    # -------------------------------------------------------- run
+    def run(self):
+        self.setup()
+        self.drain()
+        for system in ("outboxd", "debezium"):
+            self.latency(system)
+        log("reading the topics back (append timestamps, event ids)")
+        for system in ("outboxd", "debezium"):
+            self.drain_from_topic(system)
+            self.latency_from_topic(system)
+        with open("/proc/loadavg") as f:
+            self.res["environment"]["loadavg_at_end"] = f.read().split()[:3]
+        restarted = [k for k, v in self.services().items() if v != self.services0[k]]
+        self.res["environment"]["services_restarted_during_run"] = restarted
+        if restarted:
+            log(f"WARNING: {restarted} changed during the run (restarted by someone else?): numbers are not valid")
+        self.res["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return self.res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run-id", required=True, help="prefix of PG object names, e.g. obxbench_1795690000")
+    ap.add_argument("--stamp", required=True, help="UTC timestamp naming the results")
+    ap.add_argument("--work-dir", required=True, help="logs and commit-time files")
+    ap.add_argument("--json-out", required=True)
+    ap.add_argument("--rows", type=int, default=200000)
+    ap.add_argument("--pad", type=int, default=600)
+    ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--xmx", default="512m")
+    ap.add_argument("--pg-port", type=int, default=55432)
+    ap.add_argument("--brokers", default="127.0.0.1:9092")
+    ap.add_argument("--outboxd", default=os.path.join(ROOT, "build", "outboxd"))
+    ap.add_argument("--java-cp", required=True)
+    ap.add_argument("--drain-timeout", type=float, default=300)
+    ap.add_argument("--step-timeout", type=float, default=180)
+    ap.add_argument("--keep-topics", action="store_true")
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    b = Bench(a)
+    try:
+        res = b.run()
+    except Stop as e:
+        log(f"stopped: {e}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log("cleanup: stopping relays, dropping slots, publication, table" +
+            ("" if a.keep_topics else ", topics"))
+        b.cleanup()
+    with open(a.json_out, "w") as f:
+        json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# outboxd vs Debezium vs the decoding limit, side by side in one run on the same
+# PostgreSQL and Kafka (issue 5). One command:
+#
+#   bench/run.sh [--rows N] [--seconds S] [--rates 1000,10000] [--keep-topics]
+#
+# Builds outboxd (if needed) and the Debezium side (bench/debezium, mvn -q package),
+# starts the local services if they are down, runs bench/bench.py, prints the
+# table, writes bench/results/<UTC timestamp>.json and .png, copies the plot to
+# docs/img/benchmarks.png and rewrites docs/benchmarks.md from
+# bench/benchmarks.md.in. About 5 minutes on 2 cores once Maven has its jars.
+# Every slot, publication, table and topic of the run is dropped at the end, also
+# on failure or Ctrl-C (a forgotten slot pins WAL forever).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PG_PORT=${OBX_PG_PORT:-55432}
+BROKERS=127.0.0.1:${OBX_KAFKA_PORT:-9092}
+REL="host=127.0.0.1 port=$PG_PORT dbname=app user=outboxd password=outboxd"
+APP="host=127.0.0.1 port=$PG_PORT dbname=app user=app password=app"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RUN_ID=obxbench_$(date +%s)
+RESULTS=$ROOT/bench/results
+WORK=$RESULTS/$STAMP.d
+DBZ=$ROOT/bench/debezium
+JAVA_CP="$DBZ/target/bench-debezium.jar:$DBZ/target/lib/*"
+
+say() { echo "[run.sh] $*" >&2; }
+
+# Second line of defence after bench.py's own cleanup: whatever carries this
+# run's id goes, whether bench.py finished, failed or was killed.
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -n "${BENCH_PID:-}" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+        kill -TERM "$BENCH_PID" 2>/dev/null || true
+        wait "$BENCH_PID" 2>/dev/null || true
+    fi
+    local i left
+    for i in $(seq 1 25); do
+        left=$(psql "$REL" -qAt -c "SELECT count(*) FROM (SELECT pg_drop_replication_slot(slot_name)
+                 FROM pg_replication_slots WHERE slot_name LIKE '${RUN_ID}\_%' AND NOT active) d;
+                 SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '${RUN_ID}\_%'" 2>/dev/null | tail -n1) || left=?
+        [ "$left" = 0 ] && break
+        sleep 0.4
+    done
+    [ "$left" = 0 ] || say "WARNING: slots ${RUN_ID}_* still present (active?): drop them by hand"
+    psql "$APP" -qAt -c "DROP PUBLICATION IF EXISTS ${RUN_ID}_pub; DROP TABLE IF EXISTS ${RUN_ID}_outbox" \
+        >/dev/null 2>&1 || true
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- prerequisites
+command -v kcat >/dev/null || { say "kcat is missing (apt-get install kcat)"; exit 1; }
+command -v pg_recvlogical >/dev/null || { say "pg_recvlogical is missing (postgresql-client-15)"; exit 1; }
+python3 -c 'import psycopg' 2>/dev/null || { say "python3 psycopg is missing (pip install psycopg)"; exit 1; }
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    say "installing matplotlib (plots)"
+    pip install -q matplotlib || pip install -q --break-system-packages matplotlib
+fi
+
+say "building outboxd (incremental)"
+[ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build --target outboxd -j"$(nproc)" >/dev/null
+
+say "building the Debezium side (mvn -q package)"
+mvn -q -B -Dstyle.color=never -f "$DBZ/pom.xml" package
+
+scripts/services.sh status >/dev/null 2>&1 || scripts/services.sh up
+
+# Leftovers of an earlier run.sh that was SIGKILLed pin WAL: drop the inactive ones.
+stale=$(psql "$REL" -qAt -c "SELECT string_agg(slot_name, ' ') FROM (SELECT slot_name, pg_drop_replication_slot(slot_name)
+          FROM pg_replication_slots WHERE slot_name LIKE 'obxbench\_%' AND NOT active) d")
+[ -z "$stale" ] || say "dropped stale slots of earlier runs: $stale"
+
+mkdir -p "$WORK" "$ROOT/docs/img"
+say "run $STAMP (PG objects ${RUN_ID}_*, topics bench.${RUN_ID//_/-}.*); logs in ${WORK#$ROOT/}"
+python3 bench/bench.py --run-id "$RUN_ID" --stamp "$STAMP" --work-dir "$WORK" \
+    --json-out "$RESULTS/$STAMP.json" --pg-port "$PG_PORT" --brokers "$BROKERS" \
+    --java-cp "$JAVA_CP" "$@" &
+BENCH_PID=$!
+wait "$BENCH_PID"
+BENCH_PID=
+
+python3 bench/report.py "$RESULTS/$STAMP.json" "$RESULTS/$STAMP.png" docs/benchmarks.md \
+    --doc-png img/benchmarks.png --command "bench/run.sh${*:+ $*}" --pg-port "$PG_PORT" --java-cp "$JAVA_CP"
+cp "$RESULTS/$STAMP.png" docs/img/benchmarks.png
+# Commit-time files and logs are large and only for debugging a run.
+rm -f "$WORK"/*.commits "$WORK"/*.offsets
+say "results: bench/results/$STAMP.json, bench/results/$STAMP.png (= docs/img/benchmarks.png), docs/benchmarks.md"

@@ -1,0 +1,23 @@
+/* `outboxd verify`: reads outbox topics and checks what a consumer relies
+ * on: no event twice, every expected event present, each aggregate in one
+ * partition with increasing versions, source positions increasing per
+ * partition. For users after an incident and for the chaos suite. */
+#ifndef OBX_VERIFY_H
+#define OBX_VERIFY_H
+
+#include <signal.h>
+#include <stdio.h>
+
+#include "consume.h"
+
+typedef struct {
+    obx_consume_opts_t consume;
+    const char *expected_path; /* one event id per line; NULL: no missing check */
+    int allow_duplicates;      /* at-least-once: duplicates reported, not failed */
+} obx_verify_opts_t;
+
+/* Prints a report to out; returns 0 when every check passed, 1 otherwise,
+ * or an OBX_EXIT_* code on usage errors. */
+int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop);
+
+#endif
