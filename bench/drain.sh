@@ -5,6 +5,9 @@
 #   2. outboxd run until the slot confirms the last commit (= Kafka acked all).
 # Prints rows/s, CPU seconds per 100k events and peak RSS for each.
 # usage: bench/drain.sh [ROWS] [PAYLOAD_BYTES]   (services must be up)
+#   OBX_PERF=FILE  also record outboxd with `perf record -g` into FILE
+#                  (then: perf report -i FILE --no-children)
+# bench/run.sh runs the same drain next to Debezium, plus latency at fixed rates.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -21,7 +24,10 @@ q() { psql "$1" -qAt -v ON_ERROR_STOP=1 -c "$2"; }
 for s in bench_relay bench_recv; do
     q "$REL" "SELECT pg_drop_replication_slot('$s') FROM pg_replication_slots WHERE slot_name = '$s'" >/dev/null
 done
-q "$APP" "DROP TABLE IF EXISTS $T; CREATE TABLE $T (LIKE outbox INCLUDING ALL)"
+q "$APP" "DROP TABLE IF EXISTS $T"
+# The project's outbox DDL under the bench table's name (works on a fresh cluster too).
+psql "$APP" -qAt -v ON_ERROR_STOP=1 \
+    -c "$(sed "s/CREATE TABLE IF NOT EXISTS outbox (/CREATE TABLE $T (/" deploy/sql/outbox.sql)"
 q "$REL" "SELECT pg_create_logical_replication_slot('bench_relay', 'wal2json')" >/dev/null
 q "$REL" "SELECT pg_create_logical_replication_slot('bench_recv', 'wal2json')" >/dev/null
 
@@ -42,15 +48,21 @@ echo "decoding limit: pg_recvlogical -> /dev/null"
 
 echo "outboxd: drain until confirmed >= $END_LSN"
 export OUTBOXD_PG_CONNINFO="$REL" OUTBOXD_SLOT_NAME=bench_relay OUTBOXD_OUTBOX_TABLE=$T \
-    OUTBOXD_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${OBX_KAFKA_PORT:-9092} OUTBOXD_LOG_FORMAT=text \
+    OUTBOXD_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${OBX_KAFKA_PORT:-9092} OUTBOXD_LOG_FORMAT=text OUTBOXD_STATUS_LISTEN= \
     OUTBOXD_TOPIC_TEMPLATE="bench.drain.$(date +%s)"
 start=$(date +%s.%N)
 /usr/bin/time -f "%e %U %S %M" -o "$TMP/relay.time" ./build/outboxd run 2>"$TMP/relay.log" &
 TPID=$!
+if [ -n "${OBX_PERF:-}" ]; then
+    for _ in $(seq 50); do RPID=$(pgrep -P $TPID) && break; sleep 0.01; done
+    perf record -q -F 499 --call-graph dwarf,16384 -p "$RPID" -o "$OBX_PERF" &
+    PERF_PID=$!
+fi
 until [ "$(q "$REL" "SELECT confirmed_flush_lsn >= '$END_LSN' FROM pg_replication_slots WHERE slot_name = 'bench_relay'")" = t ]; do
     sleep 0.02
 done
 drained=$(date +%s.%N)
+[ -z "${PERF_PID:-}" ] || { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }
 kill -TERM "$(pgrep -P $TPID)" || true
 wait $TPID || true
 

@@ -11,9 +11,21 @@
 # bench/benchmarks.md.in. About 5 minutes on 2 cores once Maven has its jars.
 # Every slot, publication, table and topic of the run is dropped at the end, also
 # on failure or Ctrl-C (a forgotten slot pins WAL forever).
+#
+#   bench/run.sh --private [...]   the same on a private PostgreSQL + Kafka
+#       (OBX_RUN_DIR=/tmp/obxbench-run, ports 55532 and 9192-9195), started for
+#       the run and stopped after it: for a machine where tests restart the
+#       shared services (tests/e2e/test_faults.py does).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+PRIVATE=
+if [ "${1:-}" = "--private" ]; then
+    shift
+    PRIVATE=1
+    export OBX_RUN_DIR=${BENCH_PRIVATE_DIR:-/tmp/obxbench-run} OBX_PG_PORT=55532 OBX_KAFKA_PORT=9192 \
+        OBX_KAFKA_CONTROLLER_PORT=9193 OBX_KAFKA_PROXY_PORT=9194 OBX_KAFKA_PROXY_ADV_PORT=9195
+fi
 PG_PORT=${OBX_PG_PORT:-55432}
 BROKERS=127.0.0.1:${OBX_KAFKA_PORT:-9092}
 REL="host=127.0.0.1 port=$PG_PORT dbname=app user=outboxd password=outboxd"
@@ -47,6 +59,9 @@ cleanup() {
     [ "$left" = 0 ] || say "WARNING: slots ${RUN_ID}_* still present (active?): drop them by hand"
     psql "$APP" -qAt -c "DROP PUBLICATION IF EXISTS ${RUN_ID}_pub; DROP TABLE IF EXISTS ${RUN_ID}_outbox" \
         >/dev/null 2>&1 || true
+    if [ -n "$PRIVATE" ] && [ -n "${STARTED_PRIVATE:-}" ]; then
+        scripts/services.sh down >&2 || true
+    fi
     exit $rc
 }
 trap cleanup EXIT
@@ -69,7 +84,13 @@ cmake --build build --target outboxd -j"$(nproc)" >/dev/null
 say "building the Debezium side (mvn -q package)"
 mvn -q -B -Dstyle.color=never -f "$DBZ/pom.xml" package
 
-scripts/services.sh status >/dev/null 2>&1 || scripts/services.sh up
+if [ -n "$PRIVATE" ]; then
+    say "private services in $OBX_RUN_DIR (PostgreSQL :$OBX_PG_PORT, Kafka :$OBX_KAFKA_PORT)"
+    STARTED_PRIVATE=1
+    scripts/services.sh up >&2
+else
+    scripts/services.sh status >/dev/null 2>&1 || scripts/services.sh up >&2
+fi
 
 # Leftovers of an earlier run.sh that was SIGKILLed pin WAL: drop the inactive ones.
 stale=$(psql "$REL" -qAt -c "SELECT string_agg(slot_name, ' ') FROM (SELECT slot_name, pg_drop_replication_slot(slot_name)

@@ -9,6 +9,12 @@ set -euo pipefail
 RUN_DIR=${OBX_RUN_DIR:-/tmp/outboxd-run}
 PORT=${OBX_KAFKA_PORT:-9092}
 CPORT=${OBX_KAFKA_CONTROLLER_PORT:-9093}
+# A second listener whose advertised address is a port the chaos tests proxy
+# (tests/e2e/test_faults.py), so they can cut the network between outboxd and
+# Kafka: clients bootstrapped at PROXY_ADV_PORT reach the broker only through
+# the proxy. Nothing listens on PROXY_ADV_PORT unless a test does.
+PROXY_PORT=${OBX_KAFKA_PROXY_PORT:-9094}
+PROXY_ADV_PORT=${OBX_KAFKA_PROXY_ADV_PORT:-9095}
 PARTITIONS=${OBX_KAFKA_PARTITIONS:-3}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KDIR=$RUN_DIR/kafka
@@ -61,9 +67,9 @@ write_config() {
 node.id=1
 process.roles=broker,controller
 controller.quorum.voters=1@127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,PROXIED://127.0.0.1:$PROXY_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXY_ADV_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$DATA

@@ -205,7 +205,7 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
         snprintf(errstr, errstr_size,
                  "replication slot \"%s\" is invalidated (wal_status = lost, max_slot_wal_keep_size exceeded): "
                  "WAL after its confirmed position " OBX_LSN_FMT " is gone, so events committed since then cannot be "
-                 "decoded. Recover: drop the slot, let outboxd create a new one, and re-emit current state with a snapshot",
+                 "decoded. Recover: outboxd slot drop, restart outboxd (it creates a new slot), and re-emit current state with a snapshot",
                  cfg->slot_name, OBX_LSN_ARGS(out->confirmed_flush));
         return OBX_EXIT_SLOT;
     }

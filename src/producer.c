@@ -71,6 +71,8 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 {
     (void)rk;
     obx_log_level_t l = level <= 3 ? OBX_LOG_ERROR : level <= 4 ? OBX_LOG_WARN : level <= 6 ? OBX_LOG_INFO : OBX_LOG_DEBUG;
+    /* outboxd sets the gapless guarantee on purpose (exactly_once). */
+    if (!strcmp(fac, "CONFWARN") && strstr(buf, "enable.gapless.guarantee")) l = OBX_LOG_DEBUG;
     obx_log(l, "kafka", "%s: %s", fac, buf);
 }
 

@@ -557,7 +557,7 @@ static int aux_tick(relay_t *r, session_rc_t *out)
 static void end_session(relay_t *r, int final_status)
 {
     char err[512];
-    set_state(r, OBX_STATE_STOPPING);
+    if (final_status) set_state(r, OBX_STATE_STOPPING);
     if (r->prod) {
         /* Let acks in flight land so they can still be confirmed. */
         int left = obx_producer_flush(r->prod, final_status ? r->cfg->shutdown_timeout_ms : 2000);
@@ -746,6 +746,8 @@ end:
     if (out == S_STOP) obx_info("stopping", "stop requested: flushing Kafka, confirming, ending the stream");
     end_session(r, out == S_STOP || out == S_FATAL);
     if (out == S_FATAL) set_state(r, OBX_STATE_HALTED);
+    else if (out == S_STANDBY) set_state(r, OBX_STATE_STANDBY);
+    else if (out == S_RETRY) set_state(r, OBX_STATE_CONNECTING);
     return out;
 }
 

@@ -104,6 +104,8 @@ class Harness:
             "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": BROKERS,
             "OUTBOXD_LOG_FORMAT": "text",
             "OUTBOXD_STATUS_INTERVAL_MS": "1000",
+            # Each process its own port, so tests never collide on 8080.
+            "OUTBOXD_STATUS_LISTEN": f"127.0.0.1:{free_port()}",
         }
         e.update({k: str(v) for k, v in extra.items()})
         return e
