@@ -46,6 +46,11 @@ typedef struct obx_config_s {
     int dedup_scan_max;
     char *poison_policy;
     char *dlq_topic;
+    /* snapshot.* (outboxd snapshot, and snapshots started by a signal) */
+    char *snap_name, *snap_table, *snap_where, *snap_topic, *snap_aggregate_type, *snap_version_column;
+    char *snap_columns, *snap_payload_sql, *snap_event_type;
+    int snap_page_size, snap_rate_limit;
+    char *signal_table;
     char *log_level;
     char *log_format;
     obx_kv_t *kafka;   /* librdkafka properties without the "kafka." prefix */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "consume.h"
@@ -11,6 +12,7 @@
 #include "log.h"
 #include "preflight.h"
 #include "relay.h"
+#include "snapshot.h"
 #include "verify.h"
 
 extern char **environ;
@@ -35,6 +37,9 @@ static void usage(FILE *f)
           "  doctor --config FILE        check PostgreSQL and Kafka, print PASS/WARN/FAIL with fixes\n"
           "  config-check --previous OLD --config NEW\n"
           "                              refuse a partition key change that keeps the topic name\n"
+          "  snapshot --config FILE --table T [--where SQL] [--name N] [--page-size N] [--rate-limit N]\n"
+          "           [--snapshot-topic T] [--restart] [--set snapshot.KEY=VALUE]\n"
+          "                              re-emit a table's current state as events (resumable)\n"
           "  consume --brokers B --topic T [--max N] [--idle-exit-ms MS] [--group G]\n"
           "                              print outbox events from Kafka as JSON lines\n"
           "  verify --topic T [--expected IDS_FILE] [--allow-duplicates] [--idle-exit-ms MS]\n"
@@ -142,9 +147,16 @@ int main(int argc, char **argv)
         {"group", required_argument, NULL, 'g'}, {"help", no_argument, NULL, 'h'},
         {"previous", required_argument, NULL, 'P'}, {"expected", required_argument, NULL, 'e'},
         {"allow-duplicates", no_argument, NULL, 'D'},
+        /* snapshot: --set key=value for any snapshot.* key, shortcuts below */
+        {"set", required_argument, NULL, 'S'}, {"table", required_argument, NULL, 1001},
+        {"where", required_argument, NULL, 1002}, {"name", required_argument, NULL, 1003},
+        {"page-size", required_argument, NULL, 1004}, {"rate-limit", required_argument, NULL, 1005},
+        {"restart", no_argument, NULL, 1006}, {"snapshot-topic", required_argument, NULL, 1007},
         {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *previous_path = NULL, *expected_path = NULL;
-    int allow_dups = 0;
+    int allow_dups = 0, snap_restart = 0;
+    const char *sets[16];
+    size_t n_sets = 0;
     int print_config = 0;
     obx_consume_opts_t co = {.brokers = "127.0.0.1:9092", .topics = "^outbox\\..*"};
     int first = 2;
@@ -174,6 +186,22 @@ int main(int argc, char **argv)
         case 'P': previous_path = optarg; break;
         case 'e': expected_path = optarg; break;
         case 'D': allow_dups = 1; break;
+        case 'S':
+        case 1001: case 1002: case 1003: case 1004: case 1005: case 1007: {
+            static const char *const keys[] = {"snapshot.table", "snapshot.where", "snapshot.name",
+                                               "snapshot.page_size", "snapshot.rate_limit", "", "snapshot.topic"};
+            if (n_sets == sizeof(sets) / sizeof(sets[0])) break;
+            if (ch == 'S') {
+                sets[n_sets++] = optarg;
+            } else {
+                static char buf[16][1024];
+                snprintf(buf[n_sets], sizeof(buf[0]), "%s=%s", keys[ch - 1001], optarg);
+                sets[n_sets] = buf[n_sets];
+                n_sets++;
+            }
+            break;
+        }
+        case 1006: snap_restart = 1; break;
         case 'h': usage(stdout); return OBX_EXIT_OK;
         default: usage(stderr); return OBX_EXIT_CONFIG;
         }
@@ -202,12 +230,36 @@ int main(int argc, char **argv)
         return obx_consume_run(&co, stdout, &g_stop);
     }
     if (strcmp(cmd, "run") != 0 && strcmp(cmd, "slot") != 0 && strcmp(cmd, "doctor") != 0 &&
-        strcmp(cmd, "config-check") != 0) {
+        strcmp(cmd, "config-check") != 0 && strcmp(cmd, "snapshot") != 0) {
         fprintf(stderr, "outboxd: unknown command \"%s\"\n", cmd);
         usage(stderr);
         return OBX_EXIT_CONFIG;
     }
-    obx_config_t *cfg = load_config(config_path, 1);
+    obx_config_t *cfg = load_config(config_path, 0);
+    for (size_t i = 0; i < n_sets; i++) {
+        char kv[1024], err[1024];
+        snprintf(kv, sizeof(kv), "%s", sets[i]);
+        char *eq = strchr(kv, '=');
+        if (!eq) {
+            fprintf(stderr, "outboxd: --set %s: expected key=value\n", sets[i]);
+            obx_config_destroy(cfg);
+            return OBX_EXIT_CONFIG;
+        }
+        *eq = '\0';
+        if (obx_config_set(cfg, kv, eq + 1, "command line", err, sizeof(err)) != 0) {
+            obx_error("config", "%s", err);
+            obx_config_destroy(cfg);
+            return OBX_EXIT_CONFIG;
+        }
+    }
+    {
+        char err[1024];
+        if (obx_config_validate(cfg, err, sizeof(err)) != 0) {
+            obx_error("config", "%s", err);
+            obx_config_destroy(cfg);
+            return OBX_EXIT_CONFIG;
+        }
+    }
     int rc;
     if (!strcmp(cmd, "config-check")) {
         char err[1024];
@@ -228,6 +280,12 @@ int main(int argc, char **argv)
             }
             obx_config_destroy(prev);
         }
+    } else if (!strcmp(cmd, "snapshot")) {
+        obx_snapshot_opts_t so;
+        obx_snapshot_opts_from_config(cfg, &so);
+        so.restart = snap_restart;
+        so.progress_bar = isatty(STDERR_FILENO);
+        rc = obx_snapshot_run(cfg, &so, &g_stop);
     } else if (!strcmp(cmd, "doctor")) {
         rc = obx_doctor_run(cfg, stdout);
     } else if (print_config) {

@@ -134,6 +134,13 @@ void obx_metrics_render_prometheus(FILE *out)
     fprintf(out, "outboxd_commit_to_ack_seconds_bucket{slot=\"%s\",le=\"+Inf\"} %llu\n", m->slot, (unsigned long long)cum);
     fprintf(out, "outboxd_commit_to_ack_seconds_sum%s %.6f\n", lbl, (double)atomic_load(&m->lat_sum_us) / 1e6);
     fprintf(out, "outboxd_commit_to_ack_seconds_count%s %llu\n", lbl, (unsigned long long)atomic_load(&m->lat_count));
+    GAUGE("snapshot_running", "1 while a snapshot runs in this process.", "%d", atomic_load(&m->snapshot_running));
+    GAUGE("snapshot_rows_done", "Rows of the current (or last) snapshot acked by Kafka and checkpointed.", "%lld",
+          (long long)atomic_load(&m->snapshot_rows_done));
+    GAUGE("snapshot_rows_estimated", "Rows the current (or last) snapshot is expected to send.", "%lld",
+          (long long)atomic_load(&m->snapshot_rows_estimated));
+    GAUGE("snapshot_rows_per_second", "Rate of the current (or last) snapshot.", "%.1f",
+          (double)atomic_load(&m->snapshot_rows_per_s_milli) / 1000.0);
     fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\noutboxd_build_info{version=\"%s\"} 1\n",
             OBX_VERSION);
 }

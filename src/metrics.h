@@ -38,6 +38,9 @@ typedef struct {
     _Atomic int slot_wal_status;
     _Atomic int slot_info_valid;
     _Atomic uint64_t lat_buckets[OBX_LAT_BUCKETS + 1], lat_count, lat_sum_us;
+    _Atomic int snapshot_running;
+    _Atomic int64_t snapshot_rows_done, snapshot_rows_estimated, snapshot_rows_per_s_milli;
+    char snapshot_name[128];
     char slot[64];
 } obx_metrics_t;
 

@@ -1,6 +1,7 @@
 #include "relay.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "pg_repl.h"
 #include "preflight.h"
 #include "producer.h"
+#include "snapshot.h"
 #include "status_http.h"
 #include "wal2json.h"
 
@@ -39,6 +41,11 @@ typedef struct {
     obx_pos_t poison[MAX_POISON];
     char poison_reason[MAX_POISON][256];
     size_t n_poison;
+
+    /* a snapshot started by a signal row, run in its own thread */
+    pthread_t snap_thread;
+    int snap_started;
+    _Atomic int snap_busy;
 
     /* one session */
     obx_repl_t *repl;
@@ -445,6 +452,132 @@ next:
     return rc;
 }
 
+/* A snapshot requested by a signal row. Owns copies of everything it
+ * reads, since the signal's change is gone when the thread runs. */
+typedef struct {
+    relay_t *r;
+    char *signal_id;
+    cJSON *data;
+    obx_snapshot_opts_t opts;
+} snap_job_t;
+
+static const char *jstr(const cJSON *o, const char *k, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) && *v->valuestring ? v->valuestring : dflt;
+}
+
+static void signal_status(relay_t *r, const char *id, const char *status, const char *detail)
+{
+    char err[512], q[600];
+    PGconn *c = obx_pg_connect(r->cfg->pg_conninfo, err, sizeof(err));
+    if (!c) return;
+    snprintf(q, sizeof(q), "UPDATE %s.%s SET status = $2, detail = $3, updated_at = now() WHERE id = $1::bigint",
+             r->cfg->outbox_schema, r->cfg->signal_table);
+    const char *p[3] = {id, status, detail};
+    PGresult *res = PQexecParams(c, q, 3, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        obx_warn("signal", "cannot update signal %s to %s: %s", id, status, PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(c);
+}
+
+static void *snap_main(void *arg)
+{
+    snap_job_t *j = arg;
+    signal_status(j->r, j->signal_id, "running", NULL);
+    int rc = obx_snapshot_run(j->r->cfg, &j->opts, j->r->stop);
+    const char *st = rc == OBX_EXIT_OK ? (*j->r->stop ? "interrupted" : "done") : "failed";
+    char detail[128];
+    snprintf(detail, sizeof(detail), "exit code %d; see outboxd_snapshots and the log", rc);
+    signal_status(j->r, j->signal_id, st, rc == OBX_EXIT_OK ? NULL : detail);
+    cJSON_Delete(j->data);
+    free(j->signal_id);
+    atomic_store(&j->r->snap_busy, 0);
+    free(j);
+    return NULL;
+}
+
+static void start_signal(relay_t *r, const char *sid, const char *type, const char *data);
+
+static void handle_signal(relay_t *r, const obx_w2j_change_t *chg)
+{
+    const obx_col_t *id = obx_w2j_col(chg, "id"), *type = obx_w2j_col(chg, "type"), *data = obx_w2j_col(chg, "data");
+    start_signal(r, id && id->value ? id->value : "?", type ? type->value : NULL, data ? data->value : NULL);
+}
+
+/* Signals whose snapshot was cut short by a crash or a stop resume from
+ * their checkpoint when the relay starts again. */
+static void resume_signals(relay_t *r)
+{
+    if (!*r->cfg->signal_table) return;
+    char err[512], q[600];
+    PGconn *c = obx_pg_connect(r->cfg->pg_conninfo, err, sizeof(err));
+    if (!c) return;
+    snprintf(q, sizeof(q), "SELECT id::text, type, data::text FROM %s.%s WHERE status IN ('running', 'interrupted') ORDER BY id LIMIT 1",
+             r->cfg->outbox_schema, r->cfg->signal_table);
+    PGresult *res = PQexec(c, q);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        obx_info("signal", "resuming the snapshot of signal %s", PQgetvalue(res, 0, 0));
+        start_signal(r, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+    }
+    PQclear(res);
+    PQfinish(c);
+}
+
+static void start_signal(relay_t *r, const char *sid, const char *type, const char *data)
+{
+    if (!type || strcmp(type, "snapshot") != 0) {
+        obx_warn("signal", "signal %s of type %s ignored: only \"snapshot\" is known", sid, type ? type : "NULL");
+        signal_status(r, sid, "ignored", "unknown type");
+        return;
+    }
+    if (atomic_load(&r->snap_busy)) {
+        obx_warn("signal", "signal %s: a snapshot is already running; rejected (insert it again later)", sid);
+        signal_status(r, sid, "rejected", "another snapshot is running");
+        return;
+    }
+    snap_job_t *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->r = r;
+    j->signal_id = strdup(sid);
+    j->data = data ? cJSON_Parse(data) : cJSON_CreateObject();
+    if (!j->signal_id || !cJSON_IsObject(j->data)) {
+        obx_warn("signal", "signal %s: data is not a JSON object", sid);
+        signal_status(r, sid, "failed", "data is not a JSON object");
+        cJSON_Delete(j->data);
+        free(j->signal_id);
+        free(j);
+        return;
+    }
+    obx_snapshot_opts_from_config(r->cfg, &j->opts);
+    j->opts.table = jstr(j->data, "table", j->opts.table);
+    j->opts.where = jstr(j->data, "where", j->opts.where);
+    j->opts.topic = jstr(j->data, "topic", j->opts.topic);
+    j->opts.name = jstr(j->data, "name", j->opts.name);
+    j->opts.aggregate_type = jstr(j->data, "aggregate_type", j->opts.aggregate_type);
+    j->opts.version_column = jstr(j->data, "version_column", j->opts.version_column);
+    j->opts.columns = jstr(j->data, "columns", j->opts.columns);
+    j->opts.payload_sql = jstr(j->data, "payload_sql", j->opts.payload_sql);
+    j->opts.event_type = jstr(j->data, "event_type", j->opts.event_type);
+    const cJSON *ps = cJSON_GetObjectItemCaseSensitive(j->data, "page_size");
+    if (cJSON_IsNumber(ps)) j->opts.page_size = (long)ps->valuedouble;
+    j->opts.restart = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j->data, "restart"));
+    if (r->snap_started) pthread_join(r->snap_thread, NULL);
+    atomic_store(&r->snap_busy, 1);
+    obx_info("signal", "signal %s: snapshot of %s%s%s", sid, j->opts.table ? j->opts.table : "?",
+             j->opts.where ? " where " : "", j->opts.where ? j->opts.where : "");
+    if (pthread_create(&r->snap_thread, NULL, snap_main, j) != 0) {
+        atomic_store(&r->snap_busy, 0);
+        signal_status(r, sid, "failed", "cannot start a thread");
+        cJSON_Delete(j->data);
+        free(j->signal_id);
+        free(j);
+        return;
+    }
+    r->snap_started = 1;
+}
+
 static int handle_change(relay_t *r, const obx_repl_msg_t *m, obx_w2j_change_t *chg, session_rc_t *out)
 {
     char err[512];
@@ -478,6 +611,11 @@ static int handle_change(relay_t *r, const obx_repl_msg_t *m, obx_w2j_change_t *
         if (r->txn_index) atomic_fetch_add(&r->m->transactions, 1);
         return 0;
     case OBX_CHG_INSERT:
+        if (*r->cfg->signal_table && !strcmp(chg->schema, r->cfg->outbox_schema) &&
+            !strcmp(chg->table, r->cfg->signal_table)) {
+            handle_signal(r, chg);
+            return 0;
+        }
         if (strcmp(chg->schema, r->cfg->outbox_schema) != 0 || strcmp(chg->table, r->cfg->outbox_table) != 0) {
             atomic_fetch_add(&r->m->events_ignored, 1);
             return 0;
@@ -596,7 +734,8 @@ static session_rc_t session(relay_t *r)
     session_rc_t out = S_RETRY;
     obx_w2j_change_t chg;
     memset(&chg, 0, sizeof(chg));
-    set_state(r, OBX_STATE_CONNECTING);
+    /* A standby stays "standby" while it retries, so probes see it steadily. */
+    if (atomic_load(&r->m->state) != OBX_STATE_STANDBY) set_state(r, OBX_STATE_CONNECTING);
 
     r->aux = obx_pg_connect(r->cfg->pg_conninfo, err, sizeof(err));
     if (!r->aux) {
@@ -628,8 +767,12 @@ static session_rc_t session(relay_t *r)
         obx_error("oom", "out of memory");
         goto end;
     }
-    char tables[512];
-    if (obx_w2j_escape_table(r->cfg->outbox_schema, r->cfg->outbox_table, tables, sizeof(tables)) != 0) {
+    char tables[1024];
+    size_t tl;
+    if (obx_w2j_escape_table(r->cfg->outbox_schema, r->cfg->outbox_table, tables, sizeof(tables)) != 0 ||
+        (*r->cfg->signal_table && ((tl = strlen(tables)) + 2 >= sizeof(tables) ||
+                                   (tables[tl] = ',', obx_w2j_escape_table(r->cfg->outbox_schema, r->cfg->signal_table,
+                                                                           tables + tl + 1, sizeof(tables) - tl - 1)) != 0))) {
         obx_error("config", "outbox table name too long");
         r->exit_code = OBX_EXIT_CONFIG;
         out = S_FATAL;
@@ -747,7 +890,7 @@ end:
     end_session(r, out == S_STOP || out == S_FATAL);
     if (out == S_FATAL) set_state(r, OBX_STATE_HALTED);
     else if (out == S_STANDBY) set_state(r, OBX_STATE_STANDBY);
-    else if (out == S_RETRY) set_state(r, OBX_STATE_CONNECTING);
+    else if (out == S_RETRY && atomic_load(&r->m->state) != OBX_STATE_STANDBY) set_state(r, OBX_STATE_CONNECTING);
     return out;
 }
 
@@ -802,6 +945,7 @@ int obx_relay_run(const obx_config_t *cfg, volatile sig_atomic_t *stop)
     }
     obx_info("preflight_ok", "PostgreSQL %d, database %s, outbox %s.%s, slot %s", r.pg.server_version, r.pg.database,
              cfg->outbox_schema, cfg->outbox_table, cfg->slot_name);
+    resume_signals(&r);
 
     backoff = 500;
     for (;;) {
@@ -835,6 +979,7 @@ int obx_relay_run(const obx_config_t *cfg, volatile sig_atomic_t *stop)
         if (*stop) break;
     }
 out:
+    if (r.snap_started) pthread_join(r.snap_thread, NULL); /* it saw *stop and checkpointed */
     obx_status_http_stop(http);
     return rc;
 }

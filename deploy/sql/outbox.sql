@@ -19,3 +19,33 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 
 -- outboxd needs no index, trigger or replica identity: INSERTs carry every column.
+
+-- Signals: an INSERT here (read from the slot, in commit order with the
+-- stream) starts a snapshot inside the running relay, e.g.
+--   INSERT INTO outboxd_signals(type, data)
+--   VALUES ('snapshot', '{"table": "athletes", "where": "country_code = ''GB''"}');
+-- outboxd updates status (pending, running, done, failed, interrupted, rejected).
+CREATE TABLE IF NOT EXISTS outboxd_signals (
+    id         bigserial   PRIMARY KEY,
+    type       text        NOT NULL,
+    data       jsonb       NOT NULL DEFAULT '{}',
+    status     text        NOT NULL DEFAULT 'pending',
+    detail     text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Snapshot checkpoints (outboxd creates it when missing and allowed to).
+CREATE TABLE IF NOT EXISTS outboxd_snapshots (
+    name           text        PRIMARY KEY,
+    source_table   text        NOT NULL,
+    filter         text,
+    topic          text,
+    last_key       text,
+    rows_done      bigint      NOT NULL DEFAULT 0,
+    rows_estimated bigint,
+    status         text        NOT NULL,
+    error          text,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
