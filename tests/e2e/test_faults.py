@@ -283,10 +283,9 @@ def test_wal_stays_bounded_behind_an_idle_outbox(harness):
             "retained_after_mb": round(retained / 2**20, 1)}
         assert p.stop() == 0
     record("idle outbox, busy other table + database", **figures)
-    assert figures["heartbeat_on"]["wal_written_mb"] > 30
     # restart_lsn moves at running-xacts records (every 15 s under load), so
     # up to ~15 s of WAL is held at the peak; what matters is that it is
     # released, not piling up with the WAL written.
     on = figures["heartbeat_on"]
+    assert on["wal_written_mb"] > 100, figures
     assert on["retained_after_mb"] < 64, figures
-    assert on["peak_retained_mb"] < 0.9 * on["wal_written_mb"], figures
