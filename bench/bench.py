@@ -154,6 +154,7 @@ class Bench:
         self.slots = []
         self.topics = []
         self.procs = []
+        self.lg = None  # the running load generator, if any
         self.kafka = Kafka(a.brokers, a.java_cp)
         self.outdir = a.work_dir
         self.res = {"run_id": a.stamp, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -185,7 +186,9 @@ class Bench:
             load = f.read().split()[:3]
         others = self.sql(self.rel, "SELECT slot_name FROM pg_replication_slots WHERE active", fetch=True)
         # Other users of the same PG/Kafka (tests, demos) make the numbers noisy: record it.
-        self.res["environment"] = {"loadavg_at_start": load, "other_active_slots": [r[0] for r in others]}
+        self.res["environment"] = {"loadavg_at_start": load, "other_active_slots": [r[0] for r in others],
+                                   "services": f"PostgreSQL 127.0.0.1:{self.a.pg_port}, Kafka {self.a.brokers}, "
+                                               f"state in {os.environ.get('OBX_RUN_DIR', '/tmp/outboxd-run')}"}
         self.services0 = self.services()
         log(f"table {self.table}, publication {self.pub}")
         # The project's outbox DDL, under this run's table name.
@@ -221,6 +224,9 @@ class Bench:
         return {"kafka_pid": kpid, "pg_started": pg}
 
     def cleanup(self):
+        if self.lg is not None and self.lg.poll() is None:
+            self.lg.kill()
+            self.lg.wait()
         for p in self.procs:
             try:
                 p.stop(timeout=20)
@@ -444,7 +450,7 @@ class Bench:
             commits = os.path.join(self.outdir, f"{system}-{name}.commits")
             log(f"{system}: {rate} events/s for {self.a.seconds} s")
             cpu0 = p.cpu()
-            lg = subprocess.Popen([sys.executable, os.path.join(HERE, "loadgen.py"), "--dsn", self.app,
+            lg = self.lg = subprocess.Popen([sys.executable, os.path.join(HERE, "loadgen.py"), "--dsn", self.app,
                                    "--table", self.table, "--aggtype", name, "--step", str(base + i), "--rate", str(rate),
                                    "--seconds", str(self.a.seconds), "--batch", str(self.batch_for(rate)),
                                    "--pad", str(self.a.pad), "--out", commits], stdout=subprocess.PIPE, text=True)

@@ -251,6 +251,7 @@ def main():
                    f"(rows per transaction: {', '.join(f'{k}/s: {n}' for k, n in p['rows_per_txn'].items())}), "
                    f"after a {p['warmup_seconds']:.0f} s warm-up at 1k/s; {p['partitions']} partitions per topic; "
                    f"payload ~{p['payload_pad_bytes']} B of padding in a jsonb object"),
+        "SERVICES": env.get("services", "?"),
         "NOISE": (f"load average at start {' '.join(env.get('loadavg_at_start', []))}, at end "
                   f"{' '.join(env.get('loadavg_at_end', []))}; other active replication slots at start: "
                   f"{', '.join(env.get('other_active_slots', [])) or 'none'}"),

@@ -19,6 +19,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+ARGS="$*"
 PRIVATE=
 if [ "${1:-}" = "--private" ]; then
     shift
@@ -92,10 +93,23 @@ else
     scripts/services.sh status >/dev/null 2>&1 || scripts/services.sh up >&2
 fi
 
-# Leftovers of an earlier run.sh that was SIGKILLed pin WAL: drop the inactive ones.
+# Leftovers of an earlier run.sh that was SIGKILLed (or lost its PostgreSQL)
+# pin WAL: drop inactive slots, publications and tables of runs started more
+# than an hour ago (run ids carry their start time; younger ones may be a
+# concurrent run).
+OLD="substring(%s from '^obxbench_([0-9]+)_')::bigint < extract(epoch from now()) - 3600"
 stale=$(psql "$REL" -qAt -c "SELECT string_agg(slot_name, ' ') FROM (SELECT slot_name, pg_drop_replication_slot(slot_name)
-          FROM pg_replication_slots WHERE slot_name LIKE 'obxbench\_%' AND NOT active) d")
+          FROM pg_replication_slots WHERE slot_name LIKE 'obxbench\_%' AND NOT active AND ${OLD//%s/slot_name}) d")
 [ -z "$stale" ] || say "dropped stale slots of earlier runs: $stale"
+psql "$APP" -qAt -c "SELECT pubname FROM pg_publication WHERE pubname LIKE 'obxbench\_%' AND ${OLD//%s/pubname}
+                     UNION ALL SELECT tablename FROM pg_tables WHERE tablename LIKE 'obxbench\_%' AND ${OLD//%s/tablename}" |
+while read -r obj; do
+    case $obj in
+        *_pub)    psql "$APP" -qAt -c "DROP PUBLICATION IF EXISTS $obj" ;;
+        *_outbox) psql "$APP" -qAt -c "DROP TABLE IF EXISTS $obj" ;;
+    esac
+    say "dropped stale $obj"
+done
 
 mkdir -p "$WORK" "$ROOT/docs/img"
 say "run $STAMP (PG objects ${RUN_ID}_*, topics bench.${RUN_ID//_/-}.*); logs in ${WORK#$ROOT/}"
@@ -107,8 +121,8 @@ wait "$BENCH_PID"
 BENCH_PID=
 
 python3 bench/report.py "$RESULTS/$STAMP.json" "$RESULTS/$STAMP.png" docs/benchmarks.md \
-    --doc-png img/benchmarks.png --command "bench/run.sh${*:+ $*}" --pg-port "$PG_PORT" --java-cp "$JAVA_CP"
+    --doc-png img/benchmarks.png --command "bench/run.sh${ARGS:+ $ARGS}" --pg-port "$PG_PORT" --java-cp "$JAVA_CP"
 cp "$RESULTS/$STAMP.png" docs/img/benchmarks.png
-# Commit-time files and logs are large and only for debugging a run.
-rm -f "$WORK"/*.commits "$WORK"/*.offsets
+# Commit-time files are large and only for debugging a run (BENCH_KEEP_WORK=1 keeps them).
+[ -n "${BENCH_KEEP_WORK:-}" ] || rm -f "$WORK"/*.commits "$WORK"/*.offsets
 say "results: bench/results/$STAMP.json, bench/results/$STAMP.png (= docs/img/benchmarks.png), docs/benchmarks.md"
