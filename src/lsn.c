@@ -62,8 +62,19 @@ static int two_digits(const char *p, int *out)
 int obx_timestamptz_parse(const char *s, int64_t *out_us)
 {
     int y, mo, d, h, mi, sec, n = 0;
-    if (!s || sscanf(s, "%4d-%2d-%2d%*1[ T]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n == 0)
+    if (!s) return -1;
+    /* Fast path for the fixed ISO layout wal2json sends on every BEGIN (sscanf
+     * showed in the relay's profile); anything else goes through sscanf. */
+    int y1, y2;
+    if (strnlen(s, 19) == 19 && s[4] == '-' && s[7] == '-' && (s[10] == ' ' || s[10] == 'T') && s[13] == ':' &&
+        s[16] == ':' && two_digits(s, &y1) == 0 && two_digits(s + 2, &y2) == 0 && two_digits(s + 5, &mo) == 0 &&
+        two_digits(s + 8, &d) == 0 && two_digits(s + 11, &h) == 0 && two_digits(s + 14, &mi) == 0 &&
+        two_digits(s + 17, &sec) == 0) {
+        y = y1 * 100 + y2;
+        n = 19;
+    } else if (sscanf(s, "%4d-%2d-%2d%*1[ T]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n == 0) {
         return -1;
+    }
     if (mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 60)
         return -1;
     const char *p = s + n;

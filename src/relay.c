@@ -114,14 +114,16 @@ static void dr_cb(void *opaque, uint64_t ticket, const char *err, int retriable,
 }
 
 /* Standby status: write = highest received, flush = apply = ring flush LSN.
- * Sent at least every status.interval_ms, within 1 s of the flush moving,
+ * Sent at least every status.interval_ms, within 100 ms of the flush moving,
  * and at once when forced (server asked, shutdown). */
 static int maybe_send_status(relay_t *r, int force, char *errstr, size_t errstr_size)
 {
     obx_lsn_t flush = obx_lsn_ring_flush_lsn(r->ring);
     int64_t now = obx_mono_ms();
     int64_t since = now - r->last_status_ms;
-    if (!force && since < r->cfg->status_interval_ms && !(flush != r->sent_flush && since >= 1000)) return 0;
+    /* 100 ms after the flush moves: the slot keeps up closely (less WAL held,
+     * a smaller replay window after a crash) for ~10 small messages/s. */
+    if (!force && since < r->cfg->status_interval_ms && !(flush != r->sent_flush && since >= 100)) return 0;
     if (r->write_lsn < flush) r->write_lsn = flush;
     if (obx_repl_send_status(r->repl, r->write_lsn, flush, flush, errstr, errstr_size) != 0) return -1;
     if (flush != r->sent_flush) obx_debug("lsn_confirmed", "confirmed flush LSN " OBX_LSN_FMT, OBX_LSN_ARGS(flush));
@@ -244,12 +246,26 @@ static int add_row_headers(const char *json, cJSON **tree, const char **kh, size
     return 0;
 }
 
+/* Names a row in messages; formatted only when a message is written. */
+typedef struct {
+    const char *what, *event_id, *aggregate_id;
+    obx_lsn_t change_lsn;
+} row_ref_t;
+
+static const char *describe(const relay_t *r, const row_ref_t *ref, char *buf, size_t size)
+{
+    snprintf(buf, size, "%s id=%s aggregateid=%s (change LSN " OBX_LSN_FMT ", commit LSN " OBX_LSN_FMT ", xid %u)",
+             ref->what, ref->event_id, ref->aggregate_id, OBX_LSN_ARGS(ref->change_lsn), OBX_LSN_ARGS(r->txn_lsn),
+             r->txn_xid);
+    return buf;
+}
+
 /* Hands one record to Kafka: dedup check, ring ticket, produce, waiting out
  * a full queue (backpressure). Takes ownership of val. 0 or -1 (*out set). */
 static int produce_one(relay_t *r, const char *topic, const char *key, uint8_t *val, size_t val_len,
-                       const char *const *kh, size_t nkh, obx_pos_t pos, const char *row_desc, session_rc_t *out)
+                       const char *const *kh, size_t nkh, obx_pos_t pos, const row_ref_t *ref, session_rc_t *out)
 {
-    char err[1024];
+    char err[1024], row_desc[600];
     int32_t part = -1; /* RD_KAFKA_PARTITION_UA */
     if (r->dedup) {
         int d = obx_dedup_check(r->dedup, topic, key, pos, &part, err, sizeof(err));
@@ -261,7 +277,7 @@ static int produce_one(relay_t *r, const char *topic, const char *key, uint8_t *
         }
         if (d == 1) {
             atomic_fetch_add(&r->m->events_skipped_duplicate, 1);
-            obx_debug("dedup_skip", "%s already in %s [%d]", row_desc, topic, (int)part);
+            obx_debug("dedup_skip", "%s already in %s [%d]", describe(r, ref, row_desc, sizeof(row_desc)), topic, (int)part);
             free(val);
             return 0;
         }
@@ -305,6 +321,7 @@ static int produce_one(relay_t *r, const char *topic, const char *key, uint8_t *
             goto fail;
         }
         /* Refused before sending (e.g. larger than kafka.message.max.bytes). */
+        describe(r, ref, row_desc, sizeof(row_desc));
         snprintf(r->dr_err, sizeof(r->dr_err), "Kafka refused %.300s for topic %.250s: %.300s", row_desc, topic, err);
         snprintf(r->dr_reason, sizeof(r->dr_reason), "%.250s", err);
         r->dr_failed = 1;
@@ -358,7 +375,7 @@ static int dead_letter(relay_t *r, const obx_w2j_change_t *chg, const char *reas
     };
     uint8_t *val = NULL;
     size_t val_len = 0;
-    char err[512], desc[300];
+    char err[512];
     if (obx_envelope_encode(&row, &src, &val, &val_len, err, sizeof(err)) != 0) {
         obx_error("dead_letter", "cannot encode dead letter: %s", err);
         r->exit_code = OBX_EXIT_POISON;
@@ -368,11 +385,11 @@ static int dead_letter(relay_t *r, const obx_w2j_change_t *chg, const char *reas
     const char *kh[2 * 5] = {"id", row.event_id, "type", row.event_type, "content-type", "text/plain; charset=utf-8",
                              "outboxd-error", reason, "outboxd-original-topic", orig_topic ? orig_topic : ""};
     obx_pos_t pos = {r->txn_lsn, r->txn_index};
-    snprintf(desc, sizeof(desc), "dead letter for outbox row id=%s", row.event_id);
+    row_ref_t ref = {"dead letter for outbox row", row.event_id, row.aggregate_id, chg->lsn};
     obx_warn("dead_letter", "outbox row id=%s (change LSN " OBX_LSN_FMT ", commit LSN " OBX_LSN_FMT ") goes to %s: %s",
              row.event_id, OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(r->txn_lsn), c->dlq_topic, reason);
     if (produce_one(r, c->dlq_topic, *row.aggregate_id ? row.aggregate_id : row.event_id, val, val_len, kh, 5, pos,
-                    desc, out) != 0)
+                    &ref, out) != 0)
         return -1;
     atomic_fetch_add(&r->m->events_dead_lettered, 1);
     return 0;
@@ -381,7 +398,7 @@ static int dead_letter(relay_t *r, const obx_w2j_change_t *chg, const char *reas
 /* One outbox INSERT: map, encode, produce. */
 static int handle_insert(relay_t *r, const obx_w2j_change_t *chg, session_rc_t *out)
 {
-    char err[1024], what[1400], desc[300];
+    char err[1024], what[1400];
     obx_pos_t pos = {r->txn_lsn, r->txn_index};
     int pi = known_poison(r, pos);
     obx_outbox_row_t row;
@@ -440,9 +457,8 @@ static int handle_insert(relay_t *r, const obx_w2j_change_t *chg, session_rc_t *
         *out = halt_poison(r, what);
         goto done;
     }
-    snprintf(desc, sizeof(desc), "outbox row id=%s aggregateid=%s (change LSN " OBX_LSN_FMT ", commit LSN " OBX_LSN_FMT ", xid %u)",
-             row.event_id, row.aggregate_id, OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(r->txn_lsn), r->txn_xid);
-    rc = produce_one(r, row.topic, row.aggregate_id, val, val_len, kh, nkh, pos, desc, out);
+    row_ref_t ref = {"outbox row", row.event_id, row.aggregate_id, chg->lsn};
+    rc = produce_one(r, row.topic, row.aggregate_id, val, val_len, kh, nkh, pos, &ref, out);
 done:
     for (size_t i = 0; i < nhowned; i++) cJSON_free(howned[i]);
     cJSON_Delete(htree);

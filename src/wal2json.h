@@ -31,7 +31,9 @@ typedef struct {
 } obx_col_t;
 
 /* All pointers borrow from the parse tree and stay valid until
- * obx_w2j_change_clear (or the next obx_w2j_parse into the same struct). */
+ * obx_w2j_change_clear or the next obx_w2j_parse into the same struct.
+ * Zero-initialise before the first parse; obx_w2j_change_clear frees the
+ * struct's parse memory (call it when done with the struct). */
 typedef struct {
     obx_chg_kind_t kind;
     obx_lsn_t lsn;        /* B/C: commit record start; I/U/D/M: change LSN */
@@ -46,7 +48,8 @@ typedef struct {
     int ncols;
     obx_col_t cols[OBX_W2J_MAX_COLS];
     char numbuf[OBX_W2J_MAX_COLS][32]; /* text of numeric values */
-    void *tree;           /* cJSON root, owned */
+    void *tree;           /* cJSON root, in the arena */
+    void *arena;          /* parse memory, reused by the next parse into this struct */
 } obx_w2j_change_t;
 
 /* Returns 0, or -1 with errstr describing what is wrong with the line. */
