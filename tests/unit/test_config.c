@@ -21,6 +21,9 @@ static const char *const all_keys[] = {
     "outbox.column.occurred_at", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
     "reconnect.backoff_max_ms", "poll.batch", "status.listen", "heartbeat.interval_ms", "standby.retry_ms",
     "slot.poll_interval_ms", "exactly_once", "exactly_once.scan_max", "poison.policy", "poison.dlq_topic",
+    "snapshot.table", "snapshot.name", "snapshot.where", "snapshot.topic", "snapshot.aggregate_type",
+    "snapshot.version_column", "snapshot.columns", "snapshot.payload_sql", "snapshot.event_type",
+    "snapshot.page_size", "snapshot.rate_limit", "signal.table",
     "log.level", "log.format",
 };
 #define N_KEYS (sizeof(all_keys) / sizeof(all_keys[0]))
