@@ -38,7 +38,7 @@ static void on_dr(void *opaque, uint64_t ticket, const char *err, int retriable,
         d->acks++;
         return;
     }
-    d->failures++;
+    if (d->failures++) return; /* the first failure is the one that matters */
     d->retriable = retriable;
     snprintf(d->err, sizeof(d->err), "%s", err);
 }
@@ -176,8 +176,11 @@ static void test_exactly_once_waits_out_an_outage(void **state)
     obx_config_destroy(cfg);
 }
 
-/* exactly_once: a permanent failure inside a stream of messages stops the
- * producer (gapless) so no later message lands after a lost one. */
+/* exactly_once: a permanent failure inside a stream of messages makes the
+ * producer fatal (gapless), so the relay restarts and reads back the tails.
+ * A real broker also refuses the later in-flight batches of that producer
+ * (OUT_OF_ORDER_SEQUENCE_NUMBER); librdkafka 2.0's mock broker does not
+ * check sequences, so whether message 3 is acked here is not asserted. */
 static void test_exactly_once_stops_at_a_gap(void **state)
 {
     (void)state;
@@ -191,10 +194,12 @@ static void test_exactly_once_stops_at_a_gap(void **state)
     send1(p, 2, 100);
     send1(p, 3, 100);
     wait_reports(p, &d, 3, 10000);
-    assert_int_equal(d.acks, 1);
-    assert_int_equal(d.failures, 2);
+    assert_int_equal(d.reports, 3);
+    assert_true(d.failures >= 1);
+    assert_int_equal(d.retriable, 0); /* the first failure: INVALID_RECORD */
     char err[256];
     assert_true(obx_producer_fatal(p, err, sizeof(err)));
+    assert_non_null(strstr(err, "ap-less"));
     obx_producer_destroy(p);
     obx_config_destroy(cfg);
 }
