@@ -130,6 +130,7 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
         const char *at = cJSON_GetErrorPtr();
         long off = at ? (long)(at - line) : -1;
         snprintf(errstr, errstr_size, "wal2json line is not valid JSON (at byte %ld of %zu)", off, len);
+        obx_w2j_change_clear(out);
         return -1;
     }
     out->tree = root;
@@ -249,7 +250,7 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
         goto fail;
     }
 fail:
-    change_reset(out);
+    obx_w2j_change_clear(out); /* a failed parse leaves nothing allocated */
     return -1;
 }
 

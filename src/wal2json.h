@@ -33,7 +33,8 @@ typedef struct {
 /* All pointers borrow from the parse tree and stay valid until
  * obx_w2j_change_clear or the next obx_w2j_parse into the same struct.
  * Zero-initialise before the first parse; obx_w2j_change_clear frees the
- * struct's parse memory (call it when done with the struct). */
+ * struct's parse memory (call it when done with the struct; a failed parse
+ * has already done so). */
 typedef struct {
     obx_chg_kind_t kind;
     obx_lsn_t lsn;        /* B/C: commit record start; I/U/D/M: change LSN */
