@@ -3,7 +3,8 @@
 # Installs what is missing, builds, starts PostgreSQL 15 (wal2json) and Kafka,
 # creates the outbox and the article's athletes service, runs outboxd, runs a
 # sample producer, and shows the events arriving in Kafka, decoded. Then it
-# drains a 100k-event burst and prints the relay's events/s.
+# drains a 100k-event burst and prints the relay's events/s. Second half: the
+# rankings service's replica of the athletes, kept by outboxd apply.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -65,6 +66,60 @@ print(f"  committed in {(c - s) / 1e9:.2f} s; all {n} acked by Kafka and confirm
 print(f"  end to end: {n / ((d - s) / 1e9):,.0f} events/s from first commit to last confirm")
 PY
 grep -E "progress|error" "$RUN/outboxd-demo.log" | tail -2 || true
+
+# --- second half: the replica side (outboxd apply, docs/apply.md) ----------
+echo "== the rankings service keeps its own copy of the athletes: outboxd apply (log: $RUN/apply-demo.log)"
+# In production rankings has its own PostgreSQL; here it is a second database
+# on the same server, sharing nothing with app but the event stream.
+PSQL_SUPER=(psql "host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=postgres user=postgres" -qAt -v ON_ERROR_STOP=1)
+PSQL_RANK=(psql "host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=rankings user=postgres" -qAt -v ON_ERROR_STOP=1)
+[ "$("${PSQL_SUPER[@]}" -c "SELECT count(*) FROM pg_database WHERE datname = 'rankings'")" = 1 ] ||
+    "${PSQL_SUPER[@]}" -c "CREATE DATABASE rankings"
+"${PSQL_RANK[@]}" -f deploy/sql/demo-rankings.sql
+cat >"$RUN/apply-demo.conf" <<CONF
+apply.conninfo = host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=rankings user=postgres
+apply.topics = outbox.event.athlete
+apply.group = rankings.athletes-replica.v1
+apply.table = athletes_replica
+apply.key_column = athlete_id
+apply.columns = display_name:displayName, country_code:countryCode, weight_class:weightClass, status:status
+apply.source_time = payload:updatedAt
+kafka.bootstrap.servers = 127.0.0.1:${OBX_KAFKA_PORT:-9092}
+status.listen = 127.0.0.1:${OBX_APPLY_STATUS_PORT:-8081}
+log.format = text
+CONF
+echo "  every athlete gets an event (so the topic holds the whole slice), then apply bootstraps from the earliest offset"
+"${PSQL_APP[@]}" -c "SELECT count(athlete_update_status(id, status)) FROM athletes" >/dev/null
+./build/outboxd apply --config "$RUN/apply-demo.conf" >"$RUN/apply-demo.log" 2>&1 &
+APPLY=$!
+trap 'kill $RELAY $APPLY 2>/dev/null || true' EXIT
+echo "  meanwhile the athletes service keeps changing: 5 transactions of 200 random status changes"
+for t in 1 2 3 4 5; do
+    "${PSQL_APP[@]}" -c "SELECT count(athlete_update_status('ath-' || (1 + (random() * 999)::int),
+        (ARRAY['active', 'retired', 'suspended'])[1 + (random() * 2)::int])) FROM generate_series(1, 200)" >/dev/null
+done
+slice="md5(string_agg(concat_ws('|', %s, display_name, country_code, weight_class, status, %s, %s), ',' ORDER BY %s))"
+src_q="SELECT count(*) || ' rows, versions ' || sum(version) || ', ' || $(printf "$slice" id version updated_at id) FROM athletes"
+rep_q="SELECT count(*) || ' rows, versions ' || coalesce(sum(source_version), 0) || ', ' || $(printf "$slice" athlete_id source_version source_updated_at athlete_id) FROM athletes_replica"
+src=$("${PSQL_APP[@]}" -c "$src_q")
+echo "  source   athletes:         $src"
+for i in $(seq 60); do
+    rep=$("${PSQL_RANK[@]}" -c "$rep_q")
+    echo "  replica  athletes_replica: $rep"
+    [ "$rep" = "$src" ] && break
+    sleep 0.5
+done
+[ "$rep" = "$src" ] || { echo "replica did not converge"; tail -20 "$RUN/apply-demo.log"; exit 1; }
+echo "  converged: every row, every mapped column, every version and updatedAt equal (md5 over the slice)"
+echo "== freshness on apply's status port (outboxd_apply_*, docs/operations.md explains the reading)"
+curl -s "127.0.0.1:${OBX_APPLY_STATUS_PORT:-8081}/metrics" |
+    grep -E '^outboxd_apply_(events_(applied|stale_ignored|superseded)_total|source_age_seconds|replicated_age_seconds|lag_seconds_(count|sum)|consumer_lag_messages)' |
+    sed 's/^/  /'
+echo "== the same from the replica table (the article's health query)"
+"${PSQL_RANK[@]}" -F ' | ' -c "SELECT 'source_age_s', round(source_age_seconds, 3), 'replicated_age_s', round(replicated_age_seconds, 3), 'apply_lag_s', round(apply_lag_seconds, 3) FROM athletes_replica_health" | sed 's/^/  /'
+kill -TERM $APPLY; wait $APPLY || true
+tail -1 "$RUN/apply-demo.log"
+# --- end of the replica side -------------------------------------------------
 
 echo "== stopping outboxd (SIGTERM: flush Kafka, confirm, end the stream)"
 kill -TERM $RELAY; wait $RELAY || true

@@ -94,6 +94,43 @@ static const obx_opt_t opts[] = {
     {"snapshot.rate_limit", T_INT, S(snap_rate_limit), "0", 0, 100000000, 0, "Rows per second at most (0: as fast as Kafka acks)."},
     {"signal.table", T_STR, S(signal_table), "outboxd_signals", 0, 0, 0,
      "Table (in outbox.schema) whose INSERTs, read from the slot in commit order, start a snapshot inside `outboxd run`: `INSERT INTO outboxd_signals(type, data) VALUES ('snapshot', '{\"table\": \"athletes\", \"where\": \"...\"}')`. Empty disables."},
+    /* apply.*: `outboxd apply`, the replica side (src/apply.c, docs/apply.md). It needs none of pg.* or slot.*. */
+    {"apply.conninfo", T_STR, S(apply_conninfo), "", 0, 0, 0,
+     "`outboxd apply`: libpq connection string of the replica (consumer's) database. The role needs SELECT, INSERT, UPDATE on apply.table (and DELETE, plus the tombstone table, with apply.delete_types). Required for apply."},
+    {"apply.topics", T_STR, S(apply_topics), "", 0, 0, 0,
+     "Comma-separated topics to apply (or one `^regex`). Required for apply."},
+    {"apply.group", T_STR, S(apply_group), "outboxd-apply", 0, 0, 0,
+     "Kafka consumer group. Offsets are committed only after the batch's transaction committed. A new group starts from the earliest offset (bootstrap; the version guard makes replays safe)."},
+    {"apply.table", T_STR, S(apply_table), "", 0, 0, 0, "Replica table ([schema.]table). Required for apply."},
+    {"apply.key_column", T_STR, S(apply_key_column), "id", 0, 0, 0,
+     "Replica column that holds the aggregate id (the Kafka key). Needs a primary key or unique index on exactly this column."},
+    {"apply.columns", T_STR, S(apply_columns), "", 0, 0, 0,
+     "Payload fields to replica columns: `column:path` pairs, comma-separated; a path is a JSON member or dotted path (`status`, `address.city`, `tags.0`). A missing field or a type mismatch makes the event poison; `column:path?` maps a missing field to NULL."},
+    {"apply.event_types", T_STR, S(apply_event_types), "", 0, 0, 0,
+     "Event types that upsert, comma-separated. Empty: every type not in apply.delete_types. Other types are skipped (offsets still move)."},
+    {"apply.delete_types", T_STR, S(apply_delete_types), "", 0, 0, 0,
+     "Event types that delete the aggregate, comma-separated. A delete writes a version-guarded tombstone (apply.tombstone_table) and removes the row, so an older event replayed later cannot bring it back."},
+    {"apply.tombstone_table", T_STR, S(apply_tombstone_table), "", 0, 0, 0,
+     "Tombstone table for deletes: the key column plus the three metadata columns. Default: apply.table + `_tombstones`."},
+    {"apply.column.source_version", T_STR, S(apply_col_version), "source_version", 0, 0, 0,
+     "Replica column with the aggregate version of the row (integer): the guard."},
+    {"apply.column.source_updated_at", T_STR, S(apply_col_source_updated_at), "source_updated_at", 0, 0, 0,
+     "Replica column with the source's time of the change (timestamptz), see apply.source_time."},
+    {"apply.column.replicated_at", T_STR, S(apply_col_replicated_at), "replicated_at", 0, 0, 0,
+     "Replica column set to now() when a row is written (timestamptz)."},
+    {"apply.source_time", T_STR, S(apply_source_time), "commit_time", 0, 0, 0,
+     "What goes into source_updated_at: `commit_time` (the producer's commit, from the envelope), `occurred_at`, or `payload:<path>` (a timestamp string in the payload, e.g. `payload:updatedAt`)."},
+    {"apply.batch_max", T_INT, S(apply_batch_max), "2000", 1, 100000, 0,
+     "Events per replica transaction at most."},
+    {"apply.batch_wait_ms", T_INT, S(apply_batch_wait_ms), "50", 0, 60000, 0,
+     "After a batch's first event, how long to wait for more before writing it."},
+    {"apply.mode", T_STR, S(apply_mode), "batch", 0, 0, 0,
+     "`batch`: one upsert statement over arrays (unnest) per batch, newest version per key. `row`: the naive one-statement-per-event upsert, each in its own transaction, for comparison only."},
+    {"apply.poison.policy", T_STR, S(apply_poison_policy), "halt", 0, 0, 0,
+     "An event that cannot become a row (undecodable envelope, no version, missing field, type mismatch, a value the database refuses): `halt` commits everything before it and exits 3 naming topic, partition and offset; `dead-letter` publishes it to apply.poison.dlq_topic and goes on."},
+    {"apply.poison.dlq_topic", T_STR, S(apply_dlq_topic), "outboxd.apply.deadletter", 0, 0, 0,
+     "Dead-letter topic for apply.poison.policy = dead-letter: the original record with headers `outboxd-error`, `outboxd-original-topic`, `outboxd-original-partition`, `outboxd-original-offset`."},
+    /* end apply.* */
     {"log.level", T_STR, S(log_level), "info", 0, 0, 0, "debug, info, warn or error."},
     {"log.format", T_STR, S(log_format), "auto", 0, 0, 0,
      "auto (JSON when stderr is not a terminal), json or text."},
@@ -107,8 +144,8 @@ static const struct { const char *key, *value, *why; } kafka_defaults[] = {
     {"partitioner", "murmur2_random", "same partition for a key as Java clients (Debezium, Kafka Streams)"},
     {"linger.ms", "5", "batches under load at a small latency cost"},
     {"compression.type", "lz4", "cheap on CPU, shrinks JSON payloads"},
-    {"queue.buffering.max.messages", "100000", "bounds memory; a full queue stops reading the slot"},
-    {"queue.buffering.max.kbytes", "65536", "bounds memory (64 MiB) whatever the backlog"},
+    {"queue.buffering.max.messages", "20000", "bounds memory; a full queue stops reading the slot"},
+    {"queue.buffering.max.kbytes", "8192", "bounds memory (8 MiB: peak RSS 28 MiB in a 200k backlog drain, same rate as 64 MiB)"},
     {"statistics.interval.ms", "5000", "broker connection states for /readyz and outboxd_kafka_brokers_up"},
 };
 #define N_KDEF (sizeof(kafka_defaults) / sizeof(kafka_defaults[0]))
@@ -432,7 +469,8 @@ void obx_config_print(const obx_config_t *cfg, FILE *out)
         const obx_opt_t *o = &opts[i];
         if (o->type == T_STR) {
             const char *v = *str_field(c, o);
-            if (o->offset == offsetof(obx_config_t, pg_conninfo)) {
+            if (o->offset == offsetof(obx_config_t, pg_conninfo) ||
+                o->offset == offsetof(obx_config_t, apply_conninfo) /* apply.* */) {
                 char red[1024];
                 obx_conninfo_redact(v, red, sizeof(red));
                 fprintf(out, "%s = %s\n", o->name, red);

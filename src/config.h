@@ -51,6 +51,13 @@ typedef struct obx_config_s {
     char *snap_columns, *snap_payload_sql, *snap_event_type;
     int snap_page_size, snap_rate_limit;
     char *signal_table;
+    /* apply.* (outboxd apply, the replica side: src/apply.c) */
+    char *apply_conninfo, *apply_topics, *apply_group, *apply_table, *apply_key_column, *apply_columns;
+    char *apply_event_types, *apply_delete_types, *apply_tombstone_table;
+    char *apply_col_version, *apply_col_source_updated_at, *apply_col_replicated_at;
+    char *apply_source_time, *apply_mode, *apply_poison_policy, *apply_dlq_topic;
+    int apply_batch_max, apply_batch_wait_ms;
+    /* end apply.* */
     char *log_level;
     char *log_format;
     obx_kv_t *kafka;   /* librdkafka properties without the "kafka." prefix */

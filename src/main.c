@@ -13,6 +13,7 @@
 #include "preflight.h"
 #include "relay.h"
 #include "snapshot.h"
+#include "apply.h"
 #include "verify.h"
 
 extern char **environ;
@@ -35,6 +36,7 @@ static void usage(FILE *f)
           "  slot status|create|drop --config FILE\n"
           "                              inspect or manage the replication slot\n"
           "  doctor --config FILE        check PostgreSQL and Kafka, print PASS/WARN/FAIL with fixes\n"
+          "  apply --config FILE         keep a replica table up to date from outbox topics (apply.* keys)\n"
           "  config-check --previous OLD --config NEW\n"
           "                              refuse a partition key change that keeps the topic name\n"
           "  snapshot --config FILE --table T [--where SQL] [--name N] [--page-size N] [--rate-limit N]\n"
@@ -228,6 +230,22 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "consume")) {
         obx_log_setup(OBX_LOG_INFO, OBX_LOG_AUTO);
         return obx_consume_run(&co, stdout, &g_stop);
+    }
+    /* apply: the replica side. It validates its own keys (apply.*; no
+     * producer database, so pg.conninfo is not required). */
+    if (!strcmp(cmd, "apply")) {
+        obx_config_t *acfg = load_config(config_path, 0);
+        int arc;
+        if (print_config) {
+            obx_config_print(acfg, stdout);
+            arc = OBX_EXIT_OK;
+        } else {
+            obx_info("start", "outboxd %s apply starting", OBX_VERSION);
+            arc = obx_apply_run(acfg, &g_stop);
+            obx_info("exit", "exit code %d", arc);
+        }
+        obx_config_destroy(acfg);
+        return arc;
     }
     if (strcmp(cmd, "run") != 0 && strcmp(cmd, "slot") != 0 && strcmp(cmd, "doctor") != 0 &&
         strcmp(cmd, "config-check") != 0 && strcmp(cmd, "snapshot") != 0) {

@@ -80,10 +80,183 @@ static double age_s(int64_t then_us, int64_t now_us) { return then_us ? (double)
 #define GAUGE(name, help, fmt, val) \
     fprintf(out, "# HELP outboxd_" name " " help "\n# TYPE outboxd_" name " gauge\noutboxd_" name "%s " fmt "\n", lbl, val)
 
+/* --- outboxd apply (src/apply.c) ------------------------------------------ */
+
+/* Apply lag buckets (seconds): from a fast local apply to a producer outage. */
+static const double apply_lag_bounds[OBX_APPLY_LAG_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                               2.5, 5, 10, 30, 60, 300, 900, 3600};
+
+void obx_metrics_apply_start(const char *group, obx_apply_hwm_fn hwm)
+{
+    snprintf(g_metrics.apply_group, sizeof(g_metrics.apply_group), "%s", group);
+    atomic_store(&g_metrics.apply_hwm, hwm);
+    atomic_store(&g_metrics.started_us, obx_now_us());
+    atomic_store(&g_metrics.apply_mode, 1);
+}
+
+int obx_metrics_apply_partition(const char *topic, int32_t partition)
+{
+    int n = atomic_load(&g_metrics.apply_n_parts);
+    for (int i = 0; i < n; i++)
+        if (g_metrics.apply_parts[i].partition == partition && strcmp(g_metrics.apply_parts[i].topic, topic) == 0) return i;
+    if (n == OBX_APPLY_MAX_PARTS) return -1;
+    obx_apply_part_metrics_t *p = &g_metrics.apply_parts[n];
+    snprintf(p->topic, sizeof(p->topic), "%s", topic);
+    p->partition = partition;
+    atomic_store(&p->committed, -1);
+    atomic_store(&p->lo, -1);
+    atomic_store(&p->hi, -1);
+    atomic_store(&g_metrics.apply_n_parts, n + 1); /* publishes the entry */
+    return n;
+}
+
+void obx_metrics_apply_partition_set(int i, int assigned, int64_t committed)
+{
+    if (i < 0 || i >= OBX_APPLY_MAX_PARTS) return;
+    atomic_store(&g_metrics.apply_parts[i].committed, committed);
+    atomic_store(&g_metrics.apply_parts[i].assigned, assigned);
+}
+
+void obx_metrics_apply_partition_wm(int i, int64_t lo, int64_t hi)
+{
+    if (i < 0 || i >= OBX_APPLY_MAX_PARTS) return;
+    if (lo >= 0) atomic_store(&g_metrics.apply_parts[i].lo, lo);
+    if (hi >= 0) atomic_store(&g_metrics.apply_parts[i].hi, hi);
+}
+
+void obx_metrics_apply_fresh(int64_t source_us, int64_t replicated_us)
+{
+    if (source_us > atomic_load(&g_metrics.apply_newest_source_us)) atomic_store(&g_metrics.apply_newest_source_us, source_us);
+    if (replicated_us > atomic_load(&g_metrics.apply_newest_replicated_us))
+        atomic_store(&g_metrics.apply_newest_replicated_us, replicated_us);
+}
+
+void obx_metrics_observe_apply_lag(int64_t us)
+{
+    if (us < 0) us = 0;
+    double s = (double)us / 1e6;
+    int i = 0;
+    while (i < OBX_APPLY_LAG_BUCKETS && s > apply_lag_bounds[i]) i++;
+    atomic_fetch_add(&g_metrics.apply_lag_buckets[i], 1);
+    atomic_fetch_add(&g_metrics.apply_lag_count, 1);
+    atomic_fetch_add(&g_metrics.apply_lag_sum_us, (uint64_t)us);
+}
+
+/* Messages in the partition not yet written to the replica: high watermark
+ * minus the committed offset (the low watermark while nothing is committed). */
+static int64_t apply_part_lag(const obx_apply_part_metrics_t *p, int64_t *hi_out)
+{
+    obx_apply_hwm_fn fn = atomic_load(&g_metrics.apply_hwm);
+    int64_t hi = atomic_load(&p->hi), c = atomic_load(&p->committed);
+    int64_t cached = fn ? fn(p->topic, p->partition) : -1;
+    if (cached > hi) hi = cached;
+    if (c < 0) c = atomic_load(&p->lo);
+    *hi_out = hi;
+    if (hi < 0 || c < 0) return -1;
+    return hi > c ? hi - c : 0;
+}
+
+static void render_apply_prometheus(FILE *out)
+{
+    obx_metrics_t *m = &g_metrics;
+    int64_t now = obx_now_us();
+    char lbl[160];
+    snprintf(lbl, sizeof(lbl), "{group=\"%.127s\"}", m->apply_group);
+    COUNTER("apply_events_applied_total", "Events whose row the replica took (inserted, updated, or deleted with a tombstone).", apply_applied);
+    COUNTER("apply_events_stale_ignored_total", "Events the version guard ignored: the replica already held that version or a newer one.", apply_stale);
+    COUNTER("apply_events_superseded_total", "Events dropped inside a batch because the same key came with a higher version in it.", apply_superseded);
+    COUNTER("apply_events_skipped_total", "Events of types not in apply.event_types.", apply_skipped);
+    COUNTER("apply_events_dead_lettered_total", "Poison events published to apply.poison.dlq_topic.", apply_dead_lettered);
+    COUNTER("apply_events_failed_total", "Events of batches the database did not commit (not acked; read again).", apply_failed);
+    COUNTER("apply_batches_total", "Transactions committed in the replica.", apply_batches);
+    COUNTER("apply_db_errors_total", "Times the replica database failed and consumption paused.", apply_db_errors);
+    COUNTER("apply_offset_commits_total", "Offset commits to Kafka after a committed batch.", apply_offset_commits);
+    COUNTER("apply_offset_commit_failures_total", "Offset commits Kafka refused (the rows are written; the events are read again).", apply_offset_commit_failures);
+    GAUGE("apply_source_age_seconds", "Now minus the newest source_updated_at in the replica (-1 before the first).", "%.3f",
+          age_s(atomic_load(&m->apply_newest_source_us), now));
+    GAUGE("apply_replicated_age_seconds", "Now minus the newest replicated_at in the replica (-1 before the first).", "%.3f",
+          age_s(atomic_load(&m->apply_newest_replicated_us), now));
+    fprintf(out, "# HELP outboxd_apply_lag_seconds replicated_at minus source_updated_at, per applied row.\n"
+                 "# TYPE outboxd_apply_lag_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < OBX_APPLY_LAG_BUCKETS; i++) {
+        cum += atomic_load(&m->apply_lag_buckets[i]);
+        fprintf(out, "outboxd_apply_lag_seconds_bucket{group=\"%s\",le=\"%g\"} %llu\n", m->apply_group, apply_lag_bounds[i],
+                (unsigned long long)cum);
+    }
+    cum += atomic_load(&m->apply_lag_buckets[OBX_APPLY_LAG_BUCKETS]);
+    fprintf(out, "outboxd_apply_lag_seconds_bucket{group=\"%s\",le=\"+Inf\"} %llu\n", m->apply_group, (unsigned long long)cum);
+    fprintf(out, "outboxd_apply_lag_seconds_sum%s %.6f\n", lbl, (double)atomic_load(&m->apply_lag_sum_us) / 1e6);
+    fprintf(out, "outboxd_apply_lag_seconds_count%s %llu\n", lbl, (unsigned long long)atomic_load(&m->apply_lag_count));
+    fprintf(out, "# HELP outboxd_apply_consumer_lag_messages Messages in an assigned partition not yet written and committed "
+                 "(high watermark minus committed offset; -1 unknown).\n# TYPE outboxd_apply_consumer_lag_messages gauge\n");
+    int n = atomic_load(&m->apply_n_parts);
+    for (int i = 0; i < n; i++) {
+        const obx_apply_part_metrics_t *p = &m->apply_parts[i];
+        if (!atomic_load(&p->assigned)) continue;
+        int64_t hi;
+        fprintf(out, "outboxd_apply_consumer_lag_messages{group=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n", m->apply_group,
+                p->topic, (int)p->partition, (long long)apply_part_lag(p, &hi));
+    }
+    fprintf(out, "# HELP outboxd_state The process's state (1 for the current one).\n# TYPE outboxd_state gauge\n");
+    int st = atomic_load(&m->state);
+    for (int i = 0; i <= OBX_STATE_HALTED; i++)
+        fprintf(out, "outboxd_state{group=\"%s\",state=\"%s\"} %d\n", m->apply_group, obx_state_name((obx_state_t)i), st == i);
+    GAUGE("postgres_connected", "1 while connected to the replica database.", "%d", atomic_load(&m->pg_connected));
+    GAUGE("kafka_brokers_up", "Kafka broker connections in state UP (librdkafka statistics, every 5 s).", "%d", atomic_load(&m->kafka_brokers_up));
+    char reason[256];
+    GAUGE("ready", "1 when /readyz passes.", "%d", obx_metrics_ready(reason, sizeof(reason)));
+    GAUGE("start_time_seconds", "Process start, Unix seconds.", "%.3f", (double)atomic_load(&m->started_us) / 1e6);
+    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\noutboxd_build_info{version=\"%s\"} 1\n",
+            OBX_VERSION);
+}
+
+static void render_apply_json(FILE *out)
+{
+    obx_metrics_t *m = &g_metrics;
+    int64_t now = obx_now_us();
+    char reason[256];
+    int ready = obx_metrics_ready(reason, sizeof(reason));
+    uint64_t lc = atomic_load(&m->apply_lag_count);
+    fprintf(out,
+            "{\"version\":\"%s\",\"mode\":\"apply\",\"group\":\"%s\",\"state\":\"%s\",\"ready\":%s,\"ready_reason\":\"%s\","
+            "\"live\":%s,\"postgres_connected\":%s,\"kafka_brokers_up\":%d,"
+            "\"source_age_seconds\":%.3f,\"replicated_age_seconds\":%.3f,"
+            "\"events\":{\"applied\":%llu,\"stale_ignored\":%llu,\"superseded\":%llu,\"skipped\":%llu,\"dead_lettered\":%llu,\"failed\":%llu},"
+            "\"batches\":%llu,\"db_errors\":%llu,\"offset_commits\":%llu,\"offset_commit_failures\":%llu,"
+            "\"apply_lag\":{\"count\":%llu,\"mean_seconds\":%.6f},\"partitions\":[",
+            OBX_VERSION, m->apply_group, obx_state_name((obx_state_t)atomic_load(&m->state)), ready ? "true" : "false", reason,
+            obx_metrics_live(30000) ? "true" : "false", atomic_load(&m->pg_connected) ? "true" : "false",
+            atomic_load(&m->kafka_brokers_up), age_s(atomic_load(&m->apply_newest_source_us), now),
+            age_s(atomic_load(&m->apply_newest_replicated_us), now), (unsigned long long)atomic_load(&m->apply_applied),
+            (unsigned long long)atomic_load(&m->apply_stale), (unsigned long long)atomic_load(&m->apply_superseded),
+            (unsigned long long)atomic_load(&m->apply_skipped), (unsigned long long)atomic_load(&m->apply_dead_lettered),
+            (unsigned long long)atomic_load(&m->apply_failed), (unsigned long long)atomic_load(&m->apply_batches),
+            (unsigned long long)atomic_load(&m->apply_db_errors), (unsigned long long)atomic_load(&m->apply_offset_commits),
+            (unsigned long long)atomic_load(&m->apply_offset_commit_failures), (unsigned long long)lc,
+            lc ? (double)atomic_load(&m->apply_lag_sum_us) / 1e6 / (double)lc : 0.0);
+    int n = atomic_load(&m->apply_n_parts), first = 1;
+    for (int i = 0; i < n; i++) {
+        const obx_apply_part_metrics_t *p = &m->apply_parts[i];
+        if (!atomic_load(&p->assigned)) continue;
+        int64_t hi, lag = apply_part_lag(p, &hi);
+        fprintf(out, "%s{\"topic\":\"%s\",\"partition\":%d,\"committed\":%lld,\"high_watermark\":%lld,\"lag\":%lld}",
+                first ? "" : ",", p->topic, (int)p->partition, (long long)atomic_load(&p->committed), (long long)hi,
+                (long long)lag);
+        first = 0;
+    }
+    fputs("]}\n", out);
+}
+/* --- end outboxd apply */
+
 void obx_metrics_render_prometheus(FILE *out)
 {
     obx_metrics_t *m = &g_metrics;
     int64_t now = obx_now_us();
+    if (atomic_load(&m->apply_mode)) {
+        render_apply_prometheus(out); /* outboxd apply */
+        return;
+    }
     char lbl[96];
     snprintf(lbl, sizeof(lbl), "{slot=\"%s\"}", m->slot);
     COUNTER("events_published_total", "Outbox events handed to Kafka.", events_published);
@@ -148,6 +321,10 @@ void obx_metrics_render_prometheus(FILE *out)
 void obx_metrics_render_json(FILE *out)
 {
     obx_metrics_t *m = &g_metrics;
+    if (atomic_load(&m->apply_mode)) {
+        render_apply_json(out); /* outboxd apply */
+        return;
+    }
     int64_t now = obx_now_us();
     char rl[24], cl[24], reason[256];
     int ready = obx_metrics_ready(reason, sizeof(reason));

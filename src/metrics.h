@@ -24,6 +24,23 @@ typedef enum {
 
 #define OBX_LAT_BUCKETS 16
 
+/* --- outboxd apply (src/apply.c): per-partition offset lag ------------- */
+#define OBX_APPLY_LAG_BUCKETS 16
+#define OBX_APPLY_MAX_PARTS 256
+/* Append-only: topic and partition are written once, before the entry is
+ * published by incrementing apply_n_parts; the rest are atomics. */
+typedef struct {
+    char topic[192];
+    int32_t partition;
+    _Atomic int assigned;
+    _Atomic int64_t committed; /* next offset committed by this group; -1 unknown */
+    _Atomic int64_t lo, hi;    /* watermarks last seen by the apply loop; -1 unknown */
+} obx_apply_part_metrics_t;
+/* Cached high watermark of a partition (librdkafka's, fresh from fetches
+ * even while the loop blocks in a statement); -1 unknown. */
+typedef int64_t (*obx_apply_hwm_fn)(const char *topic, int32_t partition);
+/* --- end outboxd apply ----------------------------------------------- */
+
 typedef struct {
     _Atomic uint64_t events_published, events_acked, events_failed, events_skipped_duplicate,
         events_dead_lettered, events_ignored, transactions, restarts, backpressure_episodes,
@@ -40,6 +57,17 @@ typedef struct {
     _Atomic uint64_t lat_buckets[OBX_LAT_BUCKETS + 1], lat_count, lat_sum_us;
     _Atomic int snapshot_running;
     _Atomic int64_t snapshot_rows_done, snapshot_rows_estimated, snapshot_rows_per_s_milli;
+    /* --- outboxd apply: rendered instead of the relay's series when apply_mode is set */
+    _Atomic int apply_mode;
+    _Atomic uint64_t apply_applied, apply_stale, apply_superseded, apply_skipped, apply_dead_lettered, apply_failed,
+        apply_batches, apply_db_errors, apply_offset_commits, apply_offset_commit_failures;
+    _Atomic int64_t apply_newest_source_us, apply_newest_replicated_us;
+    _Atomic uint64_t apply_lag_buckets[OBX_APPLY_LAG_BUCKETS + 1], apply_lag_count, apply_lag_sum_us;
+    _Atomic int apply_n_parts;
+    obx_apply_part_metrics_t apply_parts[OBX_APPLY_MAX_PARTS];
+    _Atomic(obx_apply_hwm_fn) apply_hwm;
+    char apply_group[128];
+    /* --- end outboxd apply */
     char snapshot_name[128];
     char slot[64];
 } obx_metrics_t;
@@ -62,5 +90,19 @@ int obx_metrics_ready(char *reason, size_t reason_size);
 
 void obx_metrics_render_prometheus(FILE *out);
 void obx_metrics_render_json(FILE *out);
+
+/* --- outboxd apply ------------------------------------------------------ */
+/* Switches rendering to the apply series, labelled group="<group>". */
+void obx_metrics_apply_start(const char *group, obx_apply_hwm_fn hwm);
+/* Index of (topic, partition) in apply_parts, adding it; -1 when full. */
+int obx_metrics_apply_partition(const char *topic, int32_t partition);
+/* committed: next offset, -1 unknown. Index -1 is ignored. */
+void obx_metrics_apply_partition_set(int i, int assigned, int64_t committed);
+void obx_metrics_apply_partition_wm(int i, int64_t lo, int64_t hi);
+/* Raises the newest source_updated_at / replicated_at (Unix microseconds). */
+void obx_metrics_apply_fresh(int64_t source_us, int64_t replicated_us);
+/* One applied row's replicated_at - source_updated_at. */
+void obx_metrics_observe_apply_lag(int64_t us);
+/* --- end outboxd apply */
 
 #endif

@@ -25,6 +25,11 @@ static const char *const all_keys[] = {
     "snapshot.version_column", "snapshot.columns", "snapshot.payload_sql", "snapshot.event_type",
     "snapshot.page_size", "snapshot.rate_limit", "signal.table",
     "log.level", "log.format",
+    /* apply.* (outboxd apply) */
+    "apply.conninfo", "apply.topics", "apply.group", "apply.table", "apply.key_column", "apply.columns",
+    "apply.event_types", "apply.delete_types", "apply.tombstone_table", "apply.column.source_version",
+    "apply.column.source_updated_at", "apply.column.replicated_at", "apply.source_time", "apply.batch_max",
+    "apply.batch_wait_ms", "apply.mode", "apply.poison.policy", "apply.poison.dlq_topic",
 };
 #define N_KEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
@@ -123,8 +128,8 @@ static void test_defaults(void **state)
     assert_string_equal(obx_config_kafka_get(c, "partitioner"), "murmur2_random");
     assert_string_equal(obx_config_kafka_get(c, "linger.ms"), "5");
     assert_string_equal(obx_config_kafka_get(c, "compression.type"), "lz4");
-    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.messages"), "100000");
-    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.kbytes"), "65536");
+    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.messages"), "20000");
+    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.kbytes"), "8192");
     /* Set by the producer: 0 with exactly_once, 300000 without. */
     assert_null(obx_config_kafka_get(c, "message.timeout.ms"));
     assert_string_equal(obx_config_kafka_get(c, "statistics.interval.ms"), "5000");
