@@ -8,7 +8,7 @@ PKGS=(
     build-essential cmake pkg-config
     libpq-dev librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev libcmocka-dev libmicrohttpd-dev
     postgresql-15 postgresql-15-wal2json postgresql-client-15
-    kcat
+    kcat curl
     # only for bench/json_parse.c, the parser comparison
     libjson-c-dev libjansson-dev
 )

@@ -403,6 +403,43 @@ static void test_randomized(void **state)
     free(tx);
 }
 
+/* Commit times ride along: per ticket for commit-to-ack latency, and the
+ * newest confirmed one (with or without rows) for source age. */
+static void test_commit_times(void **state)
+{
+    (void)state;
+    obx_lsn_ring_t *r = obx_lsn_ring_new(0x100);
+    assert_non_null(r);
+    uint64_t t1, t2;
+    assert_int_equal(obx_lsn_ring_flush_time(r), 0);
+    assert_int_equal(obx_lsn_ring_begin(r), 0);
+    obx_lsn_ring_set_time(r, 1000);
+    assert_int_equal(obx_lsn_ring_add(r, &t1), 0);
+    assert_int_equal(obx_lsn_ring_commit(r, 0x200), 0);
+    assert_int_equal(obx_lsn_ring_begin(r), 0);
+    obx_lsn_ring_set_time(r, 2000);
+    assert_int_equal(obx_lsn_ring_add(r, &t2), 0);
+    assert_int_equal(obx_lsn_ring_commit(r, 0x300), 0);
+    /* An empty transaction merges into the newest entry, time included. */
+    assert_int_equal(obx_lsn_ring_begin(r), 0);
+    obx_lsn_ring_set_time(r, 3000);
+    assert_int_equal(obx_lsn_ring_commit(r, 0x400), 0);
+    assert_int_equal(obx_lsn_ring_ticket_time(r, t1), 1000);
+    assert_int_equal(obx_lsn_ring_ticket_time(r, t2), 3000);
+    assert_int_equal(obx_lsn_ring_ticket_time(r, t2 + 5), 0);
+    assert_int_equal(obx_lsn_ring_ack(r, t2), 0);
+    assert_int_equal(obx_lsn_ring_flush_time(r), 0); /* t1 still in flight */
+    assert_int_equal(obx_lsn_ring_ack(r, t1), 0);
+    assert_int_equal(obx_lsn_ring_flush_lsn(r), 0x400);
+    assert_int_equal(obx_lsn_ring_flush_time(r), 3000);
+    /* Idle: an empty transaction confirms at once, with its time. */
+    assert_int_equal(obx_lsn_ring_begin(r), 0);
+    obx_lsn_ring_set_time(r, 4000);
+    assert_int_equal(obx_lsn_ring_commit(r, 0x500), 0);
+    assert_int_equal(obx_lsn_ring_flush_time(r), 4000);
+    obx_lsn_ring_destroy(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -417,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_ring_growth),
         cmocka_unit_test(test_bad_calls),
         cmocka_unit_test(test_randomized),
+        cmocka_unit_test(test_commit_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
