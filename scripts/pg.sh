@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Local PostgreSQL 15 cluster for outboxd development and tests (no Docker).
-# Usage: scripts/pg.sh start|stop|status|psql [psql args...]
+# Usage: scripts/pg.sh start|stop [fast|immediate]|status|psql [psql args...]
 # Env: OBX_RUN_DIR (default /tmp/outboxd-run), OBX_PG_PORT (default 55432).
 set -euo pipefail
 
@@ -120,10 +120,12 @@ cmd_start() {
 }
 
 cmd_stop() {
+    local mode=${1:-fast}
     if is_running; then
-        # fast: roll back sessions and close walsenders instead of waiting for them.
-        as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null
-        echo "pg.sh: stopped"
+        # fast: roll back sessions; walsenders still send what is decoded.
+        # immediate: a crash, recovered at the next start (chaos tests).
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m "$mode" -w -t 120 stop >/dev/null
+        echo "pg.sh: stopped ($mode)"
     else
         echo "pg.sh: not running"
     fi
@@ -140,7 +142,7 @@ cmd_status() {
 
 case "${1:-}" in
     start)  cmd_start ;;
-    stop)   cmd_stop ;;
+    stop)   cmd_stop "${2:-fast}" ;;
     status) cmd_status ;;
     psql)   shift; run_psql -d app "$@" ;;
     *)      echo "usage: $0 start|stop|status|psql [args...]" >&2; exit 2 ;;

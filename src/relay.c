@@ -801,10 +801,11 @@ static session_rc_t session(relay_t *r)
     if (obx_repl_start(r->repl, r->cfg->slot_name, r->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err,
                        sizeof(err)) != 0) {
         if (strstr(err, "is active for PID")) {
-            if (atomic_load(&r->m->state) != OBX_STATE_STANDBY)
+            /* State first: whoever reads the log line sees the port agree. */
+            int was = atomic_exchange(&r->m->state, OBX_STATE_STANDBY);
+            if (was != OBX_STATE_STANDBY)
                 obx_info("standby", "slot %s is in use by another process (%s); standing by, retrying every %d ms",
                          r->cfg->slot_name, err, r->cfg->standby_retry_ms);
-            set_state(r, OBX_STATE_STANDBY);
             out = S_STANDBY;
         } else if (slot_lost_error(err)) {
             obx_error("slot_lost", "slot %s cannot stream: %s. Recover: outboxd slot drop, restart outboxd (new slot), "

@@ -226,8 +226,8 @@ def wait_until(fn, timeout=30, interval=0.2, what="condition"):
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
-def services(action, which):
+def services(action, which, *args):
     """scripts/kafka.sh or scripts/pg.sh start|stop, for fault injection."""
     script = os.path.join(ROOT, "scripts", f"{which}.sh")
-    out = subprocess.run(["bash", script, action], capture_output=True, text=True, timeout=180)
+    out = subprocess.run(["bash", script, action, *args], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
