@@ -12,6 +12,9 @@ RUN=${OBX_RUN_DIR:-/tmp/outboxd-run}
 PSQL_APP=(psql "host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=app user=app password=app" -qAt -v ON_ERROR_STOP=1)
 PSQL_RELAY=(psql "host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=app user=outboxd password=outboxd" -qAt)
 BURST=${BURST:-100000}
+# The config file names the default ports; follow OBX_* when they differ.
+export OUTBOXD_PG_CONNINFO="host=127.0.0.1 port=${OBX_PG_PORT:-55432} dbname=app user=outboxd password=outboxd"
+export OUTBOXD_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${OBX_KAFKA_PORT:-9092}"
 
 scripts/install-deps.sh
 scripts/build.sh
@@ -43,7 +46,7 @@ done
 echo "== events in Kafka topic outbox.event.athlete, decoded (outboxd consume)"
 # A fresh consumer group reads the topic from the beginning; the newest 10
 # are the ones just committed.
-./build/outboxd consume --topic outbox.event.athlete --idle-exit-ms 3000 | python3 scripts/show_events.py 10
+./build/outboxd consume --brokers "$OUTBOXD_KAFKA_BOOTSTRAP_SERVERS" --topic outbox.event.athlete --idle-exit-ms 3000 | python3 scripts/show_events.py 10
 
 echo "== burst: $BURST events (topic outbox.event.rating) in 100 transactions, timed from commit to confirmed (= acked by Kafka)"
 per=$((BURST / 100))
