@@ -16,6 +16,7 @@
 #include "log.h"
 #include "lsn.h"
 #include "metrics.h"
+#include "producer.h"
 #include "outboxd/v1/event.pb-c.h"
 #include "status_http.h"
 
@@ -628,36 +629,6 @@ static void batch_free(apply_t *a, size_t n)
 
 /* ------------------------------------------------------- kafka callbacks */
 
-static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
-{
-    (void)rk;
-    obx_log_level_t l = level <= 3 ? OBX_LOG_ERROR : level <= 4 ? OBX_LOG_WARN : level <= 6 ? OBX_LOG_INFO : OBX_LOG_DEBUG;
-    /* outboxd's kafka.* defaults are for its producer; the consumer ignores them. */
-    if (!strcmp(fac, "CONFWARN") && (strstr(buf, "producer property") || strstr(buf, "consumer property"))) l = OBX_LOG_DEBUG;
-    obx_log(l, "kafka", "%s: %s", fac, buf);
-}
-
-static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
-{
-    (void)rk, (void)opaque;
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    const cJSON *brokers = cJSON_GetObjectItemCaseSensitive(root, "brokers"), *b;
-    int up = 0;
-    cJSON_ArrayForEach(b, brokers) {
-        const cJSON *st = cJSON_GetObjectItemCaseSensitive(b, "state");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(b, "nodeid");
-        if (cJSON_IsString(st) && !strcmp(st->valuestring, "UP") && cJSON_IsNumber(id) && id->valuedouble >= 0) up++;
-    }
-    atomic_store(&obx_metrics()->kafka_brokers_up, up);
-    cJSON_Delete(root);
-    return 0;
-}
-
-static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
-{
-    (void)rk, (void)opaque;
-    obx_warn("kafka_error", "%s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
-}
 
 /* Eager protocol only (validated): a revocation takes every partition, and
  * the next assignment starts from the committed offsets, so the open batch is
@@ -717,8 +688,6 @@ static rd_kafka_conf_t *kafka_conf(apply_t *a, char *errstr, size_t errstr_size)
             rd_kafka_conf_destroy(conf);
             return NULL;
         }
-    rd_kafka_conf_set_log_cb(conf, log_cb);
-    rd_kafka_conf_set_error_cb(conf, error_cb);
     rd_kafka_conf_set_opaque(conf, a);
     return conf;
 }
@@ -740,7 +709,7 @@ static int consumer_new(apply_t *a, char *errstr, size_t errstr_size)
         rd_kafka_conf_set(conf, "topic.metadata.refresh.interval.ms", "10000", errstr, errstr_size) != RD_KAFKA_CONF_OK)
         goto fail;
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    rd_kafka_conf_set_stats_cb(conf, stats_cb);
+    obx_kafka_conf_callbacks(conf);
     a->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, errstr_size);
     if (!a->rk) goto fail;
     rd_kafka_poll_set_consumer(a->rk);

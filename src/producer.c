@@ -71,8 +71,11 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 {
     (void)rk;
     obx_log_level_t l = level <= 3 ? OBX_LOG_ERROR : level <= 4 ? OBX_LOG_WARN : level <= 6 ? OBX_LOG_INFO : OBX_LOG_DEBUG;
-    /* outboxd sets the gapless guarantee on purpose (exactly_once). */
-    if (!strcmp(fac, "CONFWARN") && strstr(buf, "enable.gapless.guarantee")) l = OBX_LOG_DEBUG;
+    /* Deliberate: the gapless guarantee (exactly_once), and outboxd's kafka.*
+     * producer defaults that a consumer (apply, dedup) ignores. */
+    if (!strcmp(fac, "CONFWARN") && (strstr(buf, "enable.gapless.guarantee") || strstr(buf, "producer property") ||
+                                     strstr(buf, "consumer property")))
+        l = OBX_LOG_DEBUG;
     obx_log(l, "kafka", "%s: %s", fac, buf);
 }
 
@@ -186,6 +189,13 @@ static rd_kafka_topic_t *topic_get(obx_producer_t *p, const char *name)
 }
 
 struct rd_kafka_s *obx_producer_rk(obx_producer_t *p) { return p->rk; }
+
+void obx_kafka_conf_callbacks(struct rd_kafka_conf_s *conf)
+{
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_stats_cb(conf, stats_cb);
+}
 
 obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, int32_t partition, const char *key,
                                    uint8_t *value, size_t value_len, const char *const *headers,
