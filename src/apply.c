@@ -1047,6 +1047,22 @@ static void sb_param(apply_t *a, sb_t *b, int i, const char *type)
     sb_printf(b, "$%d::%s%s", i, type, a->row_mode ? "" : "[]");
 }
 
+/* `c1 = EXCLUDED.c1, c2 = EXCLUDED.c2 ...` and the version guard of an upsert. */
+static void sb_set_excluded(sb_t *b, const char *const *cols, size_t n, const char *sep_after)
+{
+    for (size_t i = 0; i < n; i++) {
+        sb_ident(b, cols[i]);
+        sb_puts(b, " = EXCLUDED."), sb_ident(b, cols[i]);
+        if (i + 1 < n || sep_after) sb_puts(b, i + 1 < n ? ", " : sep_after);
+    }
+}
+
+static void sb_version_guard(sb_t *b, const char *alias, const char *version_col)
+{
+    sb_puts(b, " WHERE "), sb_puts(b, alias), sb_puts(b, "."), sb_ident(b, version_col);
+    sb_puts(b, " < EXCLUDED."), sb_ident(b, version_col);
+}
+
 static void sb_source(apply_t *a, sb_t *b, int nparams, const char *const *types, const char *const *aliases)
 {
     if (a->row_mode) {
@@ -1117,18 +1133,10 @@ static int build_sql(apply_t *a, char *errstr, size_t errstr_size)
     }
     sb_puts(&b, " ON CONFLICT ("), sb_ident(&b, cfg->apply_key_column);
     sb_puts(&b, ") DO UPDATE SET ");
-    for (size_t i = 0; i < a->n_maps; i++) {
-        sb_ident(&b, a->cols[i].name);
-        sb_puts(&b, " = EXCLUDED."), sb_ident(&b, a->cols[i].name), sb_puts(&b, ", ");
-    }
+    for (size_t i = 0; i < a->n_maps; i++) sb_set_excluded(&b, (const char *const[]){a->cols[i].name}, 1, ", ");
     const char *meta[3] = {cfg->apply_col_version, cfg->apply_col_source_updated_at, cfg->apply_col_replicated_at};
-    for (int i = 0; i < 3; i++) {
-        sb_ident(&b, meta[i]);
-        sb_puts(&b, " = EXCLUDED."), sb_ident(&b, meta[i]);
-        if (i < 2) sb_puts(&b, ", ");
-    }
-    sb_puts(&b, " WHERE r."), sb_ident(&b, cfg->apply_col_version);
-    sb_puts(&b, " < EXCLUDED."), sb_ident(&b, cfg->apply_col_version);
+    sb_set_excluded(&b, meta, 3, NULL);
+    sb_version_guard(&b, "r", cfg->apply_col_version);
     sb_puts(&b, " RETURNING (extract(epoch FROM r."), sb_ident(&b, cfg->apply_col_source_updated_at);
     sb_puts(&b, ") * 1000000)::bigint, (extract(epoch FROM r."), sb_ident(&b, cfg->apply_col_replicated_at);
     sb_puts(&b, ") * 1000000)::bigint");
@@ -1148,13 +1156,8 @@ static int build_sql(apply_t *a, char *errstr, size_t errstr_size)
         sb_puts(&d, " = u.k AND r."), sb_ident(&d, cfg->apply_col_version);
         sb_puts(&d, " >= u.v) ON CONFLICT ("), sb_ident(&d, cfg->apply_key_column);
         sb_puts(&d, ") DO UPDATE SET ");
-        for (int i = 0; i < 3; i++) {
-            sb_ident(&d, meta[i]);
-            sb_puts(&d, " = EXCLUDED."), sb_ident(&d, meta[i]);
-            if (i < 2) sb_puts(&d, ", ");
-        }
-        sb_puts(&d, " WHERE t."), sb_ident(&d, cfg->apply_col_version);
-        sb_puts(&d, " < EXCLUDED."), sb_ident(&d, cfg->apply_col_version);
+        sb_set_excluded(&d, meta, 3, NULL);
+        sb_version_guard(&d, "t", cfg->apply_col_version);
         sb_puts(&d, " RETURNING t."), sb_ident(&d, cfg->apply_key_column);
         sb_puts(&d, " AS k, t."), sb_ident(&d, cfg->apply_col_version);
         sb_puts(&d, " AS v, t."), sb_ident(&d, cfg->apply_col_source_updated_at);

@@ -51,7 +51,7 @@ static const obx_opt_t opts[] = {
     {"topic.template", T_STR, S(topic_template), "outbox.event.${aggregatetype}", 0, 0, 0,
      "Topic for rows whose topic column is NULL. `${aggregatetype}` is replaced by the row's aggregate type (Debezium's EventRouter default)."},
     {"status.interval_ms", T_INT, S(status_interval_ms), "10000", 100, 10000, 0,
-     "Longest gap between standby status updates to Postgres (also sent at once when the server asks, and within 1 s of the flush LSN moving). At most 10000, well under the server's wal_sender_timeout."},
+     "Longest gap between standby status updates to Postgres (also sent at once when the server asks, and within 100 ms of the flush LSN moving). At most 10000, well under the server's wal_sender_timeout."},
     {"shutdown.timeout_ms", T_INT, S(shutdown_timeout_ms), "30000", 0, 3600000, 0,
      "On SIGTERM, how long to wait for Kafka to ack in-flight events before confirming and exiting. Unacked events are not confirmed and are re-sent after restart. Set the pod's terminationGracePeriodSeconds above it."},
     {"reconnect.backoff_max_ms", T_INT, S(reconnect_backoff_max_ms), "30000", 100, 600000, 0,

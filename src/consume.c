@@ -74,9 +74,11 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
                       (int)m->partition, (long long)m->offset);
             rc = OBX_EXIT_FAIL;
         } else {
-            char *js = obx_envelope_to_json(ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset,
-                                            m->key, m->key_len, rd_kafka_message_timestamp(m, NULL));
-            if (js && o->on_event) {
+            /* JSON only when printing: verify reads the decoded event itself. */
+            char *js = o->on_event ? NULL
+                                   : obx_envelope_to_json(ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset,
+                                                          m->key, m->key_len, rd_kafka_message_timestamp(m, NULL));
+            if (o->on_event) {
                 if (o->on_event(o->opaque, ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset) != 0) n = o->max_messages ? o->max_messages : -1;
             } else if (js) {
                 /* Kafka headers ride along as "kafka_headers" (last value wins). */

@@ -7,20 +7,17 @@
 
 #include "outboxd/v1/event.pb-c.h"
 
-#define MAX_HEADERS 64
-
 int obx_envelope_encode(const obx_outbox_row_t *row, const obx_source_t *src,
                         uint8_t **out, size_t *out_len, char *errstr, size_t errstr_size)
 {
     Outboxd__V1__Event ev = OUTBOXD__V1__EVENT__INIT;
     Outboxd__V1__SourcePosition sp = OUTBOXD__V1__SOURCE_POSITION__INIT;
-    Outboxd__V1__Event__HeadersEntry hent[MAX_HEADERS];
-    Outboxd__V1__Event__HeadersEntry *hptr[MAX_HEADERS];
-    char *hval_owned[MAX_HEADERS];
-    size_t nh = 0, nowned = 0;
-    cJSON *hdrs = NULL;
+    Outboxd__V1__Event__HeadersEntry hent[OBX_MAX_HEADERS];
+    Outboxd__V1__Event__HeadersEntry *hptr[OBX_MAX_HEADERS];
+    obx_headers_t parsed;
+    const obx_headers_t *hdrs = row->headers;
     int rc = -1;
-
+    memset(&parsed, 0, sizeof(parsed));
     ev.event_id = (char *)row->event_id;
     ev.aggregate_type = (char *)row->aggregate_type;
     ev.aggregate_id = (char *)row->aggregate_id;
@@ -34,35 +31,18 @@ int obx_envelope_encode(const obx_outbox_row_t *row, const obx_source_t *src,
     ev.payload.len = row->payload_len;
     ev.content_type = (char *)obx_payload_content_type(row->payload_kind);
 
-    if (row->headers_json) {
-        hdrs = cJSON_Parse(row->headers_json);
-        if (!cJSON_IsObject(hdrs)) {
-            snprintf(errstr, errstr_size, "headers column is not a JSON object");
-            goto done;
-        }
-        const cJSON *h;
-        cJSON_ArrayForEach(h, hdrs) {
-            if (nh == MAX_HEADERS) {
-                snprintf(errstr, errstr_size, "headers object has more than %d members", MAX_HEADERS);
-                goto done;
-            }
-            outboxd__v1__event__headers_entry__init(&hent[nh]);
-            hent[nh].key = h->string;
-            if (cJSON_IsString(h)) {
-                hent[nh].value = h->valuestring;
-            } else {
-                char *s = cJSON_PrintUnformatted(h);
-                if (!s) {
-                    snprintf(errstr, errstr_size, "out of memory");
-                    goto done;
-                }
-                hval_owned[nowned++] = s;
-                hent[nh].value = s;
-            }
-            hptr[nh] = &hent[nh];
-            nh++;
-        }
-        ev.n_headers = nh;
+    if (!hdrs && row->headers_json) {
+        if (obx_headers_parse(row->headers_json, &parsed, errstr, errstr_size) != 0) goto done;
+        hdrs = &parsed;
+    }
+    for (size_t i = 0; hdrs && i < hdrs->n; i++) {
+        outboxd__v1__event__headers_entry__init(&hent[i]);
+        hent[i].key = (char *)hdrs->kv[2 * i];
+        hent[i].value = (char *)hdrs->kv[2 * i + 1];
+        hptr[i] = &hent[i];
+    }
+    if (hdrs) {
+        ev.n_headers = hdrs->n;
         ev.headers = hptr;
     }
 
@@ -89,8 +69,7 @@ int obx_envelope_encode(const obx_outbox_row_t *row, const obx_source_t *src,
     *out_len = n;
     rc = 0;
 done:
-    for (size_t i = 0; i < nowned; i++) cJSON_free(hval_owned[i]);
-    cJSON_Delete(hdrs);
+    obx_headers_clear(&parsed);
     return rc;
 }
 

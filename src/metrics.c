@@ -7,21 +7,44 @@
 static obx_metrics_t g_metrics;
 
 /* Commit-to-ack latency buckets (seconds), Prometheus `le` bounds. */
-static const double lat_bounds[OBX_LAT_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1,
+static const double lat_bounds[OBX_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1,
                                                    0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 
 obx_metrics_t *obx_metrics(void) { return &g_metrics; }
 
-void obx_metrics_observe_latency(int64_t us)
+static void hist_observe(obx_histogram_t *h, const double *bounds, int64_t us)
 {
     if (us < 0) us = 0;
     double s = (double)us / 1e6;
     int i = 0;
-    while (i < OBX_LAT_BUCKETS && s > lat_bounds[i]) i++;
-    atomic_fetch_add(&g_metrics.lat_buckets[i], 1);
-    atomic_fetch_add(&g_metrics.lat_count, 1);
-    atomic_fetch_add(&g_metrics.lat_sum_us, (uint64_t)us);
+    while (i < OBX_HIST_BUCKETS && s > bounds[i]) i++;
+    atomic_fetch_add(&h->buckets[i], 1);
+    atomic_fetch_add(&h->count, 1);
+    atomic_fetch_add(&h->sum_us, (uint64_t)us);
 }
+
+/* name without the outboxd_ prefix; one label, key="value". Called through
+ * HISTOGRAM(...) so tooling can read the names from this file. */
+static void hist_render(FILE *out, const char *name, const char *help, const char *key, const char *value,
+                        const obx_histogram_t *h, const double *bounds)
+{
+    char label[400];
+    snprintf(label, sizeof(label), "%s=\"%s\"", key, value);
+    fprintf(out, "# HELP outboxd_%s %s\n# TYPE outboxd_%s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < OBX_HIST_BUCKETS; i++) {
+        cum += atomic_load(&h->buckets[i]);
+        fprintf(out, "outboxd_%s_bucket{%s,le=\"%g\"} %llu\n", name, label, bounds[i], (unsigned long long)cum);
+    }
+    cum += atomic_load(&h->buckets[OBX_HIST_BUCKETS]);
+    fprintf(out, "outboxd_%s_bucket{%s,le=\"+Inf\"} %llu\n", name, label, (unsigned long long)cum);
+    fprintf(out, "outboxd_%s_sum{%s} %.6f\n", name, label, (double)atomic_load(&h->sum_us) / 1e6);
+    fprintf(out, "outboxd_%s_count{%s} %llu\n", name, label, (unsigned long long)atomic_load(&h->count));
+}
+
+#define HISTOGRAM(name, help, key, value, h, bounds) hist_render(out, name, help, key, value, h, bounds)
+
+void obx_metrics_observe_latency(int64_t us) { hist_observe(&g_metrics.commit_to_ack, lat_bounds, us); }
 
 const char *obx_state_name(obx_state_t s)
 {
@@ -83,7 +106,7 @@ static double age_s(int64_t then_us, int64_t now_us) { return then_us ? (double)
 /* --- outboxd apply (src/apply.c) ------------------------------------------ */
 
 /* Apply lag buckets (seconds): from a fast local apply to a producer outage. */
-static const double apply_lag_bounds[OBX_APPLY_LAG_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+static const double apply_lag_bounds[OBX_HIST_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                                                2.5, 5, 10, 30, 60, 300, 900, 3600};
 
 void obx_metrics_apply_start(const char *group, obx_apply_hwm_fn hwm)
@@ -131,16 +154,7 @@ void obx_metrics_apply_fresh(int64_t source_us, int64_t replicated_us)
         atomic_store(&g_metrics.apply_newest_replicated_us, replicated_us);
 }
 
-void obx_metrics_observe_apply_lag(int64_t us)
-{
-    if (us < 0) us = 0;
-    double s = (double)us / 1e6;
-    int i = 0;
-    while (i < OBX_APPLY_LAG_BUCKETS && s > apply_lag_bounds[i]) i++;
-    atomic_fetch_add(&g_metrics.apply_lag_buckets[i], 1);
-    atomic_fetch_add(&g_metrics.apply_lag_count, 1);
-    atomic_fetch_add(&g_metrics.apply_lag_sum_us, (uint64_t)us);
-}
+void obx_metrics_observe_apply_lag(int64_t us) { hist_observe(&g_metrics.apply_lag, apply_lag_bounds, us); }
 
 /* Messages in the partition not yet written to the replica: high watermark
  * minus the committed offset (the low watermark while nothing is committed). */
@@ -176,18 +190,8 @@ static void render_apply_prometheus(FILE *out)
           age_s(atomic_load(&m->apply_newest_source_us), now));
     GAUGE("apply_replicated_age_seconds", "Now minus the newest replicated_at in the replica (-1 before the first).", "%.3f",
           age_s(atomic_load(&m->apply_newest_replicated_us), now));
-    fprintf(out, "# HELP outboxd_apply_lag_seconds replicated_at minus source_updated_at, per applied row.\n"
-                 "# TYPE outboxd_apply_lag_seconds histogram\n");
-    uint64_t cum = 0;
-    for (int i = 0; i < OBX_APPLY_LAG_BUCKETS; i++) {
-        cum += atomic_load(&m->apply_lag_buckets[i]);
-        fprintf(out, "outboxd_apply_lag_seconds_bucket{group=\"%s\",le=\"%g\"} %llu\n", m->apply_group, apply_lag_bounds[i],
-                (unsigned long long)cum);
-    }
-    cum += atomic_load(&m->apply_lag_buckets[OBX_APPLY_LAG_BUCKETS]);
-    fprintf(out, "outboxd_apply_lag_seconds_bucket{group=\"%s\",le=\"+Inf\"} %llu\n", m->apply_group, (unsigned long long)cum);
-    fprintf(out, "outboxd_apply_lag_seconds_sum%s %.6f\n", lbl, (double)atomic_load(&m->apply_lag_sum_us) / 1e6);
-    fprintf(out, "outboxd_apply_lag_seconds_count%s %llu\n", lbl, (unsigned long long)atomic_load(&m->apply_lag_count));
+    HISTOGRAM("apply_lag_seconds", "replicated_at minus source_updated_at, per applied row.", "group", m->apply_group,
+              &m->apply_lag, apply_lag_bounds);
     fprintf(out, "# HELP outboxd_apply_consumer_lag_messages Messages in an assigned partition not yet written and committed "
                  "(high watermark minus committed offset; -1 unknown).\n# TYPE outboxd_apply_consumer_lag_messages gauge\n");
     int n = atomic_load(&m->apply_n_parts);
@@ -217,7 +221,7 @@ static void render_apply_json(FILE *out)
     int64_t now = obx_now_us();
     char reason[256];
     int ready = obx_metrics_ready(reason, sizeof(reason));
-    uint64_t lc = atomic_load(&m->apply_lag_count);
+    uint64_t lc = atomic_load(&m->apply_lag.count);
     fprintf(out,
             "{\"version\":\"%s\",\"mode\":\"apply\",\"group\":\"%s\",\"state\":\"%s\",\"ready\":%s,\"ready_reason\":\"%s\","
             "\"live\":%s,\"postgres_connected\":%s,\"kafka_brokers_up\":%d,"
@@ -234,7 +238,7 @@ static void render_apply_json(FILE *out)
             (unsigned long long)atomic_load(&m->apply_failed), (unsigned long long)atomic_load(&m->apply_batches),
             (unsigned long long)atomic_load(&m->apply_db_errors), (unsigned long long)atomic_load(&m->apply_offset_commits),
             (unsigned long long)atomic_load(&m->apply_offset_commit_failures), (unsigned long long)lc,
-            lc ? (double)atomic_load(&m->apply_lag_sum_us) / 1e6 / (double)lc : 0.0);
+            lc ? (double)atomic_load(&m->apply_lag.sum_us) / 1e6 / (double)lc : 0.0);
     int n = atomic_load(&m->apply_n_parts), first = 1;
     for (int i = 0; i < n; i++) {
         const obx_apply_part_metrics_t *p = &m->apply_parts[i];
@@ -295,18 +299,8 @@ void obx_metrics_render_prometheus(FILE *out)
     char reason[256];
     GAUGE("ready", "1 when /readyz passes.", "%d", obx_metrics_ready(reason, sizeof(reason)));
     GAUGE("start_time_seconds", "Process start, Unix seconds.", "%.3f", (double)atomic_load(&m->started_us) / 1e6);
-    fprintf(out, "# HELP outboxd_commit_to_ack_seconds Commit in PostgreSQL to ack by the broker, per event.\n"
-                 "# TYPE outboxd_commit_to_ack_seconds histogram\n");
-    uint64_t cum = 0;
-    for (int i = 0; i < OBX_LAT_BUCKETS; i++) {
-        cum += atomic_load(&m->lat_buckets[i]);
-        fprintf(out, "outboxd_commit_to_ack_seconds_bucket{slot=\"%s\",le=\"%g\"} %llu\n", m->slot, lat_bounds[i],
-                (unsigned long long)cum);
-    }
-    cum += atomic_load(&m->lat_buckets[OBX_LAT_BUCKETS]);
-    fprintf(out, "outboxd_commit_to_ack_seconds_bucket{slot=\"%s\",le=\"+Inf\"} %llu\n", m->slot, (unsigned long long)cum);
-    fprintf(out, "outboxd_commit_to_ack_seconds_sum%s %.6f\n", lbl, (double)atomic_load(&m->lat_sum_us) / 1e6);
-    fprintf(out, "outboxd_commit_to_ack_seconds_count%s %llu\n", lbl, (unsigned long long)atomic_load(&m->lat_count));
+    HISTOGRAM("commit_to_ack_seconds", "Commit in PostgreSQL to ack by the broker, per event.", "slot", m->slot,
+              &m->commit_to_ack, lat_bounds);
     GAUGE("snapshot_running", "1 while a snapshot runs in this process.", "%d", atomic_load(&m->snapshot_running));
     GAUGE("snapshot_rows_done", "Rows of the current (or last) snapshot acked by Kafka and checkpointed.", "%lld",
           (long long)atomic_load(&m->snapshot_rows_done));
@@ -352,6 +346,6 @@ void obx_metrics_render_json(FILE *out)
             (unsigned long long)atomic_load(&m->heartbeats),
             obx_wal_status_name((obx_wal_status_t)atomic_load(&m->slot_wal_status)),
             atomic_load(&m->slot_info_valid) ? (long long)atomic_load(&m->slot_retained_wal_bytes) : -1LL,
-            (long long)atomic_load(&m->slot_safe_wal_size_bytes), (unsigned long long)atomic_load(&m->lat_count),
-            atomic_load(&m->lat_count) ? (double)atomic_load(&m->lat_sum_us) / 1e6 / (double)atomic_load(&m->lat_count) : 0.0);
+            (long long)atomic_load(&m->slot_safe_wal_size_bytes), (unsigned long long)atomic_load(&m->commit_to_ack.count),
+            atomic_load(&m->commit_to_ack.count) ? (double)atomic_load(&m->commit_to_ack.sum_us) / 1e6 / (double)atomic_load(&m->commit_to_ack.count) : 0.0);
 }

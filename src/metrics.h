@@ -22,10 +22,15 @@ typedef enum {
     OBX_WAL_UNKNOWN = 0, OBX_WAL_RESERVED, OBX_WAL_EXTENDED, OBX_WAL_UNRESERVED, OBX_WAL_LOST
 } obx_wal_status_t;
 
-#define OBX_LAT_BUCKETS 16
+#define OBX_HIST_BUCKETS 16
+
+/* A Prometheus histogram of durations: OBX_HIST_BUCKETS bounds (in
+ * metrics.c) plus +Inf. */
+typedef struct {
+    _Atomic uint64_t buckets[OBX_HIST_BUCKETS + 1], count, sum_us;
+} obx_histogram_t;
 
 /* --- outboxd apply (src/apply.c): per-partition offset lag ------------- */
-#define OBX_APPLY_LAG_BUCKETS 16
 #define OBX_APPLY_MAX_PARTS 256
 /* Append-only: topic and partition are written once, before the entry is
  * published by incrementing apply_n_parts; the rest are atomics. */
@@ -54,7 +59,7 @@ typedef struct {
     _Atomic int64_t slot_retained_wal_bytes, slot_safe_wal_size_bytes;
     _Atomic int slot_wal_status;
     _Atomic int slot_info_valid;
-    _Atomic uint64_t lat_buckets[OBX_LAT_BUCKETS + 1], lat_count, lat_sum_us;
+    obx_histogram_t commit_to_ack;
     _Atomic int snapshot_running;
     _Atomic int64_t snapshot_rows_done, snapshot_rows_estimated, snapshot_rows_per_s_milli;
     /* --- outboxd apply: rendered instead of the relay's series when apply_mode is set */
@@ -62,7 +67,7 @@ typedef struct {
     _Atomic uint64_t apply_applied, apply_stale, apply_superseded, apply_skipped, apply_dead_lettered, apply_failed,
         apply_batches, apply_db_errors, apply_offset_commits, apply_offset_commit_failures;
     _Atomic int64_t apply_newest_source_us, apply_newest_replicated_us;
-    _Atomic uint64_t apply_lag_buckets[OBX_APPLY_LAG_BUCKETS + 1], apply_lag_count, apply_lag_sum_us;
+    obx_histogram_t apply_lag;
     _Atomic int apply_n_parts;
     obx_apply_part_metrics_t apply_parts[OBX_APPLY_MAX_PARTS];
     _Atomic(obx_apply_hwm_fn) apply_hwm;

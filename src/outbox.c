@@ -1,5 +1,6 @@
 #include "outbox.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,5 +178,47 @@ int obx_outbox_map(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_out
     return 0;
 fail:
     obx_outbox_row_clear(row);
+    return -1;
+}
+
+void obx_headers_clear(obx_headers_t *h)
+{
+    for (size_t i = 0; i < h->n_owned; i++) cJSON_free(h->owned[i]);
+    cJSON_Delete(h->tree);
+    memset(h, 0, sizeof(*h));
+}
+
+int obx_headers_parse(const char *json, obx_headers_t *h, char *errstr, size_t errstr_size)
+{
+    memset(h, 0, sizeof(*h));
+    cJSON *tree = cJSON_Parse(json);
+    h->tree = tree;
+    if (!cJSON_IsObject(tree)) {
+        snprintf(errstr, errstr_size, "headers column is not a JSON object");
+        goto fail;
+    }
+    const cJSON *m;
+    cJSON_ArrayForEach(m, tree) {
+        if (h->n == OBX_MAX_HEADERS) {
+            snprintf(errstr, errstr_size, "headers object has more than %d members", OBX_MAX_HEADERS);
+            goto fail;
+        }
+        const char *v = m->valuestring;
+        if (!cJSON_IsString(m)) {
+            char *text = cJSON_PrintUnformatted(m);
+            if (!text) {
+                snprintf(errstr, errstr_size, "out of memory");
+                goto fail;
+            }
+            h->owned[h->n_owned++] = text;
+            v = text;
+        }
+        h->kv[2 * h->n] = m->string;
+        h->kv[2 * h->n + 1] = v;
+        h->n++;
+    }
+    return 0;
+fail:
+    obx_headers_clear(h);
     return -1;
 }

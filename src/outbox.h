@@ -11,6 +11,24 @@
 
 typedef enum { OBX_PAYLOAD_JSON, OBX_PAYLOAD_BYTES, OBX_PAYLOAD_TEXT } obx_payload_kind_t;
 
+#define OBX_MAX_HEADERS 64
+
+/* The row's headers object as key/value strings (non-string values as
+ * their JSON text). kv points into `tree` and `owned`, which
+ * obx_headers_clear frees. */
+typedef struct {
+    const char *kv[2 * OBX_MAX_HEADERS];
+    size_t n;
+    void *tree;
+    char *owned[OBX_MAX_HEADERS];
+    size_t n_owned;
+} obx_headers_t;
+
+/* 0, or -1 with errstr when json is not an object of at most
+ * OBX_MAX_HEADERS members. h is cleared either way first. */
+int obx_headers_parse(const char *json, obx_headers_t *h, char *errstr, size_t errstr_size);
+void obx_headers_clear(obx_headers_t *h);
+
 /* Borrowed pointers into the change it was mapped from, except `payload`
  * for bytea and `topic`, which point into buffers the row owns.
  * obx_outbox_row_clear frees them. */
@@ -23,6 +41,7 @@ typedef struct {
     int64_t version;
     int64_t occurred_at_us;
     const char *headers_json;  /* object text or NULL */
+    const obx_headers_t *headers; /* headers_json already parsed (borrowed), or NULL */
     char topic[256];
     unsigned char *payload_buf;
 } obx_outbox_row_t;

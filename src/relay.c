@@ -22,7 +22,7 @@
 #include "status_http.h"
 #include "wal2json.h"
 
-#define MAX_KHEADERS 69 /* id, type, content-type, 2 dead-letter + up to 64 row headers */
+#define MAX_KHEADERS (3 + OBX_MAX_HEADERS) /* id, type, content-type + the row's headers */
 #define MAX_POISON 64
 #define HEARTBEAT_PREFIX "outboxd"
 
@@ -222,30 +222,6 @@ static int check_dr(relay_t *r, session_rc_t *out)
     return 1;
 }
 
-/* Row headers become Kafka headers; non-string values travel as JSON text
- * in strings the caller frees (owned[0..*nowned)). */
-static int add_row_headers(const char *json, cJSON **tree, const char **kh, size_t *nkh, char **owned,
-                           size_t *nowned)
-{
-    *tree = cJSON_Parse(json);
-    if (!cJSON_IsObject(*tree)) return -1;
-    const cJSON *h;
-    cJSON_ArrayForEach(h, *tree) {
-        if (*nkh >= MAX_KHEADERS) return -1;
-        const char *v = h->valuestring;
-        if (!cJSON_IsString(h)) {
-            char *s = cJSON_PrintUnformatted(h);
-            if (!s) return -1;
-            owned[(*nowned)++] = s;
-            v = s;
-        }
-        kh[2 * *nkh] = h->string;
-        kh[2 * *nkh + 1] = v;
-        (*nkh)++;
-    }
-    return 0;
-}
-
 /* Names a row in messages; formatted only when a message is written. */
 typedef struct {
     const char *what, *event_id, *aggregate_id;
@@ -402,7 +378,11 @@ static int handle_insert(relay_t *r, const obx_w2j_change_t *chg, session_rc_t *
     obx_pos_t pos = {r->txn_lsn, r->txn_index};
     int pi = known_poison(r, pos);
     obx_outbox_row_t row;
+    obx_headers_t hdrs;
+    uint8_t *val = NULL;
+    size_t val_len = 0;
     int rc = -1;
+    memset(&hdrs, 0, sizeof(hdrs));
     if (obx_outbox_map(r->cfg, chg, &row, err, sizeof(err)) != 0) {
         const obx_col_t *id = obx_w2j_col(chg, r->cfg->col_id);
         if (r->dead_letter) {
@@ -416,52 +396,38 @@ static int handle_insert(relay_t *r, const obx_w2j_change_t *chg, session_rc_t *
     }
     if (pi >= 0) {
         rc = dead_letter(r, chg, r->poison_reason[pi], row.topic, 1, out);
-        obx_outbox_row_clear(&row);
-        goto next;
+        goto done;
     }
-    obx_source_t src = {
-        .commit_lsn = r->txn_lsn, .commit_end_lsn = r->txn_end, .change_lsn = chg->lsn,
-        .index_in_txn = r->txn_index, .xid = r->txn_xid, .commit_time_us = r->txn_time_us,
-        .database = r->pg.database, .schema = chg->schema, .table = chg->table, .slot = r->cfg->slot_name,
-    };
-    uint8_t *val = NULL;
-    size_t val_len = 0;
-    if (obx_envelope_encode(&row, &src, &val, &val_len, err, sizeof(err)) != 0) {
+    /* Parsed once: the envelope and the Kafka headers share it. */
+    int bad = row.headers_json && obx_headers_parse(row.headers_json, &hdrs, err, sizeof(err)) != 0;
+    if (!bad) {
+        row.headers = row.headers_json ? &hdrs : NULL;
+        obx_source_t src = {
+            .commit_lsn = r->txn_lsn, .commit_end_lsn = r->txn_end, .change_lsn = chg->lsn,
+            .index_in_txn = r->txn_index, .xid = r->txn_xid, .commit_time_us = r->txn_time_us,
+            .database = r->pg.database, .schema = chg->schema, .table = chg->table, .slot = r->cfg->slot_name,
+        };
+        bad = obx_envelope_encode(&row, &src, &val, &val_len, err, sizeof(err)) != 0;
+    }
+    if (bad) {
         if (r->dead_letter) {
             rc = dead_letter(r, chg, err, row.topic, 0, out);
-            obx_outbox_row_clear(&row);
-            goto next;
+            goto done;
         }
         snprintf(what, sizeof(what), "outbox row id=%s (change LSN " OBX_LSN_FMT ") cannot be encoded: %s", row.event_id,
                  OBX_LSN_ARGS(chg->lsn), err);
-        obx_outbox_row_clear(&row);
-        *out = halt_poison(r, what);
-        return -1;
-    }
-    const char *kh[2 * MAX_KHEADERS];
-    size_t nkh = 0;
-    kh[nkh * 2] = "id", kh[nkh * 2 + 1] = row.event_id, nkh++;
-    kh[nkh * 2] = "type", kh[nkh * 2 + 1] = row.event_type, nkh++;
-    kh[nkh * 2] = "content-type", kh[nkh * 2 + 1] = obx_payload_content_type(row.payload_kind), nkh++;
-    cJSON *htree = NULL;
-    char *howned[MAX_KHEADERS];
-    size_t nhowned = 0;
-    if (row.headers_json && add_row_headers(row.headers_json, &htree, kh, &nkh, howned, &nhowned) != 0) {
-        free(val);
-        if (r->dead_letter) {
-            rc = dead_letter(r, chg, "headers column is not a JSON object of at most 64 members", row.topic, 0, out);
-            goto done;
-        }
-        snprintf(what, sizeof(what), "outbox row id=%s (change LSN " OBX_LSN_FMT "): headers column is not a JSON object of at most 64 members",
-                 row.event_id, OBX_LSN_ARGS(chg->lsn));
         *out = halt_poison(r, what);
         goto done;
     }
+    const char *kh[2 * MAX_KHEADERS] = {"id", row.event_id, "type", row.event_type,
+                                        "content-type", obx_payload_content_type(row.payload_kind)};
+    size_t nkh = 3;
+    memcpy(kh + 2 * nkh, hdrs.kv, 2 * hdrs.n * sizeof(kh[0]));
+    nkh += hdrs.n;
     row_ref_t ref = {"outbox row", row.event_id, row.aggregate_id, chg->lsn};
     rc = produce_one(r, row.topic, row.aggregate_id, val, val_len, kh, nkh, pos, &ref, out);
 done:
-    for (size_t i = 0; i < nhowned; i++) cJSON_free(howned[i]);
-    cJSON_Delete(htree);
+    obx_headers_clear(&hdrs);
     obx_outbox_row_clear(&row);
 next:
     if (rc == 0) r->txn_index++;

@@ -97,7 +97,8 @@ def metric_catalog():
 
     Names come from COUNTER("x", ...) / GAUGE("x", ...) (exposed as outboxd_x
     with {slot}), from literal series strings "outboxd_x{a=..,b=..}" or
-    "outboxd_x%s" (the {slot} label string), and from "# TYPE outboxd_x type"."""
+    "outboxd_x%s" (the {slot} label string), from HISTOGRAM("x", help, "label", ...)
+    (outboxd_x_bucket/_sum/_count), and from "# TYPE outboxd_x type"."""
     text = src("src/metrics.c")
     series, types = {}, {}
     for kind, name in re.findall(r'\b(COUNTER|GAUGE)\(\s*"([a-z0-9_]+)"', text):
@@ -105,6 +106,11 @@ def metric_catalog():
         types["outboxd_" + name] = kind.lower()
     for name, typ in re.findall(r'# TYPE (outboxd_[a-z0-9_]+) (counter|gauge|histogram|summary)', text):
         types[name] = typ
+    for name, key in re.findall(r'\bHISTOGRAM\(\s*"([a-z0-9_]+)",\s*"[^"]*",\s*"(\w+)"', text):
+        types["outboxd_" + name] = "histogram"
+        series["outboxd_" + name + "_bucket"] = {key, "le"}
+        series["outboxd_" + name + "_sum"] = {key}
+        series["outboxd_" + name + "_count"] = {key}
     for name, labels in re.findall(r'(outboxd_[a-z0-9_]+)(%s|\{[^}]*\})', text):
         lbl = {"slot"} if labels == "%s" else set(re.findall(r'(\w+)=', labels))
         series.setdefault(name, set()).update(lbl)
