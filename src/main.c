@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "pg.h"
+#include "exitcodes.h"
 #include "consume.h"
 #include "doctor.h"
 #include "log.h"
@@ -83,7 +85,7 @@ static obx_config_t *load_config(const char *path, int validate)
 static int cmd_slot(const char *verb, obx_config_t *cfg)
 {
     char err[1024];
-    PGconn *c = obx_pg_connect(cfg->pg_conninfo, err, sizeof(err));
+    PGconn *c = obx_pg_connect_str(cfg->pg_conninfo, err, sizeof(err));
     if (!c) {
         obx_error("pg_connect", "%s", err);
         return OBX_EXIT_FAIL;

@@ -2,8 +2,8 @@
 
 deploy/k8s/base (kustomize), deploy/grafana/outboxd-dashboard.json,
 docker-compose.yml and deploy/Dockerfile are checked against the facts in the
-sources: the config table (src/config.c), the status paths (src/status_http.c),
-the metric names, labels and label values (src/metrics.c), the package needs
+sources: the config table (src/common/config.c), the status paths (src/common/status_http.c),
+the metric names, labels and label values (src/common/metrics.c), the package needs
 (CMakeLists.txt) and the local service ports (scripts/pg.sh, scripts/kafka.sh).
 
 Every check is a function that returns a list of problems. The positive tests
@@ -56,7 +56,7 @@ def src(path):
 @functools.lru_cache(maxsize=None)
 def config_table():
     """key -> dict(type, default, min, max, required) from the opts[] table."""
-    text = src("src/config.c")
+    text = src("src/common/config.c")
     table = {}
     for m in re.finditer(
         r'\{\s*"([a-z0-9_.]+)",\s*(T_STR|T_INT|T_BOOL),\s*S\(\w+\),\s*"((?:[^"\\]|\\.)*)",'
@@ -64,7 +64,7 @@ def config_table():
         table[m[1]] = {"type": m[2], "default": m[3], "min": int(m[4]), "max": int(m[5]),
                        "required": m[6] == "1"}
     assert "pg.conninfo" in table and "shutdown.timeout_ms" in table, \
-        "could not parse the opts[] table in src/config.c"
+        "could not parse the opts[] table in src/common/config.c"
     return table
 
 
@@ -76,16 +76,16 @@ def env_name(key):
 def allowed_words():
     """key -> allowed values, from obx_config_validate's messages of the form
     `key = "%s": use a, b or c` (log.level, log.format, poison.policy, ...)."""
-    text, words = src("src/config.c"), {}
+    text, words = src("src/common/config.c"), {}
     for key, choice in re.findall(r'([a-z_.]+) = \\"%s\\": use ((?:[a-z-]+, )*[a-z-]+ or [a-z-]+)"', text):
         words[key] = set(re.split(r",\s*|\s+or\s+", choice))
-    assert {"log.level", "log.format"} <= set(words), "no allowed values for log.* in src/config.c"
+    assert {"log.level", "log.format"} <= set(words), "no allowed values for log.* in src/common/config.c"
     return words
 
 
 @functools.lru_cache(maxsize=None)
 def status_paths():
-    text = src("src/status_http.c")
+    text = src("src/common/status_http.c")
     paths = set(re.findall(r'strcmp\(url,\s*"(/[^"]*)"\)', text))
     assert {"/healthz", "/readyz", "/metrics"} <= paths, f"status paths not found in status_http.c: {paths}"
     return paths
@@ -99,7 +99,7 @@ def metric_catalog():
     with {slot}), from literal series strings "outboxd_x{a=..,b=..}" or
     "outboxd_x%s" (the {slot} label string), from HISTOGRAM("x", help, "label", ...)
     (outboxd_x_bucket/_sum/_count), and from "# TYPE outboxd_x type"."""
-    text = src("src/metrics.c")
+    text = src("src/common/metrics.c")
     series, types = {}, {}
     for kind, name in re.findall(r'\b(COUNTER|GAUGE)\(\s*"([a-z0-9_]+)"', text):
         series["outboxd_" + name] = {"slot"}
@@ -120,7 +120,7 @@ def metric_catalog():
             series.pop(name, None)
             for suffix in ("_bucket", "_sum", "_count"):
                 assert name + suffix in series, f"histogram {name} lacks {suffix} in metrics.c"
-    assert "outboxd_events_acked_total" in series, "could not parse metric names in src/metrics.c"
+    assert "outboxd_events_acked_total" in series, "could not parse metric names in src/common/metrics.c"
 
     def c_strings(array_regex):
         m = re.search(array_regex, text)
@@ -295,7 +295,7 @@ def env_problems(env, where):
             continue
         key = by_env.get(name)
         if key is None:
-            problems.append(f"{where}: {name} is no config key of src/config.c "
+            problems.append(f"{where}: {name} is no config key of src/common/config.c "
                             f"(outboxd would silently ignore it)")
             continue
         if value is None:  # valueFrom and the like
@@ -358,7 +358,7 @@ def check_probes(b):
             problems.append(f"{probe}: missing or not httpGet")
             continue
         if get.get("path") not in status_paths():
-            problems.append(f"{probe}: path {get.get('path')} is not served by src/status_http.c "
+            problems.append(f"{probe}: path {get.get('path')} is not served by src/common/status_http.c "
                             f"({sorted(status_paths())})")
         elif get["path"] != path:
             problems.append(f"{probe}: should probe {path}, probes {get['path']}")
@@ -560,7 +560,7 @@ def _balanced(expr):
 
 def promql_problems(expr, where):
     """Metric names, labels, one-hot label values and rate() targets of an
-    expression against src/metrics.c."""
+    expression against src/common/metrics.c."""
     cat, problems = metric_catalog(), []
     series = cat["series"]
     all_labels = set().union(*series.values()) | TARGET_LABELS | {"le"}
@@ -569,7 +569,7 @@ def promql_problems(expr, where):
     bare = re.sub(r'"[^"]*"', '""', expr)
     for name in re.findall(r"\b(outboxd_[a-zA-Z0-9_]+)", bare):
         if name not in series:
-            problems.append(f"{where}: metric {name} is not exposed by src/metrics.c")
+            problems.append(f"{where}: metric {name} is not exposed by src/common/metrics.c")
     for name, body in re.findall(r"\b(outboxd_[a-zA-Z0-9_]+)\s*\{([^}]*)\}", expr):
         for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', body):
             if name in series and label not in series[name] | TARGET_LABELS:

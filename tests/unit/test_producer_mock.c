@@ -15,6 +15,7 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include "config.h"
+#include "clock.h"
 #include "lsn.h"
 #include "producer.h"
 

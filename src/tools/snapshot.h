@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "exitcodes.h"
 
 typedef struct {
     const char *name;          /* checkpoint key; default: the table name */

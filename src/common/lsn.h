@@ -1,4 +1,4 @@
-/* PostgreSQL LSNs: "X/X" text <-> uint64, and time helpers. */
+/* PostgreSQL LSNs: "X/X" text <-> uint64, and timestamptz text. */
 #ifndef OBX_LSN_H
 #define OBX_LSN_H
 
@@ -13,11 +13,6 @@ typedef uint64_t obx_lsn_t;
 int obx_lsn_parse(const char *s, obx_lsn_t *out);
 /* Writes "16/B374D848" into buf (at least 24 bytes); returns buf. */
 char *obx_lsn_format(obx_lsn_t lsn, char *buf, size_t size);
-
-/* Microseconds since the Unix epoch (CLOCK_REALTIME). */
-int64_t obx_now_us(void);
-/* Milliseconds from a monotonic clock, for timers. */
-int64_t obx_mono_ms(void);
 
 /* Parses a PostgreSQL timestamptz text ("2026-11-26 12:00:00.123456+00",
  * "... UTC", "...+05:30", "T" separator) into Unix microseconds. */

@@ -1,4 +1,7 @@
 #include "snapshot.h"
+#include "pg.h"
+#include "exitcodes.h"
+#include "clock.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -54,19 +57,13 @@ void obx_snapshot_opts_from_config(const obx_config_t *cfg, obx_snapshot_opts_t 
     o->rate_limit = cfg->snap_rate_limit;
 }
 
-static void chomp(char *s)
-{
-    size_t l = strlen(s);
-    while (l && (s[l - 1] == '\n' || s[l - 1] == ' ')) s[--l] = '\0';
-}
-
 static PGresult *exec(PGconn *c, const char *sql, int n, const char *const *p, char *err, size_t errsz)
 {
     PGresult *r = PQexecParams(c, sql, n, NULL, p, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(r);
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
         snprintf(err, errsz, "%s", PQresultErrorMessage(r));
-        chomp(err);
+        obx_chomp(err);
         PQclear(r);
         return NULL;
     }
@@ -150,7 +147,7 @@ int obx_snapshot_run(const obx_config_t *cfg, const obx_snapshot_opts_t *o, vola
         return OBX_EXIT_CONFIG;
     }
     const char *name = o->name ? o->name : o->table;
-    c = obx_pg_connect(cfg->pg_conninfo, err, sizeof(err));
+    c = obx_pg_connect_str(cfg->pg_conninfo, err, sizeof(err));
     if (!c) {
         obx_error("pg_connect", "%s", err);
         return OBX_EXIT_FAIL;

@@ -1,4 +1,8 @@
 #include "apply.h"
+#include "kconf.h"
+#include "pg.h"
+#include "exitcodes.h"
+#include "clock.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -567,14 +571,6 @@ static void sleep_ms(int ms)
 }
 
 /* libpq messages end in a newline and may span lines: one log line each. */
-static void chomp(char *s)
-{
-    size_t l = strlen(s);
-    while (l && (s[l - 1] == '\n' || s[l - 1] == ' ')) s[--l] = '\0';
-    for (char *p = s; *p; p++)
-        if (*p == '\n' || *p == '\t') *p = ' ';
-}
-
 /* Cached high watermark, for the status thread: librdkafka updates it from
  * fetch responses, so offset lag keeps moving while the loop is blocked in
  * a long statement. */
@@ -677,24 +673,22 @@ static void dlq_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     a->dlq_failed++;
 }
 
-static rd_kafka_conf_t *kafka_conf(apply_t *a, char *errstr, size_t errstr_size)
+/* Every kafka.* setting (security included) through the one builder. */
+static rd_kafka_conf_t *kafka_conf(apply_t *a, obx_kconf_role_t role, char *errstr, size_t errstr_size)
 {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    for (size_t i = 0; i < a->cfg->n_kafka; i++)
-        if (rd_kafka_conf_set(conf, a->cfg->kafka[i].key, a->cfg->kafka[i].value, errstr, errstr_size) != RD_KAFKA_CONF_OK) {
-            char e2[512];
-            snprintf(e2, sizeof(e2), "kafka.%s: %s", a->cfg->kafka[i].key, errstr);
-            snprintf(errstr, errstr_size, "%s", e2);
-            rd_kafka_conf_destroy(conf);
-            return NULL;
-        }
+    obx_err_t e;
+    rd_kafka_conf_t *conf = obx_kconf_new(a->cfg, role, &e);
+    if (!conf) {
+        snprintf(errstr, errstr_size, "%s", e.msg);
+        return NULL;
+    }
     rd_kafka_conf_set_opaque(conf, a);
     return conf;
 }
 
 static int consumer_new(apply_t *a, char *errstr, size_t errstr_size)
 {
-    rd_kafka_conf_t *conf = kafka_conf(a, errstr, errstr_size);
+    rd_kafka_conf_t *conf = kafka_conf(a, OBX_KCONF_CONSUMER, errstr, errstr_size);
     if (!conf) return OBX_EXIT_CONFIG;
     /* Offsets move only after the database committed (see write_batch). */
     const char *forced[][2] = {{"group.id", a->cfg->apply_group}, {"enable.auto.commit", "false"},
@@ -709,7 +703,6 @@ static int consumer_new(apply_t *a, char *errstr, size_t errstr_size)
         rd_kafka_conf_set(conf, "topic.metadata.refresh.interval.ms", "10000", errstr, errstr_size) != RD_KAFKA_CONF_OK)
         goto fail;
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    obx_kafka_conf_callbacks(conf);
     a->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, errstr_size);
     if (!a->rk) goto fail;
     rd_kafka_poll_set_consumer(a->rk);
@@ -866,7 +859,7 @@ static int exec_cmd(apply_t *a, const char *sql, char *errstr, size_t errstr_siz
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         rc = classify(a->db, r);
         snprintf(errstr, errstr_size, "%s: %s", sql, r ? PQresultErrorMessage(r) : PQerrorMessage(a->db));
-        chomp(errstr);
+        obx_chomp(errstr);
     }
     PQclear(r);
     return rc;
@@ -877,7 +870,7 @@ static PGresult *query(PGconn *c, const char *sql, int n, const char *const *par
     PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
         snprintf(errstr, errstr_size, "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(c));
-        chomp(errstr);
+        obx_chomp(errstr);
         PQclear(r);
         return NULL;
     }
@@ -1267,7 +1260,7 @@ static int preflight(apply_t *a, char *errstr, size_t errstr_size)
     }
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         snprintf(errstr, errstr_size, "cannot prepare the upsert: %s", r ? PQresultErrorMessage(r) : PQerrorMessage(a->db));
-        chomp(errstr);
+        obx_chomp(errstr);
         rc = PQstatus(a->db) == CONNECTION_OK ? OBX_EXIT_CONFIG : -1;
     }
     PQclear(r);
@@ -1317,7 +1310,7 @@ static int db_open(apply_t *a, char *errstr, size_t errstr_size)
     if (!a->db || PQstatus(a->db) != CONNECTION_OK) {
         snprintf(errstr, errstr_size, "cannot connect to the replica database (apply.conninfo): %s",
                  a->db ? PQerrorMessage(a->db) : "out of memory");
-        chomp(errstr);
+        obx_chomp(errstr);
         PQfinish(a->db);
         a->db = NULL;
         return -1;
@@ -1390,7 +1383,7 @@ static int run_stmt(apply_t *a, int del, const size_t *idx, size_t n, stats_t *s
             } else {
                 rc = classify(a->db, r);
                 snprintf(errstr, errstr_size, "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(a->db));
-                chomp(errstr);
+                obx_chomp(errstr);
             }
             PQclear(r);
             continue;
@@ -1419,7 +1412,7 @@ static int run_stmt(apply_t *a, int del, const size_t *idx, size_t n, stats_t *s
         } else {
             rc = classify(a->db, r);
             snprintf(errstr, errstr_size, "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(a->db));
-            chomp(errstr);
+            obx_chomp(errstr);
         }
         PQclear(r);
     }
@@ -1440,7 +1433,7 @@ static int dead_letter(apply_t *a, size_t n, stats_t *st, char *errstr, size_t e
     for (size_t i = 0; i < n; i++) np += a->batch[i].kind == EV_POISON;
     if (!np) return WR_OK;
     if (!a->dlq) {
-        rd_kafka_conf_t *conf = kafka_conf(a, errstr, errstr_size);
+        rd_kafka_conf_t *conf = kafka_conf(a, OBX_KCONF_PRODUCER, errstr, errstr_size);
         if (!conf) return WR_HALT;
         rd_kafka_conf_set_dr_msg_cb(conf, dlq_dr_cb);
         if (!obx_config_kafka_get(a->cfg, "message.timeout.ms"))

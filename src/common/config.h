@@ -13,11 +13,6 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#define OBX_EXIT_OK 0
-#define OBX_EXIT_FAIL 1
-#define OBX_EXIT_CONFIG 2   /* bad config or usage: fix and restart */
-#define OBX_EXIT_POISON 3   /* an outbox row cannot become an event */
-#define OBX_EXIT_SLOT 4     /* slot missing/invalidated: needs an operator */
 
 typedef struct obx_kv_s {
     char *key;

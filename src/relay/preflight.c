@@ -1,32 +1,13 @@
 #include "preflight.h"
+#include "exitcodes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "err.h"
 #include "log.h"
-
-static void chomp(char *s)
-{
-    size_t l = strlen(s);
-    while (l && (s[l - 1] == '\n' || s[l - 1] == ' ')) s[--l] = '\0';
-}
-
-PGconn *obx_pg_connect(const char *conninfo, char *errstr, size_t errstr_size)
-{
-    const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
-                          "tcp_user_timeout", "dbname", "fallback_application_name", NULL};
-    const char *vals[] = {"10", "10", "5", "3", "30000", conninfo, "outboxd", NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (!c || PQstatus(c) != CONNECTION_OK) {
-        snprintf(errstr, errstr_size, "cannot connect to Postgres (pg.conninfo): %s",
-                 c ? PQerrorMessage(c) : "out of memory");
-        chomp(errstr);
-        PQfinish(c);
-        return NULL;
-    }
-    return c;
-}
+#include "pg.h"
 
 /* Runs a one-row query with text params; returns the result or NULL (errstr). */
 static PGresult *q(PGconn *c, const char *sql, int n, const char *const *params, char *errstr, size_t errstr_size)
@@ -34,7 +15,7 @@ static PGresult *q(PGconn *c, const char *sql, int n, const char *const *params,
     PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
         snprintf(errstr, errstr_size, "query failed: %s", PQresultErrorMessage(r));
-        chomp(errstr);
+        obx_chomp(errstr);
         PQclear(r);
         return NULL;
     }
@@ -186,7 +167,7 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
                          cfg->slot_name, msg);
             else
                 snprintf(errstr, errstr_size, "creating slot \"%s\": %s", cfg->slot_name, msg);
-            chomp(errstr);
+            obx_chomp(errstr);
             PQclear(r);
             return OBX_EXIT_CONFIG;
         }

@@ -1,4 +1,5 @@
 #include "verify.h"
+#include "exitcodes.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,4 +1,5 @@
 #include "metrics.h"
+#include "clock.h"
 
 #include <string.h>
 

@@ -38,11 +38,6 @@ obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, int32_t
                                    uint8_t *value, size_t value_len, const char *const *headers,
                                    size_t n_headers, uint64_t ticket, char *errstr, size_t errstr_size);
 
-/* Installs outboxd's librdkafka log, error and statistics callbacks (brokers
- * up for /readyz) on a configuration, for any client (producer, apply). */
-struct rd_kafka_conf_s;
-void obx_kafka_conf_callbacks(struct rd_kafka_conf_s *conf);
-
 /* The librdkafka handle, for dedup's metadata queries; owned by p. */
 struct rd_kafka_s;
 struct rd_kafka_s *obx_producer_rk(obx_producer_t *p);

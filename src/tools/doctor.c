@@ -1,4 +1,5 @@
 #include "doctor.h"
+#include "pg.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
@@ -212,7 +213,7 @@ int obx_doctor_run(const obx_config_t *cfg, FILE *out)
     doc_t d = {.out = out};
     char err[1024], red[1024];
     obx_conninfo_redact(cfg->pg_conninfo, red, sizeof(red));
-    PGconn *c = obx_pg_connect(cfg->pg_conninfo, err, sizeof(err));
+    PGconn *c = obx_pg_connect_str(cfg->pg_conninfo, err, sizeof(err));
     char what[2200];
     snprintf(what, sizeof(what), "connect to PostgreSQL (%s)%s%s", red, c ? "" : ": ", c ? "" : err);
     report(&d, c != NULL, 0, what, "check pg.conninfo, pg_hba.conf and the password");

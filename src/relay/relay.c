@@ -1,4 +1,7 @@
 #include "relay.h"
+#include "pg.h"
+#include "exitcodes.h"
+#include "clock.h"
 
 #include <cjson/cJSON.h>
 #include <pthread.h>
@@ -452,7 +455,7 @@ static const char *jstr(const cJSON *o, const char *k, const char *dflt)
 static void signal_status(relay_t *r, const char *id, const char *status, const char *detail)
 {
     char err[512], q[600];
-    PGconn *c = obx_pg_connect(r->cfg->pg_conninfo, err, sizeof(err));
+    PGconn *c = obx_pg_connect_str(r->cfg->pg_conninfo, err, sizeof(err));
     if (!c) return;
     snprintf(q, sizeof(q), "UPDATE %s.%s SET status = $2, detail = $3, updated_at = now() WHERE id = $1::bigint",
              r->cfg->outbox_schema, r->cfg->signal_table);
@@ -494,7 +497,7 @@ static void resume_signals(relay_t *r)
 {
     if (!*r->cfg->signal_table) return;
     char err[512], q[600];
-    PGconn *c = obx_pg_connect(r->cfg->pg_conninfo, err, sizeof(err));
+    PGconn *c = obx_pg_connect_str(r->cfg->pg_conninfo, err, sizeof(err));
     if (!c) return;
     snprintf(q, sizeof(q), "SELECT id::text, type, data::text FROM %s.%s WHERE status IN ('running', 'interrupted') ORDER BY id LIMIT 1",
              r->cfg->outbox_schema, r->cfg->signal_table);
@@ -622,7 +625,7 @@ static int aux_tick(relay_t *r, session_rc_t *out)
     if (!r->aux || PQstatus(r->aux) != CONNECTION_OK) {
         if (now - r->last_slot_poll_ms < 5000) return 0;
         PQfinish(r->aux);
-        r->aux = obx_pg_connect(r->cfg->pg_conninfo, err, sizeof(err));
+        r->aux = obx_pg_connect_str(r->cfg->pg_conninfo, err, sizeof(err));
         if (!r->aux) {
             r->last_slot_poll_ms = now;
             obx_warn("pg_connect", "heartbeat/slot connection: %s", err);
@@ -719,7 +722,7 @@ static session_rc_t session(relay_t *r)
     /* A standby stays "standby" while it retries, so probes see it steadily. */
     if (atomic_load(&r->m->state) != OBX_STATE_STANDBY) set_state(r, OBX_STATE_CONNECTING);
 
-    r->aux = obx_pg_connect(r->cfg->pg_conninfo, err, sizeof(err));
+    r->aux = obx_pg_connect_str(r->cfg->pg_conninfo, err, sizeof(err));
     if (!r->aux) {
         obx_warn("pg_connect", "%s", err);
         return S_RETRY;
@@ -907,7 +910,7 @@ int obx_relay_run(const obx_config_t *cfg, volatile sig_atomic_t *stop)
     /* Preflight: configuration problems are fatal, unreachable servers are not. */
     for (;;) {
         update_gauges(&r);
-        PGconn *pc = obx_pg_connect(cfg->pg_conninfo, err, sizeof(err));
+        PGconn *pc = obx_pg_connect_str(cfg->pg_conninfo, err, sizeof(err));
         if (pc) {
             int prc = obx_preflight(pc, cfg, &r.pg, err, sizeof(err));
             PQfinish(pc);

@@ -1,4 +1,5 @@
 #include "pg_repl.h"
+#include "clock.h"
 
 #include <libpq-fe.h>
 #include <poll.h>

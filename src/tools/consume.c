@@ -1,4 +1,6 @@
 #include "consume.h"
+#include "exitcodes.h"
+#include "clock.h"
 
 #include <cjson/cJSON.h>
 #include <librdkafka/rdkafka.h>

@@ -4,6 +4,7 @@
 #define OBX_CONSUME_H
 
 #include <signal.h>
+#include "exitcodes.h"
 #include <stdint.h>
 #include <stdio.h>
 

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "exitcodes.h"
 
 struct cJSON;
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "consume.h"
+#include "exitcodes.h"
 
 typedef struct {
     obx_consume_opts_t consume;

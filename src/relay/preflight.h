@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "exitcodes.h"
 #include "lsn.h"
 
 typedef struct {
@@ -24,9 +25,6 @@ typedef struct {
     obx_lsn_t confirmed_flush;
     obx_lsn_t restart_lsn;
 } obx_slot_info_t;
-
-/* Normal connection; NULL + errstr on failure. Caller PQfinish()es it. */
-PGconn *obx_pg_connect(const char *conninfo, char *errstr, size_t errstr_size);
 
 /* Server settings, privileges and the outbox table. Returns 0, or an
  * OBX_EXIT_* code with errstr saying what is wrong and how to fix it. */

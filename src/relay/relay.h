@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include "config.h"
+#include "exitcodes.h"
 
 /* Runs until *stop is set (exit 0) or a fault that needs an operator.
  * Returns an OBX_EXIT_* code. Reconnects to Postgres and Kafka with capped
