@@ -30,3 +30,13 @@ fi
 # End-to-end test drivers (pytest + psycopg); the daemon needs none of this.
 python3 -c 'import pytest, psycopg, yaml' 2>/dev/null ||
     python3 -m pip install -q --disable-pip-version-check pytest "psycopg[binary]" pyyaml
+
+# A German locale: one end-to-end test runs the server with lc_messages in
+# German, so nothing may depend on the server's English.
+if ! locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$'; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    [ -f /etc/locale.gen ] || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq locales >/dev/null; }
+    $SUDO sed -i 's/^# *\(de_DE.UTF-8 UTF-8\)/\1/' /etc/locale.gen
+    grep -q '^de_DE.UTF-8 UTF-8' /etc/locale.gen || echo 'de_DE.UTF-8 UTF-8' | $SUDO tee -a /etc/locale.gen >/dev/null
+    $SUDO locale-gen >/dev/null
+fi
