@@ -66,6 +66,8 @@ static const obx_opt_t opts[] = {
      "While another process holds the slot (hot standby), try to take it over this often."},
     {"slot.poll_interval_ms", T_INT, S(slot_poll_interval_ms), "10000", 1000, 600000, 0,
      "How often to read the slot's retained WAL and wal_status from pg_replication_slots (metrics; wal_status = lost stops with exit 4)."},
+    {"slot.evidence_topic", T_STR, S(slot_evidence_topic), "outboxd.slots", 0, 0, 0,
+     "Compacted Kafka topic where the relay records, per server, database and slot, that the slot has published and how far it has confirmed. A missing slot with such a record stops the relay (exit 4) instead of silently creating a new slot that would skip what was committed meanwhile; `outboxd slot create` is the explicit way forward. Must not be empty."},
     {"exactly_once", T_BOOL, S(exactly_once), "true", 0, 0, 0,
      "After a restart or reconnect, read back the tail of each partition written to and skip events already there, so a crash re-sends nothing. Requires that outboxd is the only writer of its (topic, key) records from this slot; see docs/guarantees.md. `false` gives plain at-least-once."},
     {"exactly_once.scan_max", T_INT, S(dedup_scan_max), "1000", 1, 1000000, 0,

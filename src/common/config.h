@@ -37,6 +37,7 @@ typedef struct obx_config_s {
     int heartbeat_interval_ms;
     int standby_retry_ms;
     int slot_poll_interval_ms;
+    char *slot_evidence_topic;
     int exactly_once;
     int dedup_scan_max;
     char *poison_policy;

@@ -233,7 +233,7 @@ def german_role():
         have = c.execute("SELECT count(*) FROM pg_collation WHERE collname ILIKE 'de_DE%'").fetchone()[0]
         c.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname='outboxd_de') THEN "
                   "CREATE ROLE outboxd_de; END IF; END $$")
-        c.execute("ALTER ROLE outboxd_de LOGIN REPLICATION PASSWORD 'outboxd_de' IN ROLE app")
+        c.execute("ALTER ROLE outboxd_de LOGIN REPLICATION PASSWORD 'outboxd_de'")
         c.execute("GRANT app TO outboxd_de")
         c.execute("ALTER ROLE outboxd_de SET lc_messages = 'de_DE.UTF-8'")
     yield f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd_de password=outboxd_de"
