@@ -248,8 +248,8 @@ def test_german_server_messages_standby_and_lost_slot(harness, german_role):
             assert "existiert nicht" in str(e), f"server does not speak German: {e}"
     a = harness.start(OUTBOXD_PG_CONNINFO=dsn)
     b = harness.start(wait=False, OUTBOXD_PG_CONNINFO=dsn, OUTBOXD_STANDBY_RETRY_MS="500")
-    b.wait_for(r"standby", timeout=30)
-    assert "reconnect" not in b.log()
+    b.wait_for(r"info +standby: ", timeout=30)
+    assert "reconnect" not in b.log() and "start_replication" not in b.log(), b.log()
     ids = insert_events(harness.table, 5)
     harness.wait_confirmed(current_lsn())
     a.stop(signal.SIGKILL)
