@@ -454,10 +454,14 @@ int obx_apply_db_open(obx_apply_t *a, obx_err_t *err)
     if (a->db) PQfinish(a->db);
     a->db = obx_pg_connect(a->cfg->apply_conninfo, "apply.conninfo", OBX_PG_NORMAL, err);
     if (!a->db) return -1;
-    /* Timestamps go in and come out as UTC, whatever the server's default. */
+    /* Timestamps go in and come out as UTC, whatever the server's default.
+     * Operators find apply's sessions as outboxd-apply unless conninfo
+     * names them (obx_pg_connect's fallback name is the relay's). */
+    const char *app = PQparameterStatus(a->db, "application_name");
     int rc = obx_pg_command(a->db, "SET TimeZone = 'UTC'", err);
+    if (!rc && app && !strcmp(app, "outboxd")) rc = obx_pg_command(a->db, "SET application_name = 'outboxd-apply'", err);
     if (rc) {
-        obx_err_prefix(err, "SET TimeZone = 'UTC'");
+        obx_err_prefix(err, "session setup");
         err->cls = OBX_ERR_RETRIABLE;
     }
     if (!rc) rc = preflight(a, err);
