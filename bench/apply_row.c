@@ -4,19 +4,22 @@
  *
  * It is outboxd apply (same config keys, consumer, decoding, replica checks,
  * version guard, tombstones, metrics and status port) with one difference:
- * every event is its own upsert statement and its own transaction
- * (autocommit), in arrival order, with no newest-per-key reduction. It is a
- * benchmark program, never part of the daemon.
+ * every event is its own upsert statement over scalar parameters
+ * (VALUES instead of unnest) and its own transaction (autocommit), in
+ * arrival order, with no newest-per-key reduction. It is a benchmark
+ * program, never part of the daemon.
  *
  *   bench_apply_row [--config FILE]     (OUTBOXD_* env overrides the file)
  */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "apply_int.h"
 #include "config.h"
 #include "log.h"
+#include "pg.h"
 
 extern char **environ;
 
@@ -28,14 +31,87 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
+/* The daemon's statement with scalar parameters: " FROM unnest($1::t[], ...)
+ * AS u(" becomes " FROM (VALUES ($1::t, ...)) AS u(". Column types are
+ * never arrays (preflight refuses them), so every "[]" there is a parameter's. */
+static char *row_sql(const char *sql)
+{
+    const char *from = strstr(sql, " FROM unnest("), *end = from ? strstr(from, ") AS u(") : NULL;
+    char *out = malloc(strlen(sql) + 16), *o = out;
+    if (!out || !end) {
+        free(out);
+        return NULL;
+    }
+    o += sprintf(o, "%.*s FROM (VALUES (", (int)(from - sql), sql);
+    for (const char *p = from + strlen(" FROM unnest("); p < end; p++) {
+        if (p[0] == '[' && p[1] == ']') p++;
+        else *o++ = *p;
+    }
+    sprintf(o, "))%s", end + 1);
+    return out;
+}
+
+/* Prepares the row statements once per connection (a reconnect prepares
+ * the daemon's statements again, and so these). */
+static int prepare_rows(obx_apply_t *a, obx_err_t *err)
+{
+    static PGconn *prepared_on;
+    static int prepared_pid;
+    if (prepared_on == a->db && prepared_pid == PQbackendPID(a->db)) return 0;
+    const char *names[2] = {"obx_row_upsert", "obx_row_delete"}, *sqls[2] = {a->sql_upsert, a->sql_delete};
+    for (int i = 0; i < 2 && sqls[i]; i++) {
+        char *sql = row_sql(sqls[i]);
+        PGresult *r = sql ? PQprepare(a->db, names[i], sql, 0, NULL) : NULL;
+        free(sql);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            obx_pg_error(err, a->db, r);
+            PQclear(r);
+            return -1;
+        }
+        PQclear(r);
+    }
+    prepared_on = a->db;
+    prepared_pid = PQbackendPID(a->db);
+    return 0;
+}
+
+static int write_row(obx_apply_t *a, const obx_apply_entry_t *e, obx_apply_stats_t *st, obx_err_t *err)
+{
+    int del = e->kind == OBX_EV_DELETE, np = (del ? 0 : (int)a->n_maps) + 3;
+    const char *p[np];
+    char vbuf[32];
+    snprintf(vbuf, sizeof(vbuf), "%lld", (long long)e->version);
+    p[0] = e->key;
+    for (int c = 0; c < np - 3; c++) p[c + 1] = e->vals[c];
+    p[np - 2] = vbuf;
+    p[np - 1] = e->src_ts;
+    PGresult *r = PQexecPrepared(a->db, del ? "obx_row_delete" : "obx_row_upsert", np, p, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        obx_pg_error(err, a->db, r);
+        PQclear(r);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+        int64_t s = atoll(PQgetvalue(r, i, 0)), rep = atoll(PQgetvalue(r, i, 1));
+        if (s > st->newest_src) st->newest_src = s;
+        if (rep > st->newest_rep) st->newest_rep = rep;
+        a->lags[st->n_lags++] = rep - s;
+    }
+    st->applied += (uint64_t)PQntuples(r);
+    st->stale += (uint64_t)(1 - PQntuples(r));
+    PQclear(r);
+    return 0;
+}
+
 /* One statement, one transaction per event. */
 static int write_rows(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_err_t *err)
 {
+    if (prepare_rows(a, err) != 0) return -1;
     for (size_t i = 0; i < n; i++) {
         const obx_apply_entry_t *e = &a->batch[i];
         if (e->kind == OBX_EV_SKIP) st->skipped++;
         if (e->kind != OBX_EV_UPSERT && e->kind != OBX_EV_DELETE) continue;
-        if (obx_apply_write_stmt(a, e->kind == OBX_EV_DELETE, &i, 1, st, err) != 0) return -1;
+        if (write_row(a, e, st, err) != 0) return -1;
     }
     return a->dead_letter ? obx_apply_dead_letter(a, n, st, err) : 0;
 }
