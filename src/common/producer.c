@@ -39,6 +39,13 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 obx_producer_t *obx_producer_new(const obx_config_t *cfg, obx_dr_cb_t cb, void *opaque,
                                  char *errstr, size_t errstr_size)
 {
+    obx_producer_opts_t o = {.gapless = cfg->exactly_once, .message_timeout_ms = NULL};
+    return obx_producer_new_opts(cfg, &o, cb, opaque, errstr, errstr_size);
+}
+
+obx_producer_t *obx_producer_new_opts(const obx_config_t *cfg, const obx_producer_opts_t *opts, obx_dr_cb_t cb,
+                                      void *opaque, char *errstr, size_t errstr_size)
+{
     obx_producer_t *p = calloc(1, sizeof(*p));
     if (!p) {
         snprintf(errstr, errstr_size, "out of memory");
@@ -49,13 +56,14 @@ obx_producer_t *obx_producer_new(const obx_config_t *cfg, obx_dr_cb_t cb, void *
     obx_err_t e;
     rd_kafka_conf_t *conf = obx_kconf_new(cfg, OBX_KCONF_PRODUCER, &e);
     if (!conf) goto fail;
-    if (cfg->exactly_once) {
+    if (opts->gapless) {
         /* Dedup reads partition tails after a restart: a lost message with a
          * later one written after it would be skipped, so no gaps, ever. */
         if (obx_kconf_set(conf, "enable.gapless.guarantee", "true", &e) != 0 ||
             obx_kconf_default(conf, cfg, "message.timeout.ms", "0", &e) != 0)
             goto fail;
-    } else if (obx_kconf_default(conf, cfg, "message.timeout.ms", "300000", &e) != 0) {
+    } else if (obx_kconf_default(conf, cfg, "message.timeout.ms",
+                                 opts->message_timeout_ms ? opts->message_timeout_ms : "300000", &e) != 0) {
         goto fail;
     }
     rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
@@ -133,6 +141,26 @@ obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, int32_t
         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)ticket), RD_KAFKA_V_END);
     if (!err) return OBX_PRODUCE_OK;
     rd_kafka_headers_destroy(hdrs);
+    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return OBX_PRODUCE_QUEUE_FULL;
+    snprintf(errstr, errstr_size, "%s: %s", rd_kafka_err2name(err), rd_kafka_err2str(err));
+    if (err == RD_KAFKA_RESP_ERR__FATAL) return OBX_PRODUCE_FAILED;
+    return OBX_PRODUCE_REJECTED;
+}
+
+obx_produce_rc_t obx_producer_forward(obx_producer_t *p, const char *topic, const rd_kafka_message_t *m,
+                                      const char *const *headers, size_t n_headers, uint64_t ticket, char *errstr,
+                                      size_t errstr_size)
+{
+    rd_kafka_headers_t *orig = NULL, *h;
+    h = (rd_kafka_message_headers(m, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR && orig) ? rd_kafka_headers_copy(orig)
+                                                                                 : rd_kafka_headers_new(n_headers);
+    for (size_t i = 0; i < n_headers; i++) rd_kafka_header_add(h, headers[2 * i], -1, headers[2 * i + 1], -1);
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(m->key, m->key_len),
+        RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE((void *)(uintptr_t)ticket),
+        RD_KAFKA_V_END);
+    if (!err) return OBX_PRODUCE_OK;
+    rd_kafka_headers_destroy(h);
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) return OBX_PRODUCE_QUEUE_FULL;
     snprintf(errstr, errstr_size, "%s: %s", rd_kafka_err2name(err), rd_kafka_err2str(err));
     if (err == RD_KAFKA_RESP_ERR__FATAL) return OBX_PRODUCE_FAILED;

@@ -28,6 +28,16 @@ typedef void (*obx_dr_cb_t)(void *opaque, uint64_t ticket, const char *err, int 
  * and, unless kafka.message.timeout.ms is set, never times messages out. */
 obx_producer_t *obx_producer_new(const obx_config_t *cfg, obx_dr_cb_t cb, void *opaque,
                                  char *errstr, size_t errstr_size);
+/* Producers beside the relay's event stream (apply's dead-letter topic):
+ * gapless as above when set, else kafka.message.timeout.ms defaults to
+ * message_timeout_ms (NULL: 300000). obx_producer_new is this with
+ * gapless = cfg->exactly_once. */
+typedef struct {
+    int gapless;
+    const char *message_timeout_ms;
+} obx_producer_opts_t;
+obx_producer_t *obx_producer_new_opts(const obx_config_t *cfg, const obx_producer_opts_t *opts, obx_dr_cb_t cb,
+                                      void *opaque, char *errstr, size_t errstr_size);
 /* Destroys without waiting: unacked messages are purged (reported failed). */
 void obx_producer_destroy(obx_producer_t *p);
 
@@ -37,6 +47,15 @@ void obx_producer_destroy(obx_producer_t *p);
 obx_produce_rc_t obx_producer_send(obx_producer_t *p, const char *topic, int32_t partition, const char *key,
                                    uint8_t *value, size_t value_len, const char *const *headers,
                                    size_t n_headers, uint64_t ticket, char *errstr, size_t errstr_size);
+
+/* Sends a copy of a consumed record (key, value and headers, binary safe) to
+ * topic (partitioner's choice), with n_headers extra NUL-terminated key/value
+ * pairs appended. Nothing of m or headers is taken. Same return codes as
+ * obx_producer_send. */
+struct rd_kafka_message_s;
+obx_produce_rc_t obx_producer_forward(obx_producer_t *p, const char *topic, const struct rd_kafka_message_s *m,
+                                      const char *const *headers, size_t n_headers, uint64_t ticket, char *errstr,
+                                      size_t errstr_size);
 
 /* The librdkafka handle, for dedup's metadata queries; owned by p. */
 struct rd_kafka_s;

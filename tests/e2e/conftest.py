@@ -43,12 +43,12 @@ def pg(dsn=APP_DSN, autocommit=True):
 class Outboxd:
     """One outboxd process with its log captured line by line."""
 
-    def __init__(self, env, args=("run",)):
+    def __init__(self, env, args=("run",), binary=None):
         self.lines = []
         self.cond = threading.Condition()
         full = dict(os.environ)
         full.update(env)
-        self.proc = subprocess.Popen([BIN, *args], env=full, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([binary or BIN, *args], env=full, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

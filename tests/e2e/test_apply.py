@@ -24,6 +24,9 @@ REPLICA_SUPER = f"host=127.0.0.1 port={PG_PORT} dbname=replica user=postgres"
 # apply logs in as its own role with only the grants it needs.
 REPLICA_APPLY = f"host=127.0.0.1 port={PG_PORT} dbname=replica user=replica_writer password=replica_writer"
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "build", "apply-results.jsonl")
+# The naive one-upsert-per-event consumer, the baseline of the rate test
+# (bench/apply_row.c; not part of the daemon).
+BENCH_APPLY_ROW = os.path.join(os.path.dirname(BIN), "bench_apply_row")
 MAPPING = "name:name, country:country, score:score, active:active, rating:rating, attrs:attrs, city:address.city?"
 SRC_COLS = "id, name, country, score, active, rating, attrs, city, version, updated_at"
 REP_COLS = "id, name, country, score, active, rating, attrs, city, source_version, source_updated_at"
@@ -104,9 +107,9 @@ class Scenario:
         e.update({k: str(v) for k, v in extra.items()})
         return e
 
-    def start_apply(self, group, wait=True, **extra):
+    def start_apply(self, group, wait=True, binary=None, **extra):
         env = self.apply_env(group, **extra)
-        p = Outboxd(env, args=("apply",))
+        p = Outboxd(env, args=() if binary else ("apply",), binary=binary)
         p.port = int(env["OUTBOXD_STATUS_LISTEN"].rsplit(":", 1)[1])
         self.applies.append(p)
         self.h.procs.append(p)
@@ -618,7 +621,7 @@ def test_apply_rate_batched_vs_naive_row_at_a_time(harness):
     for mode in ("batch", "row"):
         table = f"{s.rep}_{mode}"
         s.make_replica(table)
-        p = s.start_apply(f"g-rate-{mode}", OUTBOXD_APPLY_TABLE=table, OUTBOXD_APPLY_MODE=mode)
+        p = s.start_apply(f"g-rate-{mode}", OUTBOXD_APPLY_TABLE=table, binary=BENCH_APPLY_ROW if mode == "row" else None)
         rates[mode], n = _rate(p, total, timeout=240)
         assert n == total
         s.wait_converged(table)

@@ -13,6 +13,8 @@
 #include <cmocka.h>
 
 #include "apply.h"
+#include "apply_int.h"
+#include "pg.h"
 #include "config.h"
 
 static void test_parse_columns(void **state)
@@ -223,6 +225,44 @@ static void test_validate(void **state)
     obx_config_destroy(c);
 }
 
+/* Every identifier through obx_pg_quote_*: the first dot splits schema and table. */
+static void test_quoted_names(void **state)
+{
+    (void)state;
+    obx_apply_sb_t b = {0};
+    obx_apply_sb_name(&b, "app.rep\"x");
+    obx_apply_sb_puts(&b, " ");
+    obx_apply_sb_name(&b, "plain");
+    obx_apply_sb_puts(&b, " ");
+    obx_apply_sb_ident(&b, "a.b");
+    assert_false(b.oom);
+    assert_string_equal(b.s, "\"app\".\"rep\"\"x\" \"plain\" \"a.b\"");
+    free(b.s);
+}
+
+/* Data errors (22, 23) go to the poison policy; the other poison SQLSTATEs
+ * stay database trouble for apply; poison without SQLSTATE is the
+ * dead-letter topic refusing. */
+static void test_error_decisions(void **state)
+{
+    (void)state;
+    obx_err_t e;
+    const char *st[] = {"22P02", "23505", "21000", "54000", "42P01", "08006"};
+    const int data[] = {1, 1, 0, 0, 0, 0};
+    for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
+        obx_err_clear(&e);
+        int code;
+        e.cls = obx_pg_classify(st[i], 1, &code);
+        snprintf(e.sqlstate, sizeof(e.sqlstate), "%s", st[i]);
+        assert_int_equal(obx_apply_err_data(&e), data[i]);
+        assert_int_equal(obx_apply_err_halt(&e), 0);
+    }
+    obx_err_clear(&e);
+    obx_err_set(&e, OBX_ERR_POISON, OBX_EXIT_POISON, "dead-letter topic t: refused");
+    assert_int_equal(obx_apply_err_halt(&e), 1);
+    assert_int_equal(obx_apply_err_data(&e), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -230,6 +270,7 @@ int main(void)
         cmocka_unit_test(test_col_kind),        cmocka_unit_test(test_json_to_text),
         cmocka_unit_test(test_array_literal),   cmocka_unit_test(test_dedupe_keeps_the_newest_version_per_key),
         cmocka_unit_test(test_format_ts),       cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_quoted_names),    cmocka_unit_test(test_error_decisions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
