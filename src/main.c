@@ -191,13 +191,13 @@ static int cmd_slot(cli_t *cli, obx_config_t *cfg)
         usage(stderr);
         return OBX_EXIT_CONFIG;
     }
+    obx_log_set_context("slot", cfg->slot_name);
     obx_err_t err;
     PGconn *c = obx_pg_connect(cfg->pg_conninfo, "pg.conninfo", OBX_PG_NORMAL, &err);
     if (!c) {
         obx_error("pg_connect", "%s", err.msg);
         return obx_err_exit_code(&err);
     }
-    obx_log_set_context("slot", cfg->slot_name);
     int rc = verbs[i].run(c, cfg);
     PQfinish(c);
     return rc;
