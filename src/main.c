@@ -1,4 +1,6 @@
-/* outboxd: CLI, signals and sub-command dispatch. The only file that exits. */
+/* outboxd: CLI, signals and sub-command dispatch. The only file that exits.
+ * Parsing fills one cli_t; a command table says what config each command
+ * loads (none, unchecked, validated) and which small cmd_* runs it. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -6,16 +8,17 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "apply.h"
 #include "config.h"
-#include "pg.h"
-#include "exitcodes.h"
 #include "consume.h"
 #include "doctor.h"
+#include "err.h"
+#include "exitcodes.h"
 #include "log.h"
+#include "pg.h"
 #include "preflight.h"
 #include "relay.h"
 #include "snapshot.h"
-#include "apply.h"
 #include "verify.h"
 
 extern char **environ;
@@ -44,9 +47,10 @@ static void usage(FILE *f)
           "  snapshot --config FILE --table T [--where SQL] [--name N] [--page-size N] [--rate-limit N]\n"
           "           [--snapshot-topic T] [--restart] [--set snapshot.KEY=VALUE]\n"
           "                              re-emit a table's current state as events (resumable)\n"
-          "  consume --brokers B --topic T [--max N] [--idle-exit-ms MS] [--group G]\n"
+          "  consume [--config FILE] [--brokers B] --topic T [--max N] [--idle-exit-ms MS] [--group G]\n"
           "                              print outbox events from Kafka as JSON lines\n"
-          "  verify --topic T [--expected IDS_FILE] [--allow-duplicates] [--idle-exit-ms MS]\n"
+          "  verify [--config FILE] [--brokers B] --topic T [--expected IDS_FILE] [--allow-duplicates]\n"
+          "         [--idle-exit-ms MS]\n"
           "                              check topics: duplicates, missing ids, per-aggregate order\n"
           "  config-doc                  print the configuration reference (Markdown)\n"
           "  version                     print the version\n"
@@ -59,7 +63,31 @@ static void usage(FILE *f)
           f);
 }
 
-static obx_config_t *load_config(const char *path, int validate)
+#define MAX_SETS 16
+
+/* Everything the command line said. */
+typedef struct {
+    const char *cmd, *verb; /* verb: slot status|create|drop */
+    const char *config_path, *previous_path, *expected_path;
+    int print_config, allow_dups, snap_restart;
+    const char *sets[MAX_SETS]; /* key=value, applied after the file and env */
+    char set_buf[MAX_SETS][1024];
+    size_t n_sets;
+    obx_consume_opts_t co;
+} cli_t;
+
+typedef enum {
+    CFG_LOAD = 0, /* file + env, checked by the command itself */
+    CFG_VALIDATE  /* file + env + --set, then obx_config_validate() */
+} cfg_mode_t;
+
+typedef struct {
+    const char *name;
+    cfg_mode_t cfg;
+    int (*run)(cli_t *cli, obx_config_t *cfg);
+} cmd_t;
+
+static obx_config_t *load_config(const char *path)
 {
     char err[1024];
     obx_config_t *cfg = obx_config_new();
@@ -68,8 +96,7 @@ static obx_config_t *load_config(const char *path, int validate)
         exit(OBX_EXIT_FAIL);
     }
     if ((path && obx_config_load_file(cfg, path, err, sizeof(err)) != 0) ||
-        obx_config_load_env(cfg, environ, err, sizeof(err)) != 0 ||
-        (validate && obx_config_validate(cfg, err, sizeof(err)) != 0)) {
+        obx_config_load_env(cfg, environ, err, sizeof(err)) != 0) {
         obx_error("config", "%s", err);
         obx_config_destroy(cfg);
         exit(OBX_EXIT_CONFIG);
@@ -82,68 +109,218 @@ static obx_config_t *load_config(const char *path, int validate)
     return cfg;
 }
 
-static int cmd_slot(const char *verb, obx_config_t *cfg)
+/* --set key=value pairs, then the whole config checked: 0 or an exit code. */
+static int apply_sets_and_validate(const cli_t *cli, obx_config_t *cfg)
+{
+    char kv[1024], err[1024];
+    for (size_t i = 0; i < cli->n_sets; i++) {
+        snprintf(kv, sizeof(kv), "%s", cli->sets[i]);
+        char *eq = strchr(kv, '=');
+        if (!eq) {
+            fprintf(stderr, "outboxd: --set %s: expected key=value\n", cli->sets[i]);
+            return OBX_EXIT_CONFIG;
+        }
+        *eq = '\0';
+        if (obx_config_set(cfg, kv, eq + 1, "command line", err, sizeof(err)) != 0) {
+            obx_error("config", "%s", err);
+            return OBX_EXIT_CONFIG;
+        }
+    }
+    if (obx_config_validate(cfg, err, sizeof(err)) != 0) {
+        obx_error("config", "%s", err);
+        return OBX_EXIT_CONFIG;
+    }
+    return OBX_EXIT_OK;
+}
+
+static int slot_status(PGconn *c, const obx_config_t *cfg)
 {
     char err[1024];
-    PGconn *c = obx_pg_connect_str(cfg->pg_conninfo, err, sizeof(err));
-    if (!c) {
-        obx_error("pg_connect", "%s", err);
+    obx_slot_info_t s;
+    if (obx_slot_inspect(c, cfg->slot_name, &s, err, sizeof(err)) != 0) {
+        obx_error("slot", "%s", err);
         return OBX_EXIT_FAIL;
     }
-    int rc = OBX_EXIT_OK;
-    obx_slot_info_t s;
-    if (strcmp(verb, "status") == 0) {
-        if (obx_slot_inspect(c, cfg->slot_name, &s, err, sizeof(err)) != 0) {
-            obx_error("slot", "%s", err);
-            rc = OBX_EXIT_FAIL;
-        } else if (!s.exists) {
-            printf("slot %s: does not exist\n", cfg->slot_name);
-            rc = OBX_EXIT_SLOT;
-        } else {
-            printf("slot %s: plugin=%s active=%s pid=%d wal_status=%s confirmed_flush_lsn=" OBX_LSN_FMT
-                   " restart_lsn=" OBX_LSN_FMT "\n",
-                   cfg->slot_name, s.plugin, s.active ? "yes" : "no", s.active_pid, s.wal_status,
-                   OBX_LSN_ARGS(s.confirmed_flush), OBX_LSN_ARGS(s.restart_lsn));
-        }
-    } else if (strcmp(verb, "create") == 0) {
-        rc = obx_slot_ensure(c, cfg, &s, err, sizeof(err));
-        if (rc) obx_error("slot", "%s", err);
-        else printf("slot %s: ready, confirmed_flush_lsn=" OBX_LSN_FMT "\n", cfg->slot_name, OBX_LSN_ARGS(s.confirmed_flush));
-    } else if (strcmp(verb, "drop") == 0) {
-        if (obx_slot_drop(c, cfg->slot_name, err, sizeof(err)) != 0) {
-            obx_error("slot", "%s", err);
-            rc = OBX_EXIT_FAIL;
-        } else {
-            printf("slot %s: dropped\n", cfg->slot_name);
-        }
-    } else {
-        usage(stderr);
-        rc = OBX_EXIT_CONFIG;
+    if (!s.exists) {
+        printf("slot %s: does not exist\n", cfg->slot_name);
+        return OBX_EXIT_SLOT;
     }
+    printf("slot %s: plugin=%s active=%s pid=%d wal_status=%s confirmed_flush_lsn=" OBX_LSN_FMT
+           " restart_lsn=" OBX_LSN_FMT "\n",
+           cfg->slot_name, s.plugin, s.active ? "yes" : "no", s.active_pid, s.wal_status,
+           OBX_LSN_ARGS(s.confirmed_flush), OBX_LSN_ARGS(s.restart_lsn));
+    return OBX_EXIT_OK;
+}
+
+static int slot_create(PGconn *c, const obx_config_t *cfg)
+{
+    char err[1024];
+    obx_slot_info_t s;
+    int rc = obx_slot_ensure(c, cfg, &s, err, sizeof(err));
+    if (rc)
+        obx_error("slot", "%s", err);
+    else
+        printf("slot %s: ready, confirmed_flush_lsn=" OBX_LSN_FMT "\n", cfg->slot_name, OBX_LSN_ARGS(s.confirmed_flush));
+    return rc;
+}
+
+static int slot_drop(PGconn *c, const obx_config_t *cfg)
+{
+    char err[1024];
+    if (obx_slot_drop(c, cfg->slot_name, err, sizeof(err)) != 0) {
+        obx_error("slot", "%s", err);
+        return OBX_EXIT_FAIL;
+    }
+    printf("slot %s: dropped\n", cfg->slot_name);
+    return OBX_EXIT_OK;
+}
+
+static int cmd_slot(cli_t *cli, obx_config_t *cfg)
+{
+    static const struct {
+        const char *verb;
+        int (*run)(PGconn *, const obx_config_t *);
+    } verbs[] = {{"status", slot_status}, {"create", slot_create}, {"drop", slot_drop}};
+    if (cli->print_config) {
+        obx_config_print(cfg, stdout);
+        return OBX_EXIT_OK;
+    }
+    size_t i = 0;
+    while (i < sizeof(verbs) / sizeof(verbs[0]) && strcmp(verbs[i].verb, cli->verb) != 0) i++;
+    if (i == sizeof(verbs) / sizeof(verbs[0])) {
+        usage(stderr);
+        return OBX_EXIT_CONFIG;
+    }
+    obx_log_set_context("slot", cfg->slot_name);
+    obx_err_t err;
+    PGconn *c = obx_pg_connect(cfg->pg_conninfo, "pg.conninfo", OBX_PG_NORMAL, &err);
+    if (!c) {
+        obx_error("pg_connect", "%s", err.msg);
+        return obx_err_exit_code(&err);
+    }
+    int rc = verbs[i].run(c, cfg);
     PQfinish(c);
     return rc;
 }
 
-int main(int argc, char **argv)
+static int cmd_run(cli_t *cli, obx_config_t *cfg)
 {
-    if (argc < 2) {
-        usage(stderr);
+    if (cli->print_config) {
+        obx_config_print(cfg, stdout);
+        return OBX_EXIT_OK;
+    }
+    obx_log_set_context("slot", cfg->slot_name);
+    obx_info("start", "outboxd %s starting", OBX_VERSION);
+    int rc = obx_relay_run(cfg, &g_stop);
+    obx_info("exit", "exit code %d", rc);
+    return rc;
+}
+
+/* apply validates its own keys (apply.*; no producer database, so
+ * pg.conninfo is not required). */
+static int cmd_apply(cli_t *cli, obx_config_t *cfg)
+{
+    if (cli->print_config) {
+        obx_config_print(cfg, stdout);
+        return OBX_EXIT_OK;
+    }
+    obx_log_set_context("group", cfg->apply_group);
+    obx_info("start", "outboxd %s apply starting", OBX_VERSION);
+    int rc = obx_apply_run(cfg, &g_stop);
+    obx_info("exit", "exit code %d", rc);
+    return rc;
+}
+
+static int cmd_doctor(cli_t *cli, obx_config_t *cfg)
+{
+    (void)cli;
+    return obx_doctor_run(cfg, stdout);
+}
+
+static int cmd_snapshot(cli_t *cli, obx_config_t *cfg)
+{
+    obx_snapshot_opts_t so;
+    obx_snapshot_opts_from_config(cfg, &so);
+    so.restart = cli->snap_restart;
+    so.progress_bar = isatty(STDERR_FILENO);
+    return obx_snapshot_run(cfg, &so, &g_stop);
+}
+
+static int cmd_config_check(cli_t *cli, obx_config_t *cfg)
+{
+    char err[1024];
+    if (!cli->previous_path) {
+        fprintf(stderr, "outboxd: config-check needs --previous FILE\n");
         return OBX_EXIT_CONFIG;
     }
-    const char *cmd = argv[1];
-    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
-        usage(stdout);
-        return OBX_EXIT_OK;
+    int rc = OBX_EXIT_CONFIG;
+    obx_config_t *prev = obx_config_new();
+    if (!prev || obx_config_load_file(prev, cli->previous_path, err, sizeof(err)) != 0) {
+        obx_error("config", "%s", prev ? err : "out of memory");
+    } else if (obx_config_check_key_rule(prev, cfg, err, sizeof(err)) != 0) {
+        obx_error("key_rule_changed", "%s", err);
+    } else {
+        printf("config-check: the partition key rule is unchanged or comes with a new topic version\n");
+        rc = OBX_EXIT_OK;
     }
-    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("outboxd %s\n", OBX_VERSION);
-        return OBX_EXIT_OK;
-    }
-    if (!strcmp(cmd, "config-doc")) {
-        obx_config_print_doc(stdout);
-        return OBX_EXIT_OK;
-    }
+    obx_config_destroy(prev);
+    return rc;
+}
 
+/* consume and verify: the config's kafka.* (security included) with
+ * --brokers over bootstrap.servers; no other key is needed. */
+static int cmd_consume(cli_t *cli, obx_config_t *cfg)
+{
+    cli->co.cfg = cfg;
+    return obx_consume_run(&cli->co, stdout, &g_stop);
+}
+
+static int cmd_verify(cli_t *cli, obx_config_t *cfg)
+{
+    cli->co.cfg = cfg;
+    obx_verify_opts_t vo = {.consume = cli->co, .expected_path = cli->expected_path,
+                            .allow_duplicates = cli->allow_dups};
+    if (!vo.consume.idle_exit_ms) vo.consume.idle_exit_ms = 5000;
+    return obx_verify_run(&vo, stdout, &g_stop);
+}
+
+static const cmd_t commands[] = {
+    {"run", CFG_VALIDATE, cmd_run},
+    {"slot", CFG_VALIDATE, cmd_slot},
+    {"doctor", CFG_VALIDATE, cmd_doctor},
+    {"config-check", CFG_VALIDATE, cmd_config_check},
+    {"snapshot", CFG_VALIDATE, cmd_snapshot},
+    {"apply", CFG_LOAD, cmd_apply},
+    {"consume", CFG_LOAD, cmd_consume},
+    {"verify", CFG_LOAD, cmd_verify},
+};
+
+static const cmd_t *find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(commands[i].name, name)) return &commands[i];
+    return NULL;
+}
+
+/* snapshot shortcuts become --set snapshot.KEY=VALUE. */
+static void add_set(cli_t *cli, int ch, const char *arg)
+{
+    static const char *const keys[] = {"snapshot.table", "snapshot.where", "snapshot.name",
+                                       "snapshot.page_size", "snapshot.rate_limit", "", "snapshot.topic"};
+    if (cli->n_sets == MAX_SETS) return;
+    if (ch == 'S') {
+        cli->sets[cli->n_sets++] = arg;
+        return;
+    }
+    snprintf(cli->set_buf[cli->n_sets], sizeof(cli->set_buf[0]), "%s=%s", keys[ch - 1001], arg);
+    cli->sets[cli->n_sets] = cli->set_buf[cli->n_sets];
+    cli->n_sets++;
+}
+
+/* Options after the command (and the slot verb). -1 to go on, else an
+ * exit code. */
+static int parse_options(cli_t *cli, int argc, char **argv, int first)
+{
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'}, {"print-config", no_argument, NULL, 'p'},
         {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
@@ -157,55 +334,22 @@ int main(int argc, char **argv)
         {"page-size", required_argument, NULL, 1004}, {"rate-limit", required_argument, NULL, 1005},
         {"restart", no_argument, NULL, 1006}, {"snapshot-topic", required_argument, NULL, 1007},
         {NULL, 0, NULL, 0}};
-    const char *config_path = NULL, *previous_path = NULL, *expected_path = NULL;
-    int allow_dups = 0, snap_restart = 0;
-    const char *sets[16];
-    size_t n_sets = 0;
-    int print_config = 0;
-    obx_consume_opts_t co = {.brokers = "127.0.0.1:9092", .topics = "^outbox\\..*"};
-    int first = 2;
-    const char *verb = NULL;
-    if (!strcmp(cmd, "slot")) {
-        if (argc < 3) {
-            usage(stderr);
-            return OBX_EXIT_CONFIG;
-        }
-        verb = argv[2];
-        first = 3;
-    } else if (cmd[0] == '-') {
-        first = 1; /* `outboxd --print-config -c f` */
-        cmd = "run";
-    }
     optind = first;
     int ch;
     while ((ch = getopt_long(argc, argv, "c:ph", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'c': config_path = optarg; break;
-        case 'p': print_config = 1; break;
-        case 'b': co.brokers = optarg; break;
-        case 't': co.topics = optarg; break;
-        case 'm': co.max_messages = atol(optarg); break;
-        case 'i': co.idle_exit_ms = atoi(optarg); break;
-        case 'g': co.group = optarg; break;
-        case 'P': previous_path = optarg; break;
-        case 'e': expected_path = optarg; break;
-        case 'D': allow_dups = 1; break;
-        case 'S':
-        case 1001: case 1002: case 1003: case 1004: case 1005: case 1007: {
-            static const char *const keys[] = {"snapshot.table", "snapshot.where", "snapshot.name",
-                                               "snapshot.page_size", "snapshot.rate_limit", "", "snapshot.topic"};
-            if (n_sets == sizeof(sets) / sizeof(sets[0])) break;
-            if (ch == 'S') {
-                sets[n_sets++] = optarg;
-            } else {
-                static char buf[16][1024];
-                snprintf(buf[n_sets], sizeof(buf[0]), "%s=%s", keys[ch - 1001], optarg);
-                sets[n_sets] = buf[n_sets];
-                n_sets++;
-            }
-            break;
-        }
-        case 1006: snap_restart = 1; break;
+        case 'c': cli->config_path = optarg; break;
+        case 'p': cli->print_config = 1; break;
+        case 'b': cli->co.brokers = optarg; break;
+        case 't': cli->co.topics = optarg; break;
+        case 'm': cli->co.max_messages = atol(optarg); break;
+        case 'i': cli->co.idle_exit_ms = atoi(optarg); break;
+        case 'g': cli->co.group = optarg; break;
+        case 'P': cli->previous_path = optarg; break;
+        case 'e': cli->expected_path = optarg; break;
+        case 'D': cli->allow_dups = 1; break;
+        case 'S': case 1001: case 1002: case 1003: case 1004: case 1005: case 1007: add_set(cli, ch, optarg); break;
+        case 1006: cli->snap_restart = 1; break;
         case 'h': usage(stdout); return OBX_EXIT_OK;
         default: usage(stderr); return OBX_EXIT_CONFIG;
         }
@@ -215,109 +359,70 @@ int main(int argc, char **argv)
         usage(stderr);
         return OBX_EXIT_CONFIG;
     }
+    return -1;
+}
 
+/* Commands that need no options and no config. -1 when cmd is not one. */
+static int run_simple(const char *cmd)
+{
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return OBX_EXIT_OK;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("outboxd %s\n", OBX_VERSION);
+        return OBX_EXIT_OK;
+    }
+    if (!strcmp(cmd, "config-doc")) {
+        obx_config_print_doc(stdout);
+        return OBX_EXIT_OK;
+    }
+    return -1;
+}
+
+static void install_signals(void)
+{
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
-    if (!strcmp(cmd, "verify")) {
-        obx_log_setup(OBX_LOG_INFO, OBX_LOG_AUTO);
-        obx_verify_opts_t vo = {.consume = co, .expected_path = expected_path, .allow_duplicates = allow_dups};
-        if (!vo.consume.idle_exit_ms) vo.consume.idle_exit_ms = 5000;
-        return obx_verify_run(&vo, stdout, &g_stop);
-    }
-    if (!strcmp(cmd, "consume")) {
-        obx_log_setup(OBX_LOG_INFO, OBX_LOG_AUTO);
-        return obx_consume_run(&co, stdout, &g_stop);
-    }
-    /* apply: the replica side. It validates its own keys (apply.*; no
-     * producer database, so pg.conninfo is not required). */
-    if (!strcmp(cmd, "apply")) {
-        obx_config_t *acfg = load_config(config_path, 0);
-        int arc;
-        if (print_config) {
-            obx_config_print(acfg, stdout);
-            arc = OBX_EXIT_OK;
-        } else {
-            obx_info("start", "outboxd %s apply starting", OBX_VERSION);
-            arc = obx_apply_run(acfg, &g_stop);
-            obx_info("exit", "exit code %d", arc);
-        }
-        obx_config_destroy(acfg);
-        return arc;
-    }
-    if (strcmp(cmd, "run") != 0 && strcmp(cmd, "slot") != 0 && strcmp(cmd, "doctor") != 0 &&
-        strcmp(cmd, "config-check") != 0 && strcmp(cmd, "snapshot") != 0) {
-        fprintf(stderr, "outboxd: unknown command \"%s\"\n", cmd);
+int main(int argc, char **argv)
+{
+    static cli_t cli = {.co = {.topics = "^outbox\\..*"}};
+    if (argc < 2) {
         usage(stderr);
         return OBX_EXIT_CONFIG;
     }
-    obx_config_t *cfg = load_config(config_path, 0);
-    for (size_t i = 0; i < n_sets; i++) {
-        char kv[1024], err[1024];
-        snprintf(kv, sizeof(kv), "%s", sets[i]);
-        char *eq = strchr(kv, '=');
-        if (!eq) {
-            fprintf(stderr, "outboxd: --set %s: expected key=value\n", sets[i]);
-            obx_config_destroy(cfg);
+    int rc = run_simple(argv[1]);
+    if (rc >= 0) return rc;
+    cli.cmd = argv[1];
+    int first = 2;
+    if (!strcmp(cli.cmd, "slot")) {
+        if (argc < 3) {
+            usage(stderr);
             return OBX_EXIT_CONFIG;
         }
-        *eq = '\0';
-        if (obx_config_set(cfg, kv, eq + 1, "command line", err, sizeof(err)) != 0) {
-            obx_error("config", "%s", err);
-            obx_config_destroy(cfg);
-            return OBX_EXIT_CONFIG;
-        }
+        cli.verb = argv[2];
+        first = 3;
+    } else if (cli.cmd[0] == '-') {
+        first = 1; /* `outboxd --print-config -c f` */
+        cli.cmd = "run";
     }
-    {
-        char err[1024];
-        if (obx_config_validate(cfg, err, sizeof(err)) != 0) {
-            obx_error("config", "%s", err);
-            obx_config_destroy(cfg);
-            return OBX_EXIT_CONFIG;
-        }
+    if ((rc = parse_options(&cli, argc, argv, first)) >= 0) return rc;
+    install_signals();
+    const cmd_t *c = find_command(cli.cmd);
+    if (!c) {
+        fprintf(stderr, "outboxd: unknown command \"%s\"\n", cli.cmd);
+        usage(stderr);
+        return OBX_EXIT_CONFIG;
     }
-    int rc;
-    if (!strcmp(cmd, "config-check")) {
-        char err[1024];
-        if (!previous_path) {
-            fprintf(stderr, "outboxd: config-check needs --previous FILE\n");
-            rc = OBX_EXIT_CONFIG;
-        } else {
-            obx_config_t *prev = obx_config_new();
-            if (!prev || obx_config_load_file(prev, previous_path, err, sizeof(err)) != 0) {
-                obx_error("config", "%s", prev ? err : "out of memory");
-                rc = OBX_EXIT_CONFIG;
-            } else if (obx_config_check_key_rule(prev, cfg, err, sizeof(err)) != 0) {
-                obx_error("key_rule_changed", "%s", err);
-                rc = OBX_EXIT_CONFIG;
-            } else {
-                printf("config-check: the partition key rule is unchanged or comes with a new topic version\n");
-                rc = OBX_EXIT_OK;
-            }
-            obx_config_destroy(prev);
-        }
-    } else if (!strcmp(cmd, "snapshot")) {
-        obx_snapshot_opts_t so;
-        obx_snapshot_opts_from_config(cfg, &so);
-        so.restart = snap_restart;
-        so.progress_bar = isatty(STDERR_FILENO);
-        rc = obx_snapshot_run(cfg, &so, &g_stop);
-    } else if (!strcmp(cmd, "doctor")) {
-        rc = obx_doctor_run(cfg, stdout);
-    } else if (print_config) {
-        obx_config_print(cfg, stdout);
-        rc = OBX_EXIT_OK;
-    } else if (verb) {
-        rc = cmd_slot(verb, cfg);
-    } else {
-        obx_info("start", "outboxd %s starting", OBX_VERSION);
-        rc = obx_relay_run(cfg, &g_stop);
-        obx_info("exit", "exit code %d", rc);
-    }
+    obx_config_t *cfg = load_config(cli.config_path);
+    rc = c->cfg == CFG_VALIDATE ? apply_sets_and_validate(&cli, cfg) : OBX_EXIT_OK;
+    if (rc == OBX_EXIT_OK) rc = c->run(&cli, cfg);
     obx_config_destroy(cfg);
     return rc;
 }

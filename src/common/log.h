@@ -1,5 +1,8 @@
 /* Structured logging on stderr: one line per event of interest.
- * JSON lines when stderr is not a terminal (containers), text otherwise. */
+ * JSON lines when stderr is not a terminal (containers), text otherwise.
+ * Lines carry their context as fields (like pgbouncer's slog_*): the slot
+ * or consumer group of the process and, per thread, e.g. the snapshot a
+ * thread runs. Owns nothing the caller passes: values are copied. */
 #ifndef OBX_LOG_H
 #define OBX_LOG_H
 
@@ -10,6 +13,16 @@ void obx_log_setup(obx_log_level_t level, obx_log_format_t format);
 int obx_log_level_parse(const char *s, obx_log_level_t *out);
 int obx_log_format_parse(const char *s, obx_log_format_t *out);
 int obx_log_enabled(obx_log_level_t level);
+
+/* Context fields printed with every line: JSON members after "event",
+ * `key=value` before the event in text. Process-wide fields (slot, group)
+ * are set by the entry points; thread fields (snapshot) by code running in
+ * its own thread, and override a process field of the same key. value NULL
+ * or "" removes the field. At most OBX_LOG_MAX_CONTEXT of each; keys up to
+ * 31 bytes, values cut at 127. Thread-safe. */
+#define OBX_LOG_MAX_CONTEXT 4
+void obx_log_set_context(const char *key, const char *value);
+void obx_log_set_thread_context(const char *key, const char *value);
 
 /* `event` is a short stable token (e.g. "slot_created") for log queries;
  * the formatted message is for humans. */

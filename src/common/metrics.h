@@ -1,6 +1,22 @@
-/* Process-wide metrics: written by the relay thread, read by the status HTTP
- * thread. Plain C11 atomics, no locks; readers may see values a few
- * microseconds apart, never torn ones. */
+/* Process-wide metrics: written by the program's main thread (and a
+ * snapshot thread), read by the status HTTP thread. Plain C11 atomics, no
+ * locks; readers may see values a few microseconds apart, never torn ones.
+ *
+ * One struct serves three programs; each writes only its sections and the
+ * renderer picks the relay or the apply series by apply_mode:
+ *   shared           state, pg_connected, last_loop_us (liveness),
+ *                    started_us (metrics.c), kafka_brokers_up (kconf.c's
+ *                    statistics callback, any Kafka client)
+ *   outboxd run      events_*, transactions, restarts, backpressure_episodes,
+ *                    heartbeats, status_updates, inflight_*, received_lsn,
+ *                    confirmed_lsn, newest_confirmed_commit_us, last_ack_us,
+ *                    slot_*, commit_to_ack, slot (src/relay)
+ *   snapshot         snapshot_* (src/tools/snapshot.c: `outboxd snapshot`,
+ *                    or a signal-started snapshot thread inside the relay)
+ *   outboxd apply    apply_* (src/apply), rendered instead of the relay's
+ *                    series once obx_metrics_apply_start() set apply_mode
+ * The fixed char arrays (slot, snapshot_name, apply_group) are written once
+ * before anything reads them. */
 #ifndef OBX_METRICS_H
 #define OBX_METRICS_H
 
@@ -47,6 +63,8 @@ typedef int64_t (*obx_apply_hwm_fn)(const char *topic, int32_t partition);
 /* --- end outboxd apply ----------------------------------------------- */
 
 typedef struct {
+    /* --- outboxd run (src/relay); state, pg_connected, last_loop_us and
+     * kafka_brokers_up are shared (see the top of this file) */
     _Atomic uint64_t events_published, events_acked, events_failed, events_skipped_duplicate,
         events_dead_lettered, events_ignored, transactions, restarts, backpressure_episodes,
         heartbeats, status_updates;
@@ -60,6 +78,7 @@ typedef struct {
     _Atomic int slot_wal_status;
     _Atomic int slot_info_valid;
     obx_histogram_t commit_to_ack;
+    /* --- snapshot (src/tools/snapshot.c) */
     _Atomic int snapshot_running;
     _Atomic int64_t snapshot_rows_done, snapshot_rows_estimated, snapshot_rows_per_s_milli;
     /* --- outboxd apply: rendered instead of the relay's series when apply_mode is set */
@@ -73,8 +92,8 @@ typedef struct {
     _Atomic(obx_apply_hwm_fn) apply_hwm;
     char apply_group[128];
     /* --- end outboxd apply */
-    char snapshot_name[128];
-    char slot[64];
+    char snapshot_name[128]; /* snapshot */
+    char slot[64];           /* outboxd run: the label of every relay series */
 } obx_metrics_t;
 
 /* The process's metrics (zeroed at start). */

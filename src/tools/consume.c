@@ -1,3 +1,5 @@
+/* outboxd consume: one librdkafka consumer per run, owned here from
+ * consumer_new() to the end of obx_consume_run(). */
 #include "consume.h"
 #include "exitcodes.h"
 #include "clock.h"
@@ -9,54 +11,106 @@
 
 #include "config.h"
 #include "envelope.h"
+#include "kconf.h"
 #include "log.h"
 #include "lsn.h"
 #include "outboxd/v1/event.pb-c.h"
 
-static int set(rd_kafka_conf_t *c, const char *k, const char *v)
+/* The bootstrap servers a consume/verify run uses: --brokers, then the
+ * config's kafka.bootstrap.servers, then a local broker. */
+const char *obx_consume_brokers(const obx_consume_opts_t *o)
 {
-    char err[256];
-    if (rd_kafka_conf_set(c, k, v, err, sizeof(err)) != RD_KAFKA_CONF_OK) {
-        obx_error("config", "kafka.%s: %s", k, err);
-        return -1;
-    }
-    return 0;
+    const char *b = o->cfg ? obx_config_kafka_get(o->cfg, "bootstrap.servers") : NULL;
+    return o->brokers ? o->brokers : b ? b : "127.0.0.1:9092";
 }
 
-int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
+/* The consumer: every kafka.* setting from the config, then what consume
+ * itself means (its own group, from the earliest offset). */
+static rd_kafka_t *consumer_new(const obx_consume_opts_t *o, obx_err_t *err)
 {
-    char err[512], group[64];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char group[64], kerr[512];
     if (!o->group) snprintf(group, sizeof(group), "outboxd-consume-%lld", (long long)obx_now_us());
-    if (set(conf, "bootstrap.servers", o->brokers) || set(conf, "group.id", o->group ? o->group : group) ||
-        set(conf, "auto.offset.reset", "earliest") || set(conf, "enable.auto.commit", o->group ? "true" : "false") ||
-        set(conf, "topic.metadata.refresh.interval.ms", "2000") || set(conf, "enable.partition.eof", "false")) {
+    rd_kafka_conf_t *conf = obx_kconf_new(o->cfg, OBX_KCONF_CONSUMER, err);
+    if (!conf) return NULL;
+    if (obx_kconf_set(conf, "bootstrap.servers", obx_consume_brokers(o), err) ||
+        obx_kconf_set(conf, "group.id", o->group ? o->group : group, err) ||
+        obx_kconf_set(conf, "auto.offset.reset", "earliest", err) ||
+        obx_kconf_set(conf, "enable.auto.commit", o->group ? "true" : "false", err) ||
+        obx_kconf_default(conf, o->cfg, "topic.metadata.refresh.interval.ms", "2000", err) ||
+        obx_kconf_set(conf, "enable.partition.eof", "false", err)) {
         rd_kafka_conf_destroy(conf);
-        return OBX_EXIT_CONFIG;
+        return NULL;
     }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
     if (!rk) {
-        obx_error("kafka_consumer", "%s", err);
         rd_kafka_conf_destroy(conf);
-        return OBX_EXIT_FAIL;
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_FAIL, "%s", kerr);
     }
-    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+/* One event as a JSON line; Kafka headers ride along as "kafka_headers"
+ * (last value wins). */
+static void print_event(FILE *out, const Outboxd__V1__Event *ev, const rd_kafka_message_t *m)
+{
+    char *js = obx_envelope_to_json(ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset, m->key, m->key_len,
+                                    rd_kafka_message_timestamp(m, NULL));
+    if (!js) return;
+    rd_kafka_headers_t *hdrs = NULL;
+    size_t l = strlen(js);
+    if (!rd_kafka_message_headers(m, &hdrs) && hdrs && l > 1) {
+        cJSON *kh = cJSON_CreateObject();
+        const char *name;
+        const void *val;
+        size_t vsz;
+        for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &val, &vsz); i++) {
+            char *v = strndup(val ? val : "", val ? vsz : 0);
+            if (v) {
+                cJSON_DeleteItemFromObjectCaseSensitive(kh, name);
+                cJSON_AddStringToObject(kh, name, v);
+            }
+            free(v);
+        }
+        char *khs = cJSON_PrintUnformatted(kh);
+        cJSON_Delete(kh);
+        js[l - 1] = '\0';
+        fprintf(out, "%s,\"kafka_headers\":%s}\n", js, khs ? khs : "{}");
+        cJSON_free(khs);
+    } else {
+        fprintf(out, "%s\n", js);
+    }
+    fflush(out);
+    free(js);
+}
+
+static int subscribe(rd_kafka_t *rk, const char *list)
+{
     rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(4);
-    char *topics = strdup(o->topics), *save = NULL;
-    for (char *t = strtok_r(topics, ",", &save); t; t = strtok_r(NULL, ",", &save))
+    char *topics = strdup(list), *save = NULL;
+    for (char *t = topics ? strtok_r(topics, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
         rd_kafka_topic_partition_list_add(subs, t, RD_KAFKA_PARTITION_UA);
     free(topics);
     rd_kafka_resp_err_t e = rd_kafka_subscribe(rk, subs);
     rd_kafka_topic_partition_list_destroy(subs);
-    int rc = OBX_EXIT_OK;
-    if (e) {
-        obx_error("kafka_subscribe", "%s", rd_kafka_err2str(e));
-        rc = OBX_EXIT_FAIL;
-        goto done;
+    if (e) obx_error("kafka_subscribe", "%s", rd_kafka_err2str(e));
+    return e ? -1 : 0;
+}
+
+int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
+{
+    obx_err_t err;
+    rd_kafka_t *rk = consumer_new(o, &err);
+    if (!rk) {
+        obx_error(err.exit_code == OBX_EXIT_CONFIG ? "config" : "kafka_consumer", "%s", err.msg);
+        return obx_err_exit_code(&err);
     }
+    rd_kafka_poll_set_consumer(rk);
+    int rc = subscribe(rk, o->topics) == 0 ? OBX_EXIT_OK : OBX_EXIT_FAIL;
     long n = 0;
+    int halt = rc != OBX_EXIT_OK;
     int64_t last = obx_mono_ms();
-    while (!*stop && n >= 0 && (o->max_messages == 0 || n < o->max_messages)) {
+    while (!halt && !*stop && (o->max_messages == 0 || n < o->max_messages)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
         if (!m) {
             if (o->idle_exit_ms && obx_mono_ms() - last > o->idle_exit_ms) break;
@@ -75,47 +129,16 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
             obx_error("undecodable", "%s [%d] offset %lld is not an outboxd.v1.Event", rd_kafka_topic_name(m->rkt),
                       (int)m->partition, (long long)m->offset);
             rc = OBX_EXIT_FAIL;
+        } else if (o->on_event) {
+            /* verify reads the decoded event itself: no JSON built. */
+            halt = o->on_event(o->opaque, ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset) != 0;
         } else {
-            /* JSON only when printing: verify reads the decoded event itself. */
-            char *js = o->on_event ? NULL
-                                   : obx_envelope_to_json(ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset,
-                                                          m->key, m->key_len, rd_kafka_message_timestamp(m, NULL));
-            if (o->on_event) {
-                if (o->on_event(o->opaque, ev, rd_kafka_topic_name(m->rkt), m->partition, m->offset) != 0) n = o->max_messages ? o->max_messages : -1;
-            } else if (js) {
-                /* Kafka headers ride along as "kafka_headers" (last value wins). */
-                rd_kafka_headers_t *hdrs = NULL;
-                size_t l = strlen(js);
-                if (!rd_kafka_message_headers(m, &hdrs) && hdrs && l > 1) {
-                    cJSON *kh = cJSON_CreateObject();
-                    const char *name;
-                    const void *val;
-                    size_t vsz;
-                    for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &val, &vsz); i++) {
-                        char *v = strndup(val ? val : "", val ? vsz : 0);
-                        if (v) {
-                            cJSON_DeleteItemFromObjectCaseSensitive(kh, name);
-                            cJSON_AddStringToObject(kh, name, v);
-                        }
-                        free(v);
-                    }
-                    char *khs = cJSON_PrintUnformatted(kh);
-                    cJSON_Delete(kh);
-                    js[l - 1] = '\0';
-                    fprintf(out, "%s,\"kafka_headers\":%s}\n", js, khs ? khs : "{}");
-                    cJSON_free(khs);
-                } else {
-                    fprintf(out, "%s\n", js);
-                }
-                fflush(out);
-            }
-            free(js);
-            obx_envelope_free(ev);
+            print_event(out, ev, m);
         }
+        obx_envelope_free(ev);
         rd_kafka_message_destroy(m);
         n++;
     }
-done:
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return rc;

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "config.h"
+
 struct Outboxd__V1__Event;
 
 /* Called per decoded event instead of printing; non-zero stops the loop. */
@@ -15,7 +17,8 @@ typedef int (*obx_event_cb_t)(void *opaque, const struct Outboxd__V1__Event *ev,
                               int32_t partition, int64_t offset);
 
 typedef struct {
-    const char *brokers;
+    const obx_config_t *cfg; /* kafka.* (security included); NULL: defaults only */
+    const char *brokers;  /* overrides kafka.bootstrap.servers; NULL: the config's, else 127.0.0.1:9092 */
     const char *topics;   /* comma-separated names, or one ^regex */
     const char *group;    /* NULL: a fresh group, from the earliest offset */
     long max_messages;    /* stop after this many; 0 = no limit */
@@ -24,7 +27,12 @@ typedef struct {
     void *opaque;
 } obx_consume_opts_t;
 
-/* Returns an OBX_EXIT_* code; errors go to the log. */
+/* Returns an OBX_EXIT_* code; errors go to the log. The consumer is built
+ * by obx_kconf_new(cfg, OBX_KCONF_CONSUMER) so it reaches a secured
+ * cluster like every other outboxd client. */
+/* --brokers, else the config's kafka.bootstrap.servers, else 127.0.0.1:9092. */
+const char *obx_consume_brokers(const obx_consume_opts_t *o);
+
 int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_t *stop);
 
 #endif

@@ -1,12 +1,15 @@
+/* outboxd doctor: one PostgreSQL connection and one admin librdkafka
+ * client, each owned by obx_doctor_run() / check_kafka() for the run. */
 #include "doctor.h"
-#include "pg.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "kconf.h"
 #include "lsn.h"
+#include "pg.h"
 #include "preflight.h"
 
 typedef struct {
@@ -25,37 +28,31 @@ static void report(doc_t *d, int ok, int warn_only, const char *what, const char
 
 static PGresult *q1(PGconn *c, const char *sql, int n, const char *const *p)
 {
-    PGresult *r = PQexecParams(c, sql, n, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        PQclear(r);
-        return NULL;
-    }
-    return r;
+    obx_err_t err;
+    return obx_pg_exec(c, sql, n, p, &err);
 }
 
-static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
+/* wal_level, slot and sender headroom, REPLICATION, the plugin allow-list
+ * (where the GUC exists) and the WAL a stuck slot may keep. */
+static int check_settings(doc_t *d, PGconn *c)
 {
     char what[1024], fix[1024];
-    int ver = PQserverVersion(c);
-    snprintf(what, sizeof(what), "server version %d.%d", ver / 10000, ver % 10000);
-    report(d, ver >= 100000, 0, what, "upgrade to PostgreSQL 10 or newer");
-
-    PGresult *r = q1(c,
-                     "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int,"
-                     " (SELECT count(*) FROM pg_replication_slots)::int, current_setting('max_wal_senders')::int,"
-                     " (SELECT count(*) FROM pg_stat_replication)::int,"
-                     " (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), current_user,"
-                     " (SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'),"
-                     " current_setting('max_slot_wal_keep_size'), current_setting('wal_sender_timeout')",
-                     0, NULL);
+    obx_err_t err;
+    PGresult *r = obx_pg_exec(c,
+                              "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int,"
+                              " (SELECT count(*) FROM pg_replication_slots)::int, current_setting('max_wal_senders')::int,"
+                              " (SELECT count(*) FROM pg_stat_replication)::int,"
+                              " (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), current_user,"
+                              " (SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'),"
+                              " current_setting('max_slot_wal_keep_size'), current_setting('wal_sender_timeout')",
+                              0, NULL, &err);
     if (!r) {
-        report(d, 0, 0, "read server settings", PQerrorMessage(c));
-        return;
+        report(d, 0, 0, "read server settings", err.msg);
+        return -1;
     }
     const char *wal_level = PQgetvalue(r, 0, 0);
     snprintf(what, sizeof(what), "wal_level = %s", wal_level);
-    report(d, !strcmp(wal_level, "logical"), 0, what,
-           "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL");
+    report(d, !strcmp(wal_level, "logical"), 0, what, "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL");
     int max_slots = atoi(PQgetvalue(r, 0, 1)), used = atoi(PQgetvalue(r, 0, 2));
     snprintf(what, sizeof(what), "replication slots: %d of max_replication_slots = %d in use", used, max_slots);
     report(d, used < max_slots, 0, what, "raise max_replication_slots (restart) or drop unused slots");
@@ -63,7 +60,9 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     snprintf(what, sizeof(what), "WAL senders: %d of max_wal_senders = %d in use", snd, max_snd);
     report(d, snd < max_snd, 0, what, "raise max_wal_senders (restart)");
     snprintf(what, sizeof(what), "role %s has REPLICATION", PQgetvalue(r, 0, 6));
-    snprintf(fix, sizeof(fix), "ALTER ROLE \"%s\" REPLICATION;", PQgetvalue(r, 0, 6));
+    char *role = obx_pg_quote_ident(PQgetvalue(r, 0, 6));
+    snprintf(fix, sizeof(fix), "ALTER ROLE %s REPLICATION;", role ? role : "\"?\"");
+    free(role);
     report(d, !strcmp(PQgetvalue(r, 0, 5), "t"), 0, what, fix);
     if (!PQgetisnull(r, 0, 7)) {
         snprintf(what, sizeof(what), "output_plugin_libraries = '%s' allows wal2json", PQgetvalue(r, 0, 7));
@@ -76,106 +75,88 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     report(d, strcmp(keep, "-1") != 0, 1, what,
            "set max_slot_wal_keep_size to what the disk can hold, and alert on outboxd_slot_retained_wal_bytes");
     PQclear(r);
+    return 0;
+}
 
-    /* Proves the plugin is installed and allowed for this role. */
-    char tmp[64];
+/* Proves the plugin is installed and allowed for this role. */
+static void check_plugin(doc_t *d, PGconn *c)
+{
+    char tmp[64], what[1400];
+    obx_err_t err;
     snprintf(tmp, sizeof(tmp), "outboxd_doctor_%d", (int)getpid());
     const char *p1[1] = {tmp};
-    PGresult *t = PQexecParams(c, "SELECT 1 FROM pg_create_logical_replication_slot($1, 'wal2json', true)", 1, NULL, p1,
-                               NULL, NULL, 0);
-    int ok = PQresultStatus(t) == PGRES_TUPLES_OK;
-    snprintf(what, sizeof(what), "wal2json is installed and usable (temporary slot)%s%s", ok ? "" : ": ",
-             ok ? "" : PQresultErrorMessage(t));
-    for (char *e = what + strlen(what); e > what && (e[-1] == '\n'); e--) e[-1] = '\0';
-    report(d, ok, 0, what, "install postgresql-<version>-wal2json and allow it (see above)");
+    PGresult *t = obx_pg_exec(c, "SELECT 1 FROM pg_create_logical_replication_slot($1, 'wal2json', true)", 1, p1, &err);
+    snprintf(what, sizeof(what), "wal2json is installed and usable (temporary slot)%s%s", t ? "" : ": ", t ? "" : err.msg);
+    report(d, t != NULL, 0, what, "install postgresql-<version>-wal2json and allow it (see above)");
+    if (t) PQclear(q1(c, "SELECT pg_drop_replication_slot($1)", 1, p1));
     PQclear(t);
-    if (ok) PQclear(PQexecParams(c, "SELECT pg_drop_replication_slot($1)", 1, NULL, p1, NULL, NULL, 0));
+}
 
+static void check_slot(doc_t *d, const obx_config_t *cfg, PGconn *c)
+{
+    char what[1024], err[512];
     obx_slot_info_t s;
-    char err[512];
     if (obx_slot_inspect(c, cfg->slot_name, &s, err, sizeof(err)) != 0) {
         report(d, 0, 0, "read pg_replication_slots", err);
-    } else if (!s.exists) {
+        return;
+    }
+    if (!s.exists) {
         snprintf(what, sizeof(what), "slot %s does not exist%s", cfg->slot_name,
                  cfg->slot_create ? " (outboxd run creates it; events before that are not captured)" : "");
-        snprintf(fix, sizeof(fix), "outboxd slot create (or set slot.create = true)");
-        report(d, cfg->slot_create, 1, what, fix);
-    } else {
-        snprintf(what, sizeof(what), "slot %s uses plugin %s", cfg->slot_name, s.plugin);
-        report(d, !strcmp(s.plugin, "wal2json"), 0, what, "use another slot.name, or drop this slot if nothing uses it");
-        snprintf(what, sizeof(what), "slot %s wal_status = %s", cfg->slot_name, *s.wal_status ? s.wal_status : "(none)");
-        report(d, strcmp(s.wal_status, "lost") != 0 && strcmp(s.wal_status, "unreserved") != 0,
-               strcmp(s.wal_status, "unreserved") == 0, what,
-               "lost: outboxd slot drop, restart outboxd, re-emit state with a snapshot; unreserved: start outboxd now");
-        snprintf(what, sizeof(what), "slot %s is %s", cfg->slot_name,
-                 s.active ? "active (another outboxd streams it; a new one stands by)" : "inactive");
-        report(d, 1, 0, what, NULL);
-        PGresult *rw = q1(c, "SELECT pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)),"
-                             " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) < 1073741824"
-                             " FROM pg_replication_slots WHERE slot_name = $1", 1, (const char *const[]){cfg->slot_name});
-        if (rw && PQntuples(rw) == 1) {
-            snprintf(what, sizeof(what), "slot %s retains %s of WAL", cfg->slot_name, PQgetvalue(rw, 0, 0));
-            report(d, !strcmp(PQgetvalue(rw, 0, 1), "t"), 1, what,
-                   "start outboxd (it confirms as Kafka acks, and heartbeats keep an idle slot moving)");
-        }
-        PQclear(rw);
+        report(d, cfg->slot_create, 1, what, "outboxd slot create (or set slot.create = true)");
+        return;
     }
+    snprintf(what, sizeof(what), "slot %s uses plugin %s", cfg->slot_name, s.plugin);
+    report(d, !strcmp(s.plugin, "wal2json"), 0, what, "use another slot.name, or drop this slot if nothing uses it");
+    snprintf(what, sizeof(what), "slot %s wal_status = %s", cfg->slot_name, *s.wal_status ? s.wal_status : "(none)");
+    report(d, strcmp(s.wal_status, "lost") != 0 && strcmp(s.wal_status, "unreserved") != 0,
+           strcmp(s.wal_status, "unreserved") == 0, what,
+           "lost: outboxd slot drop, restart outboxd, re-emit state with a snapshot; unreserved: start outboxd now");
+    snprintf(what, sizeof(what), "slot %s is %s", cfg->slot_name,
+             s.active ? "active (another outboxd streams it; a new one stands by)" : "inactive");
+    report(d, 1, 0, what, NULL);
+    PGresult *rw = q1(c, "SELECT pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)),"
+                         " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) < 1073741824"
+                         " FROM pg_replication_slots WHERE slot_name = $1", 1, (const char *const[]){cfg->slot_name});
+    if (rw && PQntuples(rw) == 1) {
+        snprintf(what, sizeof(what), "slot %s retains %s of WAL", cfg->slot_name, PQgetvalue(rw, 0, 0));
+        report(d, !strcmp(PQgetvalue(rw, 0, 1), "t"), 1, what,
+               "start outboxd (it confirms as Kafka acks, and heartbeats keep an idle slot moving)");
+    }
+    PQclear(rw);
+}
 
+static void check_outbox(doc_t *d, const obx_config_t *cfg, PGconn *c)
+{
+    char what[1024], err[512];
     obx_pg_info_t info;
     memset(&info, 0, sizeof(info));
     int prc = obx_preflight_outbox(c, cfg, &info, err, sizeof(err));
     snprintf(what, sizeof(what), "outbox table %s.%s with columns %s, %s, %s, %s, %s", cfg->outbox_schema,
              cfg->outbox_table, cfg->col_id, cfg->col_aggregatetype, cfg->col_aggregateid, cfg->col_type, cfg->col_payload);
     report(d, prc == 0, 0, what, prc ? err : NULL);
-    if (prc == 0) {
-        snprintf(what, sizeof(what), "optional columns: version %s, topic %s, headers %s, occurred_at %s",
-                 info.has_version_col ? "yes" : "no", info.has_topic_col ? "yes" : "no",
-                 info.has_headers_col ? "yes" : "no", info.has_occurred_at_col ? "yes" : "no");
-        report(d, info.has_version_col, 1, what, "add aggregate_version bigint so consumers can drop stale events");
-    }
+    if (prc != 0) return;
+    snprintf(what, sizeof(what), "optional columns: version %s, topic %s, headers %s, occurred_at %s",
+             info.has_version_col ? "yes" : "no", info.has_topic_col ? "yes" : "no",
+             info.has_headers_col ? "yes" : "no", info.has_occurred_at_col ? "yes" : "no");
+    report(d, info.has_version_col, 1, what, "add aggregate_version bigint so consumers can drop stale events");
 }
 
-static void check_kafka(doc_t *d, const obx_config_t *cfg)
+static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
-    char err[512], what[1024];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    for (size_t i = 0; i < cfg->n_kafka; i++) rd_kafka_conf_set(conf, cfg->kafka[i].key, cfg->kafka[i].value, err, sizeof(err));
-    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err));
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-    if (!rk) {
-        rd_kafka_conf_destroy(conf);
-        report(d, 0, 0, "Kafka client", err);
-        return;
-    }
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 5000);
-    snprintf(what, sizeof(what), "Kafka %s reachable%s%s", obx_config_kafka_get(cfg, "bootstrap.servers"),
-             e ? ": " : "", e ? rd_kafka_err2str(e) : "");
-    report(d, !e, 0, what, "check kafka.bootstrap.servers, network policy and kafka.security.* settings");
-    if (e) {
-        rd_kafka_destroy(rk);
-        return;
-    }
-    snprintf(what, sizeof(what), "%d broker(s), %d topic(s) visible", md->broker_cnt, md->topic_cnt);
-    report(d, md->broker_cnt > 0, 0, what, NULL);
-    /* Topics under the template's fixed prefix. */
-    char prefix[256];
-    snprintf(prefix, sizeof(prefix), "%s", cfg->topic_template);
-    char *var = strstr(prefix, "${");
-    if (var) *var = '\0';
-    int n = 0;
-    for (int i = 0; i < md->topic_cnt; i++)
-        if (!strncmp(md->topics[i].topic, prefix, strlen(prefix))) {
-            if (n < 10) fprintf(d->out, "      topic %s: %d partition(s)\n", md->topics[i].topic, md->topics[i].partition_cnt);
-            n++;
-        }
-    int dlq = 0;
-    for (int i = 0; i < md->topic_cnt; i++)
-        if (!strcmp(md->topics[i].topic, cfg->dlq_topic)) dlq = 1;
-    int32_t broker = md->broker_cnt ? md->brokers[0].id : -1;
-    rd_kafka_metadata_destroy(md);
+    char what[64];
+    int ver = PQserverVersion(c);
+    snprintf(what, sizeof(what), "server version %d.%d", ver / 10000, ver % 10000);
+    report(d, ver >= 100000, 0, what, "upgrade to PostgreSQL 10 or newer");
+    if (check_settings(d, c) != 0) return;
+    check_plugin(d, c);
+    check_slot(d, cfg, c);
+    check_outbox(d, cfg, c);
+}
 
-    /* Does the broker create topics on first write? */
+/* Does the broker create topics on first write? 1, 0, or -1 unknown. */
+static int broker_autocreate(rd_kafka_t *rk, int32_t broker)
+{
     int autocreate = -1;
     char bid[16];
     snprintf(bid, sizeof(bid), "%d", (int)broker);
@@ -185,7 +166,8 @@ static void check_kafka(doc_t *d, const obx_config_t *cfg)
     rd_kafka_event_t *ev = rd_kafka_queue_poll(qu, 5000);
     if (ev && !rd_kafka_event_error(ev)) {
         size_t nres;
-        const rd_kafka_ConfigResource_t **rs = rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev), &nres);
+        const rd_kafka_ConfigResource_t **rs =
+            rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev), &nres);
         for (size_t i = 0; i < nres; i++) {
             size_t nc;
             const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[i], &nc);
@@ -197,6 +179,26 @@ static void check_kafka(doc_t *d, const obx_config_t *cfg)
     if (ev) rd_kafka_event_destroy(ev);
     rd_kafka_queue_destroy(qu);
     rd_kafka_ConfigResource_destroy(res);
+    return autocreate;
+}
+
+/* Topics under the template's fixed prefix, the dead-letter topic, and
+ * whether missing ones would be created. */
+static void check_topics(doc_t *d, const obx_config_t *cfg, rd_kafka_t *rk, const struct rd_kafka_metadata *md)
+{
+    char what[1024], prefix[256];
+    snprintf(prefix, sizeof(prefix), "%s", cfg->topic_template);
+    char *var = strstr(prefix, "${");
+    if (var) *var = '\0';
+    int n = 0, dlq = 0;
+    for (int i = 0; i < md->topic_cnt; i++) {
+        if (!strncmp(md->topics[i].topic, prefix, strlen(prefix))) {
+            if (n < 10) fprintf(d->out, "      topic %s: %d partition(s)\n", md->topics[i].topic, md->topics[i].partition_cnt);
+            n++;
+        }
+        if (!strcmp(md->topics[i].topic, cfg->dlq_topic)) dlq = 1;
+    }
+    int autocreate = broker_autocreate(rk, md->broker_cnt ? md->brokers[0].id : -1);
     snprintf(what, sizeof(what), "%d topic(s) match %s*; broker auto.create.topics.enable = %s", n, prefix,
              autocreate < 0 ? "unknown" : autocreate ? "true" : "false");
     report(d, n > 0 || autocreate == 1, 0, what,
@@ -205,17 +207,42 @@ static void check_kafka(doc_t *d, const obx_config_t *cfg)
         snprintf(what, sizeof(what), "dead-letter topic %s exists", cfg->dlq_topic);
         report(d, dlq || autocreate == 1, 0, what, "create it");
     }
+}
+
+static void check_kafka(doc_t *d, const obx_config_t *cfg)
+{
+    char kerr[512], what[1024];
+    obx_err_t err;
+    rd_kafka_conf_t *conf = obx_kconf_new(cfg, OBX_KCONF_ADMIN, &err);
+    rd_kafka_t *rk = conf ? rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr)) : NULL;
+    if (!rk) {
+        if (conf) rd_kafka_conf_destroy(conf);
+        report(d, 0, 0, "Kafka client", conf ? kerr : err.msg);
+        return;
+    }
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 5000);
+    snprintf(what, sizeof(what), "Kafka %s reachable%s%s", obx_config_kafka_get(cfg, "bootstrap.servers"),
+             e ? ": " : "", e ? rd_kafka_err2str(e) : "");
+    report(d, !e, 0, what, "check kafka.bootstrap.servers, network policy and kafka.security.* settings");
+    if (!e) {
+        snprintf(what, sizeof(what), "%d broker(s), %d topic(s) visible", md->broker_cnt, md->topic_cnt);
+        report(d, md->broker_cnt > 0, 0, what, NULL);
+        check_topics(d, cfg, rk, md);
+        rd_kafka_metadata_destroy(md);
+    }
     rd_kafka_destroy(rk);
 }
 
 int obx_doctor_run(const obx_config_t *cfg, FILE *out)
 {
     doc_t d = {.out = out};
-    char err[1024], red[1024];
+    char red[1024];
+    obx_err_t err;
     obx_conninfo_redact(cfg->pg_conninfo, red, sizeof(red));
-    PGconn *c = obx_pg_connect_str(cfg->pg_conninfo, err, sizeof(err));
+    PGconn *c = obx_pg_connect(cfg->pg_conninfo, "pg.conninfo", OBX_PG_NORMAL, &err);
     char what[2200];
-    snprintf(what, sizeof(what), "connect to PostgreSQL (%s)%s%s", red, c ? "" : ": ", c ? "" : err);
+    snprintf(what, sizeof(what), "connect to PostgreSQL (%s)%s%s", red, c ? "" : ": ", c ? "" : err.msg);
     report(&d, c != NULL, 0, what, "check pg.conninfo, pg_hba.conf and the password");
     if (c) {
         check_pg(&d, cfg, c);

@@ -177,7 +177,7 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
     v.out = out;
     o->consume.on_event = on_event;
     o->consume.opaque = &v;
-    fprintf(out, "reading %s from %s ...\n", o->consume.topics, o->consume.brokers);
+    fprintf(out, "reading %s from %s ...\n", o->consume.topics, obx_consume_brokers(&o->consume));
     int rc = obx_consume_run(&o->consume, out, stop);
     if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL) return rc;
     long missing = 0, expected = 0;

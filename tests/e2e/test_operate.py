@@ -133,3 +133,38 @@ def test_verify_command_finds_missing_and_duplicates(harness, tmp_path):
     bad = subprocess.run([BIN, "verify", "--brokers", BROKERS, "--topic", topic, "--expected", str(exp),
                           "--idle-exit-ms", "3000"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and '"missing":1' in bad.stdout and "missing event 00000000" in bad.stdout
+
+
+def test_consume_and_verify_take_kafka_settings_from_the_config(harness, tmp_path):
+    """consume and verify build their client from the config's kafka.* (so
+    security settings reach them); --brokers only overrides bootstrap.servers."""
+    p = harness.start()
+    with pg() as c:
+        ids = [c.execute(f"INSERT INTO {harness.table}(aggregatetype, aggregateid, type, payload)"
+                         f" VALUES ('athlete', 'a{i}', 'U', '{{}}') RETURNING id::text").fetchone()[0] for i in range(5)]
+    harness.wait_confirmed(current_lsn())
+    assert p.stop() == 0
+    topic = harness.prefix + ".athlete"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOXD_")}
+    good = tmp_path / "good.conf"
+    good.write_text(f"kafka.bootstrap.servers = {BROKERS}\n")
+    r = subprocess.run([BIN, "consume", "--config", str(good), "--topic", topic, "--idle-exit-ms", "3000"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(l)["event_id"] for l in r.stdout.splitlines()) == sorted(ids)
+    # The environment works like for every other command.
+    r = subprocess.run([BIN, "verify", "--topic", topic, "--idle-exit-ms", "3000"],
+                       env={**env, "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": BROKERS}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["events"] == 5, r.stdout + r.stderr
+    # --brokers overrides the config's bootstrap.servers.
+    dead = tmp_path / "dead.conf"
+    dead.write_text("kafka.bootstrap.servers = 127.0.0.1:1\n")
+    r = subprocess.run([BIN, "verify", "--config", str(dead), "--brokers", BROKERS, "--topic", topic,
+                        "--idle-exit-ms", "3000"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and BROKERS in r.stdout, r.stdout + r.stderr
+    # Security settings reach the client: a bad one is refused by name.
+    bad = tmp_path / "bad.conf"
+    bad.write_text(f"kafka.bootstrap.servers = {BROKERS}\nkafka.security.protocol = bogus\n")
+    r = subprocess.run([BIN, "consume", "--config", str(bad), "--topic", topic, "--idle-exit-ms", "1000"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "kafka.security.protocol" in r.stderr, r.stderr

@@ -192,3 +192,32 @@ def test_signal_row_starts_a_snapshot_inside_the_running_relay(harness):
     assert p.stop() == 0
     with pg() as c:
         c.execute(f"DROP TABLE {table}")
+
+
+def test_sigterm_while_kafka_is_unreachable_ends_within_the_shutdown_timeout(harness):
+    """exactly_once never times messages out, so only the stop flag ends the
+    wait for a page's acks: the process exits within shutdown.timeout_ms and
+    the checkpoint does not move past anything unacked."""
+    table = harness.table + "_src"
+    make_table(table, 2_000)
+    name = harness.table + "_down"
+    proc = snapshot(harness, table, "--page-size", "500", "--name", name, "--restart", wait=False,
+                    env={"OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "OUTBOXD_EXACTLY_ONCE": "true",
+                         "OUTBOXD_SHUTDOWN_TIMEOUT_MS": "3000"})
+    with pg(RELAY_DSN) as c:
+        wait_until(lambda: c.execute("SELECT status FROM outboxd_snapshots WHERE name = %s", (name,)).fetchone()
+                   == ("running",), timeout=30, what="snapshot running")
+    time.sleep(1.0)  # the first page is queued and waits for acks that never come
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert took < 3.0 + 1.5, (took, err[-2000:])
+    assert proc.returncode == 0, err[-2000:]
+    assert "snapshot_interrupted" in err, err[-2000:]
+    with pg(RELAY_DSN) as c:
+        row = c.execute("SELECT last_key, rows_done, status FROM outboxd_snapshots WHERE name = %s", (name,)).fetchone()
+    assert row == (None, 0, "interrupted"), row
+    with pg() as c:
+        c.execute(f"DROP TABLE {table}")
