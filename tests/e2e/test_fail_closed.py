@@ -198,6 +198,7 @@ def test_one_transaction_routed_to_1000_topics(harness):
     """No fixed limit on topics: one transaction to 1,000 topics is delivered
     once each, also after a kill -9 that makes the read-back scan them all."""
     n = 1000
+    harness.create_slot()
     topics = [f"{harness.prefix}.t{i:04d}" for i in range(n)]
     ids = []
     with pg() as c:
@@ -327,9 +328,10 @@ def test_librdkafka_lines_go_through_the_json_logger(harness):
 
 def test_one_million_rows_in_one_transaction_once_each(harness):
     n = 1_000_000
+    harness.create_slot()
     with pg() as c:
         c.execute(f"INSERT INTO {harness.table} (aggregatetype, aggregateid, type, payload, aggregate_version)"
-                  " SELECT 'big', 'a' || (g % 1000), 'created', jsonb_build_object('n', g), g"
+                  " SELECT 'big', 'a' || (g %% 1000), 'created', jsonb_build_object('n', g), g"
                   " FROM generate_series(1, %s) g", (n,))
     end = current_lsn()
     p = harness.start()
