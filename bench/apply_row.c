@@ -129,9 +129,7 @@ int main(int argc, char **argv)
     obx_config_t *cfg = obx_config_new();
     if (!cfg) return OBX_EXIT_FAIL;
     if ((path && obx_config_load_file(cfg, path, err, sizeof(err)) != 0) ||
-        obx_config_load_env(cfg, environ, err, sizeof(err)) != 0 ||
-        /* apply.mode names the daemon's writer; this program is the other one. */
-        obx_config_set(cfg, "apply.mode", "batch", "bench_apply_row", err, sizeof(err)) != 0) {
+        obx_config_load_env(cfg, environ, err, sizeof(err)) != 0) {
         fprintf(stderr, "bench_apply_row: %s\n", err);
         obx_config_destroy(cfg);
         return OBX_EXIT_CONFIG;

@@ -425,13 +425,6 @@ int obx_apply_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size
     size_t n;
     if (obx_apply_parse_columns(cfg->apply_columns, &maps, &n, errstr, errstr_size) != 0) return -1;
     obx_apply_maps_free(maps, n);
-    /* The naive row-at-a-time baseline is a benchmark program now
-     * (bench/apply_row.c), not a mode of the daemon. */
-    if (strcmp(cfg->apply_mode, "batch") != 0) {
-        snprintf(errstr, errstr_size, "apply.mode = \"%s\": use batch (the naive row-at-a-time baseline for comparison is "
-                 "the benchmark program bench_apply_row, bench/apply_row.c)", cfg->apply_mode);
-        return -1;
-    }
     if (strcmp(cfg->apply_poison_policy, "halt") != 0 && strcmp(cfg->apply_poison_policy, "dead-letter") != 0) {
         snprintf(errstr, errstr_size, "apply.poison.policy = \"%s\": use halt or dead-letter", cfg->apply_poison_policy);
         return -1;

@@ -126,8 +126,6 @@ static const obx_opt_t opts[] = {
      "Events per replica transaction at most."},
     {"apply.batch_wait_ms", T_INT, S(apply_batch_wait_ms), "50", 0, 60000, 0,
      "After a batch's first event, how long to wait for more before writing it."},
-    {"apply.mode", T_STR, S(apply_mode), "batch", 0, 0, 0,
-     "`batch`: one upsert statement over arrays (unnest) per batch, newest version per key. `row`: the naive one-statement-per-event upsert, each in its own transaction, for comparison only."},
     {"apply.poison.policy", T_STR, S(apply_poison_policy), "halt", 0, 0, 0,
      "An event that cannot become a row (undecodable envelope, no version, missing field, type mismatch, a value the database refuses): `halt` commits everything before it and exits 3 naming topic, partition and offset; `dead-letter` publishes it to apply.poison.dlq_topic and goes on."},
     {"apply.poison.dlq_topic", T_STR, S(apply_dlq_topic), "outboxd.apply.deadletter", 0, 0, 0,

@@ -51,7 +51,7 @@ typedef struct obx_config_s {
     char *apply_conninfo, *apply_topics, *apply_group, *apply_table, *apply_key_column, *apply_columns;
     char *apply_event_types, *apply_delete_types, *apply_tombstone_table;
     char *apply_col_version, *apply_col_source_updated_at, *apply_col_replicated_at;
-    char *apply_source_time, *apply_mode, *apply_poison_policy, *apply_dlq_topic;
+    char *apply_source_time, *apply_poison_policy, *apply_dlq_topic;
     int apply_batch_max, apply_batch_wait_ms;
     /* end apply.* */
     char *log_level;

@@ -207,7 +207,6 @@ static void test_validate(void **state)
     invalid("apply.table", "", "OUTBOXD_APPLY_TABLE");
     invalid("apply.conninfo", "", "apply.conninfo");
     invalid("apply.columns", "nocolon", "column:path");
-    invalid("apply.mode", "fast", "apply.mode");
     invalid("apply.poison.policy", "skip", "apply.poison.policy");
     invalid("apply.source_time", "payload:", "apply.source_time");
     invalid("apply.source_time", "now", "apply.source_time");

@@ -20,7 +20,7 @@ static const char *const all_keys[] = {
     "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
     "outbox.column.occurred_at", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
     "reconnect.backoff_max_ms", "poll.batch", "status.listen", "heartbeat.interval_ms", "standby.retry_ms",
-    "slot.poll_interval_ms", "exactly_once", "exactly_once.scan_max", "poison.policy", "poison.dlq_topic",
+    "slot.poll_interval_ms", "slot.evidence_topic", "exactly_once", "exactly_once.scan_max", "poison.policy", "poison.dlq_topic",
     "snapshot.table", "snapshot.name", "snapshot.where", "snapshot.topic", "snapshot.aggregate_type",
     "snapshot.version_column", "snapshot.columns", "snapshot.payload_sql", "snapshot.event_type",
     "snapshot.page_size", "snapshot.rate_limit", "signal.table",
@@ -29,7 +29,7 @@ static const char *const all_keys[] = {
     "apply.conninfo", "apply.topics", "apply.group", "apply.table", "apply.key_column", "apply.columns",
     "apply.event_types", "apply.delete_types", "apply.tombstone_table", "apply.column.source_version",
     "apply.column.source_updated_at", "apply.column.replicated_at", "apply.source_time", "apply.batch_max",
-    "apply.batch_wait_ms", "apply.mode", "apply.poison.policy", "apply.poison.dlq_topic",
+    "apply.batch_wait_ms", "apply.poison.policy", "apply.poison.dlq_topic",
 };
 #define N_KEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
