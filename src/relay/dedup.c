@@ -1,10 +1,12 @@
 #include "dedup.h"
 #include "clock.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "envelope.h"
+#include "kconf.h"
 #include "log.h"
 #include "outboxd/v1/event.pb-c.h"
 
@@ -28,13 +30,6 @@ struct obx_dedup_s {
     size_t n_topics;
 };
 
-int obx_pos_cmp(obx_pos_t a, obx_pos_t b)
-{
-    if (a.commit_lsn != b.commit_lsn) return a.commit_lsn < b.commit_lsn ? -1 : 1;
-    if (a.index != b.index) return a.index < b.index ? -1 : 1;
-    return 0;
-}
-
 obx_partitioner_fn obx_partitioner_by_name(const char *name)
 {
     if (!name || !strcmp(name, "consistent_random")) return rd_kafka_msg_partitioner_consistent_random;
@@ -47,11 +42,12 @@ obx_partitioner_fn obx_partitioner_by_name(const char *name)
 }
 
 obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const char *slot,
-                           const char *database, char *errstr, size_t errstr_size)
+                           const char *database, obx_err_t *err)
 {
+    obx_err_clear(err);
     obx_dedup_t *d = calloc(1, sizeof(*d));
     if (!d) {
-        snprintf(errstr, errstr_size, "out of memory");
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return NULL;
     }
     d->prod = producer;
@@ -59,28 +55,26 @@ obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const 
     d->partitioner = obx_partitioner_by_name(obx_config_kafka_get(cfg, "partitioner"));
     snprintf(d->slot, sizeof(d->slot), "%s", slot);
     snprintf(d->database, sizeof(d->database), "%s", database);
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    char err[256];
-    /* Same brokers and security settings as the producer; reader-only knobs. */
-    for (size_t i = 0; i < cfg->n_kafka; i++) {
-        const char *k = cfg->kafka[i].key;
-        if (strncmp(k, "bootstrap.", 10) && strncmp(k, "security.", 9) && strncmp(k, "sasl.", 5) &&
-            strncmp(k, "ssl.", 4) && strcmp(k, "client.id") && strcmp(k, "metadata.broker.list"))
-            continue;
-        rd_kafka_conf_set(conf, k, cfg->kafka[i].value, err, sizeof(err));
-    }
-    rd_kafka_conf_set(conf, "group.id", "outboxd-dedup", err, sizeof(err));
-    rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof(err));
-    rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, sizeof(err));
+    /* Same brokers and security settings as the producer, same logger. */
+    rd_kafka_conf_t *conf = obx_kconf_new(cfg, OBX_KCONF_CONSUMER, err);
+    if (!conf) goto fail;
     /* Only what the producer's idempotent writes made durable counts. */
-    rd_kafka_conf_set(conf, "isolation.level", "read_committed", err, sizeof(err));
-    d->cons = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, errstr_size);
+    if (obx_kconf_set(conf, "group.id", "outboxd-dedup", err) != 0 ||
+        obx_kconf_set(conf, "enable.auto.commit", "false", err) != 0 ||
+        obx_kconf_set(conf, "enable.partition.eof", "true", err) != 0 ||
+        obx_kconf_set(conf, "isolation.level", "read_committed", err) != 0)
+        goto fail;
+    char kerr[512];
+    d->cons = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
     if (!d->cons) {
-        rd_kafka_conf_destroy(conf);
-        free(d);
-        return NULL;
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "exactly-once read-back consumer: %s", kerr);
+        goto fail;
     }
     return d;
+fail:
+    if (conf) rd_kafka_conf_destroy(conf);
+    free(d);
+    return NULL;
 }
 
 void obx_dedup_destroy(obx_dedup_t *d)
@@ -204,11 +198,16 @@ fail:
 }
 
 int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int32_t *partition,
-                    char *errstr, size_t errstr_size)
+                    obx_err_t *err)
 {
-    errstr[0] = '\0';
-    topic_t *t = load_topic(d, topic, errstr, errstr_size);
-    if (!t) return -1;
+    char errstr[1024] = "";
+    topic_t *t = load_topic(d, topic, errstr, sizeof(errstr));
+    if (!t) {
+        /* Metadata, watermarks, read-back: all may work on the next try. */
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "%s", errstr);
+        return -1;
+    }
     *partition = RD_KAFKA_PARTITION_UA;
     if (t->n_parts == 0) {
         /* Not created yet: nothing of ours can be in it. Look again next

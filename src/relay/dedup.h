@@ -9,6 +9,7 @@
  * idempotent, gapless producer (a failure stops the producer, so nothing
  * after a lost message lands), and only one outboxd streams a slot at a
  * time. Preconditions are in docs/guarantees.md. */
+/* Owned by the relay session (stream.c): one per producer session. */
 #ifndef OBX_DEDUP_H
 #define OBX_DEDUP_H
 
@@ -17,30 +18,25 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "lsn.h"
-
-typedef struct {
-    obx_lsn_t commit_lsn;
-    uint32_t index;
-} obx_pos_t;
+#include "err.h"
+#include "lsn_ring.h"
 
 typedef struct obx_dedup_s obx_dedup_t;
 
 /* producer: the session's producer (metadata, partitioner); borrowed.
- * slot/database: which records count as ours. NULL + errstr on failure. */
+ * slot/database: which records count as ours. The read-back consumer is
+ * built by obx_kconf_new (all kafka.* settings, outboxd's logger). NULL
+ * with err on failure. The caller owns the result (obx_dedup_destroy). */
 obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const char *slot,
-                           const char *database, char *errstr, size_t errstr_size);
+                           const char *database, obx_err_t *err);
 void obx_dedup_destroy(obx_dedup_t *d);
 
 /* For an event about to be produced: *partition gets the partition the key
  * maps to (RD_KAFKA_PARTITION_UA if the topic does not exist yet).
  * Returns 1: already in Kafka, skip it; 0: produce it; -1: Kafka could not
- * be read (errstr), restart the session. */
+ * be read (err, retriable): restart the session. */
 int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int32_t *partition,
-                    char *errstr, size_t errstr_size);
-
-/* Position order. */
-int obx_pos_cmp(obx_pos_t a, obx_pos_t b);
+                    obx_err_t *err);
 
 /* The partitioner librdkafka would use for `name` (kafka.partitioner);
  * NULL for names that ignore the key (random), which outboxd refuses. */

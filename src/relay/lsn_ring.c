@@ -19,6 +19,13 @@ struct obx_lsn_ring_s {
     int64_t open_time_us, flush_time_us;
 };
 
+int obx_pos_cmp(obx_pos_t a, obx_pos_t b)
+{
+    if (a.commit_lsn != b.commit_lsn) return a.commit_lsn < b.commit_lsn ? -1 : 1;
+    if (a.index != b.index) return a.index < b.index ? -1 : 1;
+    return 0;
+}
+
 obx_lsn_ring_t *obx_lsn_ring_new(obx_lsn_t start_lsn)
 {
     obx_lsn_ring_t *r = calloc(1, sizeof(*r));

@@ -13,6 +13,16 @@
 
 #include "lsn.h"
 
+/* A row's position in the WAL: its transaction's commit LSN and its index
+ * among the transaction's outbox rows. Orders events within a slot. */
+typedef struct {
+    obx_lsn_t commit_lsn;
+    uint32_t index;
+} obx_pos_t;
+
+/* Position order: <0, 0, >0. */
+int obx_pos_cmp(obx_pos_t a, obx_pos_t b);
+
 typedef struct obx_lsn_ring_s obx_lsn_ring_t;
 
 /* start_lsn: what is already confirmed. Returns NULL on allocation failure.

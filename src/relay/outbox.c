@@ -77,6 +77,110 @@ static const obx_col_t *req(const obx_w2j_change_t *chg, const char *name, const
     return c;
 }
 
+/* The payload column: bytea (hex from wal2json) decoded, json/jsonb and
+ * text as they are. 0, or -1 with errstr. */
+static int map_payload(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_outbox_row_t *row, char *errstr,
+                       size_t errstr_size)
+{
+    const obx_col_t *c = obx_w2j_col(chg, cfg->col_payload);
+    if (!c) {
+        snprintf(errstr, errstr_size, "outbox row has no column \"%s\" (payload)", cfg->col_payload);
+        return -1;
+    }
+    if (!c->type || strcmp(c->type, "bytea") != 0) {
+        row->payload_kind = (c->type && (strcmp(c->type, "jsonb") == 0 || strcmp(c->type, "json") == 0))
+                                ? OBX_PAYLOAD_JSON : OBX_PAYLOAD_TEXT;
+        row->payload = (const unsigned char *)c->value; /* NULL payload = tombstone-like empty value */
+        row->payload_len = c->value_len;
+        return 0;
+    }
+    row->payload_kind = OBX_PAYLOAD_BYTES;
+    if (!c->value) return 0;
+    /* wal2json sends bytea as hex without the \x prefix. */
+    size_t n = c->value_len;
+    if (n % 2) {
+        snprintf(errstr, errstr_size, "bytea column \"%s\" has odd hex length %zu", cfg->col_payload, n);
+        return -1;
+    }
+    row->payload_buf = malloc(n / 2 + 1);
+    if (!row->payload_buf) {
+        snprintf(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hexval(c->value[2 * i]), lo = hexval(c->value[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            snprintf(errstr, errstr_size, "bytea column \"%s\" is not hex", cfg->col_payload);
+            return -1;
+        }
+        row->payload_buf[i] = (unsigned char)(hi << 4 | lo);
+    }
+    row->payload = row->payload_buf;
+    row->payload_len = n / 2;
+    return 0;
+}
+
+/* aggregate_version, occurred_at, headers: used when present. */
+static int map_optional(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_outbox_row_t *row, char *errstr,
+                        size_t errstr_size)
+{
+    const obx_col_t *c;
+    if (*cfg->col_aggregate_version && (c = obx_w2j_col(chg, cfg->col_aggregate_version)) && c->value) {
+        if (c->inexact) {
+            snprintf(errstr, errstr_size, "column \"%s\" (aggregate version) = %s is beyond 2^53 or fractional; "
+                     "versions must be integers below 2^53", cfg->col_aggregate_version, c->value);
+            return -1;
+        }
+        char *end;
+        errno = 0;
+        long long v = strtoll(c->value, &end, 10);
+        if (errno || *end || end == c->value) {
+            snprintf(errstr, errstr_size, "column \"%s\" (aggregate version) = \"%.40s\" is not a 64-bit integer",
+                     cfg->col_aggregate_version, c->value);
+            return -1;
+        }
+        row->has_version = 1;
+        row->version = v;
+    }
+    if (*cfg->col_occurred_at && (c = obx_w2j_col(chg, cfg->col_occurred_at)) && c->value) {
+        if (obx_timestamptz_parse(c->value, &row->occurred_at_us) != 0) {
+            snprintf(errstr, errstr_size, "column \"%s\" (occurred_at) = \"%.60s\" is not a timestamptz; make it timestamptz",
+                     cfg->col_occurred_at, c->value);
+            return -1;
+        }
+    }
+    if (*cfg->col_headers && (c = obx_w2j_col(chg, cfg->col_headers)) && c->value) row->headers_json = c->value;
+    return 0;
+}
+
+/* The topic column when set and not empty, else topic.template. */
+static int map_topic(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_outbox_row_t *row, char *errstr,
+                     size_t errstr_size)
+{
+    const obx_col_t *c;
+    const char *topic = NULL;
+    if (*cfg->col_topic && (c = obx_w2j_col(chg, cfg->col_topic)) && c->value && c->value[0]) topic = c->value;
+    if (topic) {
+        if (strlen(topic) >= sizeof(row->topic)) {
+            snprintf(errstr, errstr_size, "column \"%s\" (topic) = \"%.60s...\" is longer than 249 characters",
+                     cfg->col_topic, topic);
+            return -1;
+        }
+        strcpy(row->topic, topic);
+    } else if (obx_topic_expand(cfg->topic_template, row->aggregate_type, row->topic, sizeof(row->topic)) != 0) {
+        snprintf(errstr, errstr_size, "topic from template \"%s\" with column \"%s\" (aggregate type) is longer than 249 characters",
+                 cfg->topic_template, cfg->col_aggregatetype);
+        return -1;
+    }
+    if (!obx_topic_valid(row->topic)) {
+        snprintf(errstr, errstr_size,
+                 "topic \"%s\" is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -); fix column \"%s\" (%s) or topic.template",
+                 row->topic, topic ? cfg->col_topic : cfg->col_aggregatetype, topic ? "topic" : "aggregate type");
+        return -1;
+    }
+    return 0;
+}
+
 int obx_outbox_map(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_outbox_row_t *row,
                    char *errstr, size_t errstr_size)
 {
@@ -90,91 +194,9 @@ int obx_outbox_map(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx_out
     row->aggregate_id = c->value;
     if (!(c = req(chg, cfg->col_type, "event type", errstr, errstr_size))) goto fail;
     row->event_type = c->value;
-
-    c = obx_w2j_col(chg, cfg->col_payload);
-    if (!c) {
-        snprintf(errstr, errstr_size, "outbox row has no column \"%s\" (payload)", cfg->col_payload);
+    if (map_payload(cfg, chg, row, errstr, errstr_size) != 0 || map_optional(cfg, chg, row, errstr, errstr_size) != 0 ||
+        map_topic(cfg, chg, row, errstr, errstr_size) != 0)
         goto fail;
-    }
-    if (c->type && strcmp(c->type, "bytea") == 0) {
-        row->payload_kind = OBX_PAYLOAD_BYTES;
-        if (c->value) {
-            /* wal2json sends bytea as hex without the \x prefix. */
-            size_t n = c->value_len;
-            if (n % 2) {
-                snprintf(errstr, errstr_size, "bytea column \"%s\" has odd hex length %zu", cfg->col_payload, n);
-                goto fail;
-            }
-            row->payload_buf = malloc(n / 2 + 1);
-            if (!row->payload_buf) {
-                snprintf(errstr, errstr_size, "out of memory");
-                goto fail;
-            }
-            for (size_t i = 0; i < n / 2; i++) {
-                int hi = hexval(c->value[2 * i]), lo = hexval(c->value[2 * i + 1]);
-                if (hi < 0 || lo < 0) {
-                    snprintf(errstr, errstr_size, "bytea column \"%s\" is not hex", cfg->col_payload);
-                    goto fail;
-                }
-                row->payload_buf[i] = (unsigned char)(hi << 4 | lo);
-            }
-            row->payload = row->payload_buf;
-            row->payload_len = n / 2;
-        }
-    } else {
-        row->payload_kind = (c->type && (strcmp(c->type, "jsonb") == 0 || strcmp(c->type, "json") == 0))
-                                ? OBX_PAYLOAD_JSON : OBX_PAYLOAD_TEXT;
-        row->payload = (const unsigned char *)c->value; /* NULL payload = tombstone-like empty value */
-        row->payload_len = c->value_len;
-    }
-
-    if (*cfg->col_aggregate_version && (c = obx_w2j_col(chg, cfg->col_aggregate_version)) && c->value) {
-        if (c->inexact) {
-            snprintf(errstr, errstr_size, "column \"%s\" (aggregate version) = %s is beyond 2^53 or fractional; "
-                     "versions must be integers below 2^53", cfg->col_aggregate_version, c->value);
-            goto fail;
-        }
-        char *end;
-        errno = 0;
-        long long v = strtoll(c->value, &end, 10);
-        if (errno || *end || end == c->value) {
-            snprintf(errstr, errstr_size, "column \"%s\" (aggregate version) = \"%.40s\" is not a 64-bit integer",
-                     cfg->col_aggregate_version, c->value);
-            goto fail;
-        }
-        row->has_version = 1;
-        row->version = v;
-    }
-    if (*cfg->col_occurred_at && (c = obx_w2j_col(chg, cfg->col_occurred_at)) && c->value) {
-        if (obx_timestamptz_parse(c->value, &row->occurred_at_us) != 0) {
-            snprintf(errstr, errstr_size, "column \"%s\" (occurred_at) = \"%.60s\" is not a timestamptz; make it timestamptz",
-                     cfg->col_occurred_at, c->value);
-            goto fail;
-        }
-    }
-    if (*cfg->col_headers && (c = obx_w2j_col(chg, cfg->col_headers)) && c->value)
-        row->headers_json = c->value;
-
-    const char *topic = NULL;
-    if (*cfg->col_topic && (c = obx_w2j_col(chg, cfg->col_topic)) && c->value && c->value[0]) topic = c->value;
-    if (topic) {
-        if (strlen(topic) >= sizeof(row->topic)) {
-            snprintf(errstr, errstr_size, "column \"%s\" (topic) = \"%.60s...\" is longer than 249 characters",
-                     cfg->col_topic, topic);
-            goto fail;
-        }
-        strcpy(row->topic, topic);
-    } else if (obx_topic_expand(cfg->topic_template, row->aggregate_type, row->topic, sizeof(row->topic)) != 0) {
-        snprintf(errstr, errstr_size, "topic from template \"%s\" with column \"%s\" (aggregate type) is longer than 249 characters",
-                 cfg->topic_template, cfg->col_aggregatetype);
-        goto fail;
-    }
-    if (!obx_topic_valid(row->topic)) {
-        snprintf(errstr, errstr_size,
-                 "topic \"%s\" is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -); fix column \"%s\" (%s) or topic.template",
-                 row->topic, topic ? cfg->col_topic : cfg->col_aggregatetype, topic ? "topic" : "aggregate type");
-        goto fail;
-    }
     return 0;
 fail:
     obx_outbox_row_clear(row);

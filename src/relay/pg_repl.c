@@ -1,5 +1,6 @@
 #include "pg_repl.h"
 #include "clock.h"
+#include "pg.h"
 
 #include <libpq-fe.h>
 #include <poll.h>
@@ -32,23 +33,24 @@ static void put_u64(char *p, uint64_t v)
     }
 }
 
-obx_repl_t *obx_repl_connect(const char *conninfo, char *errstr, size_t errstr_size)
+/* A failure the connection itself reports (no server result). */
+static void conn_error(obx_err_t *err, PGconn *c, const char *what)
+{
+    obx_pg_error(err, c, NULL);
+    obx_err_prefix(err, "%s", what);
+}
+
+obx_repl_t *obx_repl_connect(const char *conninfo, obx_err_t *err)
 {
     obx_repl_t *r = calloc(1, sizeof(*r));
     if (!r) {
-        snprintf(errstr, errstr_size, "out of memory");
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return NULL;
     }
-    /* expand_dbname: dbname carries the user's conninfo, which overrides the
-     * keys before it (defaults: bounded connect, a silent network cut
-     * surfaces in ~30 s, not minutes) and is overridden by those after. */
-    const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count",
-                          "tcp_user_timeout", "dbname", "replication", "fallback_application_name", NULL};
-    const char *vals[] = {"10", "10", "5", "3", "30000", conninfo, "database", "outboxd", NULL};
-    r->conn = PQconnectdbParams(keys, vals, 1);
-    if (!r->conn || PQstatus(r->conn) != CONNECTION_OK) {
-        snprintf(errstr, errstr_size, "replication connection failed: %s",
-                 r->conn ? PQerrorMessage(r->conn) : "out of memory");
+    r->conn = obx_pg_connect(conninfo, "pg.conninfo", OBX_PG_REPLICATION, err);
+    if (!r->conn) {
+        obx_err_prefix(err, "replication connection failed");
         obx_repl_destroy(r);
         return NULL;
     }
@@ -56,15 +58,11 @@ obx_repl_t *obx_repl_connect(const char *conninfo, char *errstr, size_t errstr_s
      * role or database default may change: with bytea_output = escape it
      * strips two real bytes (it expects "\x"), a non-ISO DateStyle makes
      * timestamptz unreadable. Pin the wire format. */
-    PGresult *res = PQexec(r->conn, "SET bytea_output = 'hex'; SET datestyle = 'ISO'; SET timezone = 'UTC'");
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        snprintf(errstr, errstr_size, "cannot set the replication session's output format: %s",
-                 PQerrorMessage(r->conn));
-        PQclear(res);
+    if (obx_pg_command(r->conn, "SET bytea_output = 'hex'; SET datestyle = 'ISO'; SET timezone = 'UTC'", err) != 0) {
+        obx_err_prefix(err, "cannot set the replication session's output format");
         obx_repl_destroy(r);
         return NULL;
     }
-    PQclear(res);
     return r;
 }
 
@@ -78,26 +76,22 @@ void obx_repl_destroy(obx_repl_t *r)
 
 int obx_repl_socket(const obx_repl_t *r) { return PQsocket(r->conn); }
 
-int obx_repl_start(obx_repl_t *r, const char *slot, obx_lsn_t start, const char *const *opts,
-                   size_t n_opts, char *errstr, size_t errstr_size)
+/* START_REPLICATION's text: the slot quoted as an identifier, option
+ * values as literals with quotes doubled. malloc'd; NULL on OOM. */
+static char *start_sql(const char *slot, obx_lsn_t start, const char *const *opts, size_t n_opts)
 {
-    size_t cap = 512;
+    char *ident = obx_pg_quote_ident(slot);
+    if (!ident) return NULL;
+    size_t cap = 512 + strlen(ident);
     for (size_t i = 0; i < n_opts; i++) cap += strlen(opts[2 * i]) + 2 * strlen(opts[2 * i + 1]) + 16;
     char *sql = malloc(cap);
     if (!sql) {
-        snprintf(errstr, errstr_size, "out of memory");
-        return -1;
-    }
-    char *ident = PQescapeIdentifier(r->conn, slot, strlen(slot));
-    if (!ident) {
-        snprintf(errstr, errstr_size, "cannot quote slot name: %s", PQerrorMessage(r->conn));
-        free(sql);
-        return -1;
+        free(ident);
+        return NULL;
     }
     size_t n = (size_t)snprintf(sql, cap, "START_REPLICATION SLOT %s LOGICAL " OBX_LSN_FMT, ident, OBX_LSN_ARGS(start));
-    PQfreemem(ident);
+    free(ident);
     for (size_t i = 0; i < n_opts; i++) {
-        /* Option values are single-quoted literals; double any quote. */
         n += (size_t)snprintf(sql + n, cap - n, "%s\"%s\" '", i ? ", " : " (", opts[2 * i]);
         for (const char *v = opts[2 * i + 1]; *v; v++) {
             if (*v == '\'') sql[n++] = '\'';
@@ -110,12 +104,22 @@ int obx_repl_start(obx_repl_t *r, const char *slot, obx_lsn_t start, const char 
         sql[n++] = ')';
         sql[n] = '\0';
     }
+    return sql;
+}
+
+int obx_repl_start(obx_repl_t *r, const char *slot, obx_lsn_t start, const char *const *opts,
+                   size_t n_opts, obx_err_t *err)
+{
+    char *sql = start_sql(slot, start, opts, n_opts);
+    if (!sql) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+        return -1;
+    }
     PGresult *res = PQexec(r->conn, sql);
     free(sql);
     if (PQresultStatus(res) != PGRES_COPY_BOTH) {
-        snprintf(errstr, errstr_size, "%s", PQresultErrorMessage(res));
-        size_t l = strlen(errstr);
-        while (l && errstr[l - 1] == '\n') errstr[--l] = '\0';
+        obx_pg_error(err, r->conn, res); /* SQLSTATE: 55006 in use, 42704 missing, 55000 invalidated */
         PQclear(res);
         return -1;
     }
@@ -123,7 +127,21 @@ int obx_repl_start(obx_repl_t *r, const char *slot, obx_lsn_t start, const char 
     return 0;
 }
 
-int obx_repl_next(obx_repl_t *r, obx_repl_msg_t *msg, int timeout_ms, char *errstr, size_t errstr_size)
+/* The COPY ended: the server's final result says why (with its SQLSTATE). */
+static void stream_ended(obx_repl_t *r, obx_err_t *err)
+{
+    PGresult *res = PQgetResult(r->conn);
+    if (res && PQresultStatus(res) != PGRES_COMMAND_OK) {
+        obx_pg_error(err, r->conn, res);
+        obx_err_prefix(err, "the server ended the stream");
+    } else {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "the server ended the stream");
+    }
+    PQclear(res);
+}
+
+int obx_repl_next(obx_repl_t *r, obx_repl_msg_t *msg, int timeout_ms, obx_err_t *err)
 {
     if (r->copybuf) {
         PQfreemem(r->copybuf);
@@ -138,22 +156,17 @@ int obx_repl_next(obx_repl_t *r, obx_repl_msg_t *msg, int timeout_ms, char *errs
             if (pr < 0) return 0; /* EINTR: let the caller look at its flags */
             if (pr == 0) return 0;
             if (!PQconsumeInput(r->conn)) {
-                snprintf(errstr, errstr_size, "reading from the slot: %s", PQerrorMessage(r->conn));
+                conn_error(err, r->conn, "reading from the slot");
                 return -1;
             }
             continue;
         }
         if (len == -1) {
-            PGresult *res = PQgetResult(r->conn);
-            if (res && PQresultStatus(res) != PGRES_COMMAND_OK)
-                snprintf(errstr, errstr_size, "the server ended the stream: %s", PQresultErrorMessage(res));
-            else
-                snprintf(errstr, errstr_size, "the server ended the stream");
-            PQclear(res);
-            return -2;
+            stream_ended(r, err);
+            return -1;
         }
         if (len < 0) {
-            snprintf(errstr, errstr_size, "reading from the slot: %s", PQerrorMessage(r->conn));
+            conn_error(err, r->conn, "reading from the slot");
             return -1;
         }
         const char *b = r->copybuf;
@@ -177,13 +190,13 @@ int obx_repl_next(obx_repl_t *r, obx_repl_msg_t *msg, int timeout_ms, char *errs
             msg->len = 0;
             return 1;
         }
-        snprintf(errstr, errstr_size, "unexpected replication message '%c' of %d bytes", b[0], len);
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "unexpected replication message '%c' of %d bytes", b[0], len);
         return -1;
     }
 }
 
-int obx_repl_send_status(obx_repl_t *r, obx_lsn_t write, obx_lsn_t flush, obx_lsn_t apply,
-                         char *errstr, size_t errstr_size)
+int obx_repl_send_status(obx_repl_t *r, obx_lsn_t write, obx_lsn_t flush, obx_lsn_t apply, obx_err_t *err)
 {
     char buf[1 + 8 * 4 + 1];
     buf[0] = 'r';
@@ -193,16 +206,16 @@ int obx_repl_send_status(obx_repl_t *r, obx_lsn_t write, obx_lsn_t flush, obx_ls
     put_u64(buf + 25, (uint64_t)obx_repl_now());
     buf[33] = 0;
     if (PQputCopyData(r->conn, buf, sizeof(buf)) <= 0 || PQflush(r->conn) != 0) {
-        snprintf(errstr, errstr_size, "sending status update: %s", PQerrorMessage(r->conn));
+        conn_error(err, r->conn, "sending status update");
         return -1;
     }
     return 0;
 }
 
-int obx_repl_end(obx_repl_t *r, char *errstr, size_t errstr_size)
+int obx_repl_end(obx_repl_t *r, obx_err_t *err)
 {
     if (PQputCopyEnd(r->conn, NULL) <= 0 || PQflush(r->conn) != 0) {
-        snprintf(errstr, errstr_size, "ending the stream: %s", PQerrorMessage(r->conn));
+        conn_error(err, r->conn, "ending the stream");
         return -1;
     }
     /* Drain what the server still sends until it confirms the end of COPY. */
@@ -213,9 +226,15 @@ int obx_repl_end(obx_repl_t *r, char *errstr, size_t errstr_size)
         if (buf) PQfreemem(buf);
         if (len > 0) continue;
         if (len == -1) break;
-        if (len < -1 || obx_mono_ms() > deadline) return -1;
+        if (len < -1 || obx_mono_ms() > deadline) {
+            conn_error(err, r->conn, "ending the stream");
+            return -1;
+        }
         struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
-        if (poll(&pfd, 1, 100) > 0 && !PQconsumeInput(r->conn)) return -1;
+        if (poll(&pfd, 1, 100) > 0 && !PQconsumeInput(r->conn)) {
+            conn_error(err, r->conn, "ending the stream");
+            return -1;
+        }
     }
     PGresult *res;
     while ((res = PQgetResult(r->conn)) != NULL) PQclear(res);

@@ -9,17 +9,33 @@
 #include "log.h"
 #include "pg.h"
 
-/* Runs a one-row query with text params; returns the result or NULL (errstr). */
+/* Runs a query with text params; returns the result or NULL (errstr). */
 static PGresult *q(PGconn *c, const char *sql, int n, const char *const *params, char *errstr, size_t errstr_size)
 {
-    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
-        snprintf(errstr, errstr_size, "query failed: %s", PQresultErrorMessage(r));
-        obx_chomp(errstr);
-        PQclear(r);
-        return NULL;
-    }
+    obx_err_t err;
+    PGresult *r = obx_pg_exec(c, sql, n, params, &err);
+    if (!r) snprintf(errstr, errstr_size, "query failed: %s", err.msg);
     return r;
+}
+
+/* Why pg_create_logical_replication_slot failed, by SQLSTATE: the plugin's
+ * library is missing (58P01 undefined_file), no free slot (53400
+ * configuration_limit_exceeded); anything else as the server said it. */
+static void create_failed(const obx_config_t *cfg, const obx_err_t *e, char *errstr, size_t errstr_size)
+{
+    if (obx_err_is_sqlstate(e, "58P01"))
+        snprintf(errstr, errstr_size,
+                 "creating slot \"%s\": the wal2json plugin is not installed on the server: install "
+                 "postgresql-<version>-wal2json (Debian/Ubuntu) or build wal2json (%s)",
+                 cfg->slot_name, e->msg);
+    else if (obx_err_is_sqlstate(e, "53400"))
+        snprintf(errstr, errstr_size, "creating slot \"%s\": raise max_replication_slots and restart Postgres (%s)",
+                 cfg->slot_name, e->msg);
+    else
+        snprintf(errstr, errstr_size,
+                 "creating slot \"%s\": %s (if the server has output_plugin_libraries, it must list wal2json: "
+                 "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf();)",
+                 cfg->slot_name, e->msg);
 }
 
 int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, char *errstr, size_t errstr_size)
@@ -148,31 +164,24 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
             return OBX_EXIT_SLOT;
         }
         const char *p[1] = {cfg->slot_name};
-        PGresult *r = PQexecParams(conn, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'wal2json')",
-                                   1, NULL, p, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-            const char *msg = PQresultErrorMessage(r);
-            if (strstr(msg, "could not access file") || strstr(msg, "wal2json.so"))
-                snprintf(errstr, errstr_size,
-                         "creating slot \"%s\": the wal2json plugin is not installed on the server: install "
-                         "postgresql-<version>-wal2json (Debian/Ubuntu) or build wal2json (%s)",
-                         cfg->slot_name, msg);
-            else if (strstr(msg, "may not be used as an output plugin"))
-                snprintf(errstr, errstr_size,
-                         "creating slot \"%s\": the server does not allow wal2json: run ALTER SYSTEM SET "
-                         "output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf(); (%s)",
-                         cfg->slot_name, msg);
-            else if (strstr(msg, "all replication slots are in use"))
-                snprintf(errstr, errstr_size, "creating slot \"%s\": raise max_replication_slots and restart Postgres (%s)",
-                         cfg->slot_name, msg);
-            else
-                snprintf(errstr, errstr_size, "creating slot \"%s\": %s", cfg->slot_name, msg);
-            obx_chomp(errstr);
+        obx_err_t e;
+        PGresult *r = obx_pg_exec(conn, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'wal2json')", 1,
+                                  p, &e);
+        if (!r) {
+            /* Lost connection or server shutdown: try again later. */
+            if (e.cls == OBX_ERR_RETRIABLE && !e.sqlstate[0]) {
+                snprintf(errstr, errstr_size, "creating slot \"%s\": %s", cfg->slot_name, e.msg);
+                return OBX_EXIT_FAIL;
+            }
+            /* Another process created it in between: use it. */
+            if (!obx_err_is_sqlstate(&e, OBX_SQLSTATE_DUPLICATE_OBJECT)) {
+                create_failed(cfg, &e, errstr, errstr_size);
+                return OBX_EXIT_CONFIG;
+            }
+        } else {
+            obx_info("slot_created", "created replication slot %s (wal2json) at %s", cfg->slot_name, PQgetvalue(r, 0, 0));
             PQclear(r);
-            return OBX_EXIT_CONFIG;
         }
-        obx_info("slot_created", "created replication slot %s (wal2json) at %s", cfg->slot_name, PQgetvalue(r, 0, 0));
-        PQclear(r);
         if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
     }
     if (strcmp(out->plugin, "wal2json") != 0) {

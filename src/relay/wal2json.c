@@ -115,6 +115,100 @@ static int lsn_member(const cJSON *o, const char *k, obx_lsn_t *out, int require
     return 0;
 }
 
+/* One element of "columns" into out->cols[out->ncols]. 0 or -1. */
+static int parse_column(obx_w2j_change_t *out, const cJSON *c, char *errstr, size_t errstr_size)
+{
+    obx_col_t *col = &out->cols[out->ncols];
+    col->inexact = 0;
+    col->name = col->type = NULL;
+    const cJSON *v = NULL;
+    /* One pass over the member list (GetObjectItem would rescan it
+     * for each of the three keys). */
+    for (const cJSON *mb = c->child; mb; mb = mb->next) {
+        const char *k = mb->string;
+        if (!k) continue;
+        if (k[0] == 'n' && !strcmp(k, "name")) col->name = cJSON_IsString(mb) ? mb->valuestring : NULL;
+        else if (k[0] == 't' && !strcmp(k, "type")) col->type = cJSON_IsString(mb) ? mb->valuestring : NULL;
+        else if (k[0] == 'v' && !strcmp(k, "value")) v = mb;
+    }
+    if (!col->name || !v) {
+        snprintf(errstr, errstr_size, "wal2json column without name or value");
+        return -1;
+    }
+    if (cJSON_IsNull(v)) {
+        col->value = NULL;
+        col->value_len = 0;
+    } else if (cJSON_IsString(v)) {
+        col->value = v->valuestring;
+        col->value_len = strlen(v->valuestring);
+    } else if (cJSON_IsBool(v)) {
+        col->value = cJSON_IsTrue(v) ? "true" : "false";
+        col->value_len = strlen(col->value);
+    } else if (cJSON_IsNumber(v)) {
+        /* wal2json prints numeric types as JSON numbers and cJSON keeps
+         * only a double: integers below 2^53 are exact, anything else
+         * is flagged so no key or version is ever silently rounded. */
+        double d = v->valuedouble;
+        char *nb = out->numbuf[out->ncols];
+        /* Range first: converting a double beyond int64 (a real 1e+30)
+         * is undefined behaviour. */
+        if (fabs(d) < 9007199254740992.0 && d == (double)(int64_t)d) {
+            snprintf(nb, sizeof(out->numbuf[0]), "%lld", (long long)(int64_t)d);
+        } else {
+            snprintf(nb, sizeof(out->numbuf[0]), "%.17g", d);
+            col->inexact = 1;
+        }
+        col->value = nb;
+        col->value_len = strlen(nb);
+    } else {
+        snprintf(errstr, errstr_size, "wal2json column %s has an unexpected JSON value type", col->name);
+        return -1;
+    }
+    return 0;
+}
+
+/* I/U/D: schema, table and (for inserts and updates) the columns. */
+static int parse_row(obx_w2j_change_t *out, const cJSON *root, char *errstr, size_t errstr_size)
+{
+    if (lsn_member(root, "lsn", &out->lsn, 0, errstr, errstr_size) != 0) return -1;
+    out->schema = str_member(root, "schema");
+    out->table = str_member(root, "table");
+    if (!out->schema || !out->table) {
+        snprintf(errstr, errstr_size, "wal2json row change without schema/table");
+        return -1;
+    }
+    /* Deletes carry "identity" instead of "columns"; only inserts matter. */
+    const cJSON *cols = cJSON_GetObjectItemCaseSensitive(root, out->kind == OBX_CHG_DELETE ? "identity" : "columns");
+    if (!cols) return 0;
+    if (!cJSON_IsArray(cols)) {
+        snprintf(errstr, errstr_size, "wal2json \"columns\" is not an array");
+        return -1;
+    }
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cols) {
+        if (out->ncols == OBX_W2J_MAX_COLS) {
+            snprintf(errstr, errstr_size, "%s.%s has more than %d columns", out->schema, out->table, OBX_W2J_MAX_COLS);
+            return -1;
+        }
+        if (parse_column(out, c, errstr, errstr_size) != 0) return -1;
+        out->ncols++;
+    }
+    return 0;
+}
+
+/* B/C: the commit's LSNs and time. */
+static int parse_txn(obx_w2j_change_t *out, const cJSON *root, char *errstr, size_t errstr_size)
+{
+    if (lsn_member(root, "lsn", &out->lsn, 1, errstr, errstr_size) != 0) return -1;
+    if (lsn_member(root, "nextlsn", &out->nextlsn, 1, errstr, errstr_size) != 0) return -1;
+    const char *ts = str_member(root, "timestamp");
+    if (ts && obx_timestamptz_parse(ts, &out->commit_time_us) != 0) {
+        snprintf(errstr, errstr_size, "wal2json timestamp \"%.60s\" not understood; the replication session needs DateStyle ISO", ts);
+        return -1;
+    }
+    return 0;
+}
+
 int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *errstr, size_t errstr_size)
 {
     change_reset(out);
@@ -149,106 +243,33 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
         out->xid = (uint32_t)xid->valuedouble;
         out->has_xid = 1;
     }
+    int rc;
     switch (out->kind) {
     case OBX_CHG_BEGIN:
-    case OBX_CHG_COMMIT: {
-        if (lsn_member(root, "lsn", &out->lsn, 1, errstr, errstr_size) != 0) goto fail;
-        if (lsn_member(root, "nextlsn", &out->nextlsn, 1, errstr, errstr_size) != 0) goto fail;
-        const char *ts = str_member(root, "timestamp");
-        if (ts && obx_timestamptz_parse(ts, &out->commit_time_us) != 0) {
-            snprintf(errstr, errstr_size, "wal2json timestamp \"%.60s\" not understood; the replication session needs DateStyle ISO", ts);
-            goto fail;
-        }
-        return 0;
-    }
+    case OBX_CHG_COMMIT:
+        rc = parse_txn(out, root, errstr, errstr_size);
+        break;
     case OBX_CHG_INSERT:
     case OBX_CHG_UPDATE:
-    case OBX_CHG_DELETE: {
-        if (lsn_member(root, "lsn", &out->lsn, 0, errstr, errstr_size) != 0) goto fail;
-        out->schema = str_member(root, "schema");
-        out->table = str_member(root, "table");
-        if (!out->schema || !out->table) {
-            snprintf(errstr, errstr_size, "wal2json row change without schema/table");
-            goto fail;
-        }
-        /* Deletes carry "identity" instead of "columns"; only inserts matter. */
-        const cJSON *cols = cJSON_GetObjectItemCaseSensitive(root, out->kind == OBX_CHG_DELETE ? "identity" : "columns");
-        if (!cols) return 0;
-        if (!cJSON_IsArray(cols)) {
-            snprintf(errstr, errstr_size, "wal2json \"columns\" is not an array");
-            goto fail;
-        }
-        const cJSON *c;
-        cJSON_ArrayForEach(c, cols) {
-            if (out->ncols == OBX_W2J_MAX_COLS) {
-                snprintf(errstr, errstr_size, "%s.%s has more than %d columns", out->schema, out->table, OBX_W2J_MAX_COLS);
-                goto fail;
-            }
-            obx_col_t *col = &out->cols[out->ncols];
-            col->inexact = 0;
-            col->name = col->type = NULL;
-            const cJSON *v = NULL;
-            /* One pass over the member list (GetObjectItem would rescan it
-             * for each of the three keys). */
-            for (const cJSON *mb = c->child; mb; mb = mb->next) {
-                const char *k = mb->string;
-                if (!k) continue;
-                if (k[0] == 'n' && !strcmp(k, "name")) col->name = cJSON_IsString(mb) ? mb->valuestring : NULL;
-                else if (k[0] == 't' && !strcmp(k, "type")) col->type = cJSON_IsString(mb) ? mb->valuestring : NULL;
-                else if (k[0] == 'v' && !strcmp(k, "value")) v = mb;
-            }
-            if (!col->name || !v) {
-                snprintf(errstr, errstr_size, "wal2json column without name or value");
-                goto fail;
-            }
-            if (cJSON_IsNull(v)) {
-                col->value = NULL;
-                col->value_len = 0;
-            } else if (cJSON_IsString(v)) {
-                col->value = v->valuestring;
-                col->value_len = strlen(v->valuestring);
-            } else if (cJSON_IsBool(v)) {
-                col->value = cJSON_IsTrue(v) ? "true" : "false";
-                col->value_len = strlen(col->value);
-            } else if (cJSON_IsNumber(v)) {
-                /* wal2json prints numeric types as JSON numbers and cJSON keeps
-                 * only a double: integers below 2^53 are exact, anything else
-                 * is flagged so no key or version is ever silently rounded. */
-                double d = v->valuedouble;
-                char *nb = out->numbuf[out->ncols];
-                /* Range first: converting a double beyond int64 (a real 1e+30)
-                 * is undefined behaviour. */
-                if (fabs(d) < 9007199254740992.0 && d == (double)(int64_t)d) {
-                    snprintf(nb, sizeof(out->numbuf[0]), "%lld", (long long)(int64_t)d);
-                } else {
-                    snprintf(nb, sizeof(out->numbuf[0]), "%.17g", d);
-                    col->inexact = 1;
-                }
-                col->value = nb;
-                col->value_len = strlen(nb);
-            } else {
-                snprintf(errstr, errstr_size, "wal2json column %s has an unexpected JSON value type", col->name);
-                goto fail;
-            }
-            out->ncols++;
-        }
-        return 0;
-    }
-    case OBX_CHG_MESSAGE: {
-        if (lsn_member(root, "lsn", &out->lsn, 0, errstr, errstr_size) != 0) goto fail;
+    case OBX_CHG_DELETE:
+        rc = parse_row(out, root, errstr, errstr_size);
+        break;
+    case OBX_CHG_MESSAGE:
+        rc = lsn_member(root, "lsn", &out->lsn, 0, errstr, errstr_size);
         out->prefix = str_member(root, "prefix");
         out->content = str_member(root, "content");
         out->transactional = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "transactional"));
-        return 0;
-    }
+        break;
     case OBX_CHG_TRUNCATE:
         out->schema = str_member(root, "schema");
         out->table = str_member(root, "table");
-        return 0;
+        rc = 0;
+        break;
     default:
         snprintf(errstr, errstr_size, "wal2json action \"%s\" unknown", action);
-        goto fail;
+        rc = -1;
     }
+    if (rc == 0) return 0;
 fail:
     obx_w2j_change_clear(out); /* a failed parse leaves nothing allocated */
     return -1;

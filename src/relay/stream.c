@@ -1,0 +1,439 @@
+/* One relay session (stream.h): slot -> core -> Kafka, and the only place
+ * that tells the server what may be confirmed. */
+#include "stream.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aux.h"
+#include "clock.h"
+#include "dedup.h"
+#include "log.h"
+#include "pg.h"
+#include "pg_repl.h"
+#include "producer.h"
+#include "wal2json.h"
+
+/* Feedback within this long after the flush LSN moves: the slot keeps up
+ * closely (less WAL held, a smaller replay window after a crash). */
+#define FEEDBACK_MOVED_MS 100
+#define PROGRESS_MS 60000
+
+typedef struct {
+    obx_relay_proc_t *p;
+    const obx_config_t *cfg;
+    obx_aux_t *aux;
+    obx_repl_t *repl;
+    obx_producer_t *prod;
+    obx_dedup_t *dedup;
+    int streaming;            /* START_REPLICATION succeeded */
+    obx_lsn_t write_lsn, sent_flush;
+    int64_t last_status_ms;
+    int64_t stop_deadline;    /* set when a stop request arrives mid-transaction */
+    int backpressured;
+    obx_period_t progress;
+    const char *event;        /* log token of the failure, when known */
+} session_t;
+
+static void set_state(session_t *s, obx_state_t st) { atomic_store(&s->p->m->state, (int)st); }
+
+static int failed(session_t *s, const char *event)
+{
+    s->event = event;
+    return -1;
+}
+
+static void update_gauges(session_t *s)
+{
+    obx_metrics_t *m = s->p->m;
+    const obx_lsn_ring_t *ring = obx_txn_ring(s->p->core);
+    atomic_store(&m->last_loop_us, obx_now_us());
+    if (!ring) return;
+    atomic_store(&m->inflight_events, (int64_t)obx_lsn_ring_inflight_msgs(ring));
+    atomic_store(&m->inflight_transactions, (int64_t)obx_lsn_ring_inflight_txns(ring));
+    atomic_store(&m->received_lsn, s->write_lsn);
+    int64_t ft = obx_lsn_ring_flush_time(ring);
+    if (ft > atomic_load(&m->newest_confirmed_commit_us)) atomic_store(&m->newest_confirmed_commit_us, ft);
+}
+
+/* The standby status update, like receivelog.c's sendFeedback: write =
+ * highest received, flush = apply = the core's flush LSN. Sent at least
+ * every status.interval_ms, soon after the flush moves, and at once when
+ * forced (server asked, shutdown). */
+static int send_feedback(session_t *s, int force, obx_err_t *err)
+{
+    obx_lsn_t flush = obx_txn_flush_lsn(s->p->core);
+    int64_t now = obx_mono_ms(), since = now - s->last_status_ms;
+    if (!force && since < s->cfg->status_interval_ms && !(flush != s->sent_flush && since >= FEEDBACK_MOVED_MS))
+        return 0;
+    if (s->write_lsn < flush) s->write_lsn = flush;
+    if (obx_repl_send_status(s->repl, s->write_lsn, flush, flush, err) != 0) return failed(s, "pg_lost");
+    if (flush != s->sent_flush) obx_debug("lsn_confirmed", "confirmed flush LSN " OBX_LSN_FMT, OBX_LSN_ARGS(flush));
+    s->sent_flush = flush;
+    if (flush > s->p->confirmed) s->p->confirmed = flush;
+    s->last_status_ms = now;
+    atomic_fetch_add(&s->p->m->status_updates, 1);
+    atomic_store(&s->p->m->confirmed_lsn, flush);
+    return 0;
+}
+
+/* A stop request waits for the open transaction's COMMIT (bounded by
+ * shutdown.timeout_ms): stopping mid-transaction would leave its produced
+ * rows unconfirmable, and a restart would send them twice. */
+static int must_stop(session_t *s)
+{
+    if (!*s->p->stop) return 0;
+    if (!obx_txn_open(s->p->core)) return 1;
+    int64_t now = obx_mono_ms();
+    if (!s->stop_deadline) {
+        s->stop_deadline = now + s->cfg->shutdown_timeout_ms;
+        obx_info("stopping", "stop requested inside transaction xid %u: reading to its commit first",
+                 obx_txn_xid(s->p->core));
+    }
+    return now >= s->stop_deadline;
+}
+
+static void dr_cb(void *opaque, uint64_t ticket, const char *err, int retriable, const char *topic, const void *value,
+                  size_t value_len)
+{
+    session_t *s = opaque;
+    obx_txn_delivered(s->p->core, ticket, err, retriable, topic, value, value_len);
+}
+
+static void backpressure(session_t *s, int on)
+{
+    if (on == s->backpressured) return;
+    s->backpressured = on;
+    if (on) {
+        atomic_fetch_add(&s->p->m->backpressure_episodes, 1);
+        set_state(s, OBX_STATE_BACKPRESSURED);
+        obx_debug("backpressure_on", "Kafka queue full (%d); pausing the slot", obx_producer_outq_len(s->prod));
+    } else {
+        set_state(s, OBX_STATE_STREAMING);
+        obx_debug("backpressure_off", "Kafka queue drained; reading the slot again");
+    }
+}
+
+/* While the queue is full: stop reading the slot, serve delivery reports,
+ * keep the connection alive with status updates. */
+static obx_sink_rc_t wait_for_room(session_t *s, obx_err_t *err)
+{
+    backpressure(s, 1);
+    obx_producer_poll(s->prod, 50);
+    update_gauges(s);
+    if (obx_txn_check(s->p->core, err) != 0) return OBX_SINK_FAILED;
+    if (send_feedback(s, 0, err) != 0) return OBX_SINK_FAILED;
+    if (must_stop(s)) return OBX_SINK_STOPPED;
+    return OBX_SINK_SENT;
+}
+
+/* The core's sink: exactly-once read-back, then librdkafka. */
+static obx_sink_rc_t sink_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
+{
+    session_t *s = ctx;
+    char e[1024];
+    obx_sink_rc_t rc = OBX_SINK_SENT;
+    if (s->dedup) {
+        int d = obx_dedup_check(s->dedup, rec->topic, rec->key, rec->pos, &rec->partition, err);
+        if (d != 0) {
+            if (d < 0) failed(s, "dedup");
+            free(rec->value);
+            return d < 0 ? OBX_SINK_FAILED : OBX_SINK_SKIPPED;
+        }
+    }
+    for (;;) {
+        obx_produce_rc_t pr = obx_producer_send(s->prod, rec->topic, rec->partition, rec->key, rec->value,
+                                                rec->value_len, rec->headers, rec->n_headers, rec->ticket, e, sizeof(e));
+        if (pr == OBX_PRODUCE_OK) break;
+        if (pr == OBX_PRODUCE_QUEUE_FULL) {
+            if ((rc = wait_for_room(s, err)) != OBX_SINK_SENT) break;
+            continue;
+        }
+        obx_err_clear(err);
+        if (pr == OBX_PRODUCE_FAILED) {
+            obx_err_set(err, OBX_ERR_RETRIABLE, 0, "producer failed: %s; restarting the pipeline", e);
+            failed(s, "kafka_failed");
+            rc = OBX_SINK_FAILED;
+        } else {
+            obx_err_set(err, OBX_ERR_POISON, OBX_EXIT_POISON, "%s", e);
+            rc = OBX_SINK_REJECTED;
+        }
+        break;
+    }
+    if (rc != OBX_SINK_SENT) {
+        free(rec->value);
+        return rc;
+    }
+    backpressure(s, 0);
+    return OBX_SINK_SENT;
+}
+
+static void sink_signal(void *ctx, const char *id, const char *type, const char *data)
+{
+    session_t *s = ctx;
+    obx_signals_start(s->p->signals, id, type, data);
+}
+
+/* A failed START_REPLICATION or stream, by SQLSTATE: 55006 slot in use
+ * (stand by), 42704 slot gone or 55000 slot invalidated (exit 4); the
+ * rest is retried. */
+static int slot_failure(session_t *s, obx_err_t *err, const char *what)
+{
+    char old[sizeof(err->msg)];
+    memcpy(old, err->msg, sizeof(old));
+    if (obx_err_is_sqlstate(err, OBX_SQLSTATE_OBJECT_IN_USE)) {
+        err->cls = OBX_ERR_RETRIABLE;
+        return failed(s, "standby");
+    }
+    if (obx_err_is_sqlstate(err, OBX_SQLSTATE_UNDEFINED_OBJECT) || obx_err_is_sqlstate(err, OBX_SQLSTATE_NOT_IN_PREREQ)) {
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_SLOT,
+                    "slot %s cannot stream: %.700s. Recover: outboxd slot drop, restart outboxd (new slot), and re-emit "
+                    "current state with a snapshot",
+                    s->cfg->slot_name, old);
+        return failed(s, "slot_lost");
+    }
+    obx_err_set(err, OBX_ERR_RETRIABLE, 0, "%s on slot %s failed: %.800s", what, s->cfg->slot_name, old);
+    return failed(s, !strcmp(what, "START_REPLICATION") ? "start_replication" : "pg_lost");
+}
+
+/* add-tables: the outbox, plus the signal table when configured. */
+static int tables_option(const obx_config_t *cfg, char *out, size_t size)
+{
+    if (obx_w2j_escape_table(cfg->outbox_schema, cfg->outbox_table, out, size) != 0) return -1;
+    if (!*cfg->signal_table) return 0;
+    size_t n = strlen(out);
+    if (n + 2 >= size) return -1;
+    out[n] = ',';
+    return obx_w2j_escape_table(cfg->outbox_schema, cfg->signal_table, out + n + 1, size - n - 1);
+}
+
+static int start_replication(session_t *s, obx_err_t *err)
+{
+    char tables[1024];
+    if (tables_option(s->cfg, tables, sizeof(tables)) != 0) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "outbox table name too long");
+        return failed(s, "config");
+    }
+    const char *opts[] = {
+        "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",
+        "include-typmod", "0", "add-tables", tables, "add-msg-prefixes", OBX_HEARTBEAT_PREFIX,
+    };
+    if (obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err) != 0)
+        return slot_failure(s, err, "START_REPLICATION");
+    s->streaming = 1;
+    return 0;
+}
+
+/* The slot exists, uses wal2json and is not lost; its position is ours. */
+static int check_slot(session_t *s, obx_err_t *err)
+{
+    char e[1024];
+    obx_slot_info_t slot;
+    int rc = obx_slot_ensure(obx_aux_conn(s->aux), s->cfg, &slot, e, sizeof(e));
+    if (rc) {
+        obx_err_clear(err);
+        obx_err_set(err, rc == OBX_EXIT_FAIL ? OBX_ERR_RETRIABLE : OBX_ERR_FATAL, rc, "%s", e);
+        return failed(s, rc == OBX_EXIT_FAIL ? "pg_query" : rc == OBX_EXIT_SLOT ? "slot_lost" : "slot");
+    }
+    /* Never send a flush below the slot's own: PG 15 would move it back. */
+    if (slot.confirmed_flush > s->p->confirmed) s->p->confirmed = slot.confirmed_flush;
+    return 0;
+}
+
+static int open_kafka(session_t *s, obx_err_t *err)
+{
+    char e[1024];
+    s->prod = obx_producer_new(s->cfg, dr_cb, s, e, sizeof(e));
+    if (!s->prod) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "%s", e);
+        return failed(s, "kafka_producer");
+    }
+    if (s->cfg->exactly_once) {
+        s->dedup = obx_dedup_new(s->cfg, obx_producer_rk(s->prod), s->cfg->slot_name, s->p->pg.database, err);
+        if (!s->dedup) return failed(s, "kafka_consumer");
+    }
+    return 0;
+}
+
+static int session_open(session_t *s, obx_err_t *err)
+{
+    obx_relay_proc_t *p = s->p;
+    if (!(s->aux = obx_aux_new(s->cfg, p->m, err))) return failed(s, "pg_connect");
+    if (check_slot(s, err) != 0) return -1;
+    if (!(s->repl = obx_repl_connect(s->cfg->pg_conninfo, err))) return failed(s, "pg_connect");
+    obx_txn_sink_t sink = {.ctx = s, .produce = sink_produce, .start_signal = sink_signal};
+    if (obx_txn_session_start(p->core, p->confirmed, sink) != 0) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+        return failed(s, "oom");
+    }
+    if (start_replication(s, err) != 0 || open_kafka(s, err) != 0) return -1;
+    s->write_lsn = s->sent_flush = p->confirmed;
+    obx_period_init(&s->progress, PROGRESS_MS);
+    obx_period_touch(&s->progress, obx_mono_ms());
+    atomic_store(&p->m->pg_connected, 1);
+    atomic_store(&p->m->confirmed_lsn, p->confirmed);
+    set_state(s, OBX_STATE_STREAMING);
+    obx_info("streaming", "streaming slot %s from " OBX_LSN_FMT " (table %s.%s, %s)", s->cfg->slot_name,
+             OBX_LSN_ARGS(p->confirmed), s->cfg->outbox_schema, s->cfg->outbox_table,
+             s->cfg->exactly_once ? "exactly-once" : "at-least-once");
+    return send_feedback(s, 1, err);
+}
+
+static void progress(session_t *s)
+{
+    obx_metrics_t *m = s->p->m;
+    if (!obx_period_due(&s->progress, obx_mono_ms())) return;
+    obx_info("progress",
+             "slot %s: %llu events published, %llu acked, %llu skipped as already in Kafka, in flight %llu, confirmed " OBX_LSN_FMT,
+             s->cfg->slot_name, (unsigned long long)atomic_load(&m->events_published),
+             (unsigned long long)atomic_load(&m->events_acked),
+             (unsigned long long)atomic_load(&m->events_skipped_duplicate),
+             (unsigned long long)obx_lsn_ring_inflight_msgs(obx_txn_ring(s->p->core)),
+             OBX_LSN_ARGS(obx_txn_flush_lsn(s->p->core)));
+}
+
+/* One message from the server. 0, 1 (stop requested inside), -1 (err). */
+static int process_message(session_t *s, const obx_repl_msg_t *m, obx_w2j_change_t *chg, obx_err_t *err)
+{
+    if (m->wal_end > s->write_lsn) s->write_lsn = m->wal_end;
+    if (m->kind != OBX_REPL_XLOGDATA) {
+        obx_txn_keepalive(s->p->core, m->wal_end);
+        return m->reply_requested ? send_feedback(s, 1, err) : 0;
+    }
+    if (m->data_start > s->write_lsn) s->write_lsn = m->data_start;
+    char e[512];
+    if (obx_w2j_parse(m->data, m->len, chg, e, sizeof(e)) != 0) {
+        /* The plugin's own output is malformed: nothing a retry fixes. */
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_FAIL, "at LSN " OBX_LSN_FMT ": %s: %.*s", OBX_LSN_ARGS(m->data_start),
+                    e, (int)(m->len < 200 ? m->len : 200), m->data);
+        return failed(s, "wal2json_parse");
+    }
+    return obx_txn_change(s->p->core, chg, err);
+}
+
+/* Between reads: delivery reports, failures, feedback, aux, progress. */
+static int housekeeping(session_t *s, obx_err_t *err)
+{
+    char e[1024];
+    update_gauges(s);
+    if (obx_txn_check(s->p->core, err) != 0) return -1;
+    if (obx_producer_fatal(s->prod, e, sizeof(e))) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "producer fatal error: %s; restarting the pipeline", e);
+        return failed(s, "kafka_fatal");
+    }
+    if (send_feedback(s, 0, err) != 0) return -1;
+    if (obx_aux_tick(s->aux, s->p->confirmed, err) != 0) return failed(s, "slot_lost");
+    progress(s);
+    return 0;
+}
+
+/* poll, receive, process, keepalive, check stop (receivelog.c's shape).
+ * 0 when stopped on request, -1 with err. */
+static int stream_loop(session_t *s, obx_err_t *err)
+{
+    obx_w2j_change_t chg;
+    memset(&chg, 0, sizeof(chg));
+    int since_poll = 0, rc = 0;
+    while (rc == 0 && !must_stop(s)) {
+        obx_repl_msg_t m;
+        int n = obx_repl_next(s->repl, &m, 100, err);
+        if (n < 0) {
+            rc = slot_failure(s, err, "streaming");
+            break;
+        }
+        if (n == 1) {
+            if ((rc = process_message(s, &m, &chg, err)) != 0) break;
+            if (m.kind == OBX_REPL_XLOGDATA && ++since_poll >= s->cfg->poll_batch) {
+                since_poll = 0;
+                obx_producer_poll(s->prod, 0);
+                update_gauges(s);
+            }
+            if (since_poll != 0) continue; /* drain what is buffered before the timers */
+        } else {
+            since_poll = 0;
+            obx_producer_poll(s->prod, 0);
+        }
+        rc = housekeeping(s, err);
+    }
+    obx_w2j_change_clear(&chg);
+    return rc > 0 ? 0 : rc;
+}
+
+/* One teardown for every way a session ends. final: the process stops
+ * (wait longer for acks, end the COPY cleanly). */
+static void session_close(session_t *s, int final)
+{
+    obx_err_t err;
+    if (final) set_state(s, OBX_STATE_STOPPING);
+    if (s->prod) {
+        /* Let acks in flight land so they can still be confirmed. */
+        int left = obx_producer_flush(s->prod, final ? s->cfg->shutdown_timeout_ms : 2000);
+        if (left > 0) obx_warn("kafka_unflushed", "%d messages not acked; they will be re-sent after restart", left);
+    }
+    if (s->streaming) {
+        if (send_feedback(s, 1, &err) == 0 && final)
+            obx_info("lsn_confirmed", "final confirmed flush LSN " OBX_LSN_FMT, OBX_LSN_ARGS(s->sent_flush));
+        if (final) obx_repl_end(s->repl, &err);
+    }
+    if (obx_txn_flush_lsn(s->p->core) > s->p->confirmed) s->p->confirmed = obx_txn_flush_lsn(s->p->core);
+    update_gauges(s);
+    obx_dedup_destroy(s->dedup);
+    obx_producer_destroy(s->prod); /* before the ring: purges report failures to the core */
+    obx_repl_destroy(s->repl);
+    obx_aux_destroy(s->aux);
+    obx_txn_session_end(s->p->core);
+    atomic_store(&s->p->m->pg_connected, 0);
+    atomic_store(&s->p->m->kafka_brokers_up, 0);
+}
+
+/* The one place a session's failure is logged. */
+static void report(session_t *s, const obx_err_t *err)
+{
+    if (obx_err_is_sqlstate(err, OBX_SQLSTATE_OBJECT_IN_USE)) {
+        /* State first: whoever reads the log line sees the port agree. */
+        int was = atomic_exchange(&s->p->m->state, OBX_STATE_STANDBY);
+        if (was != OBX_STATE_STANDBY)
+            obx_info("standby", "slot %s is in use by another process (%s); standing by, retrying every %d ms",
+                     s->cfg->slot_name, err->msg, s->cfg->standby_retry_ms);
+        return;
+    }
+    const char *ev = s->event ? s->event
+                     : err->cls == OBX_ERR_POISON ? "poison_row"
+                     : err->cls == OBX_ERR_FATAL ? "relay_fatal"
+                                                 : "kafka_delivery_failed";
+    if (err->cls == OBX_ERR_RETRIABLE)
+        obx_warn(ev, "%s", err->msg);
+    else
+        obx_error(ev, "%s", err->msg);
+}
+
+int obx_stream_session(obx_relay_proc_t *p, obx_err_t *err)
+{
+    session_t s;
+    memset(&s, 0, sizeof(s));
+    s.p = p;
+    s.cfg = p->cfg;
+    obx_err_clear(err);
+    /* A standby stays "standby" while it retries, so probes see it steadily. */
+    if (atomic_load(&p->m->state) != OBX_STATE_STANDBY) set_state(&s, OBX_STATE_CONNECTING);
+    int rc = session_open(&s, err);
+    if (rc == 0) rc = stream_loop(&s, err);
+    int fatal = rc != 0 && err->cls != OBX_ERR_RETRIABLE;
+    if (rc == 0) obx_info("stopping", "stop requested: flushing Kafka, confirming, ending the stream");
+    else report(&s, err);
+    session_close(&s, rc == 0 || fatal);
+    if (fatal)
+        set_state(&s, OBX_STATE_HALTED);
+    else if (rc != 0 && obx_err_is_sqlstate(err, OBX_SQLSTATE_OBJECT_IN_USE))
+        set_state(&s, OBX_STATE_STANDBY);
+    else if (rc != 0 && atomic_load(&p->m->state) != OBX_STATE_STANDBY)
+        set_state(&s, OBX_STATE_CONNECTING);
+    return rc;
+}

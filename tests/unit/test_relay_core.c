@@ -1,0 +1,515 @@
+/* The relay's transaction core (src/relay/txn.c) driven with wal2json
+ * lines and a fake sink: what is published, what is confirmed, and when. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "metrics.h"
+#include "txn.h"
+#include "wal2json.h"
+
+#define MAX_RECS 512
+#define START 0x1000
+
+typedef struct {
+    char topic[128], key[64], error_header[256];
+    uint64_t ticket;
+    obx_pos_t pos;
+    int dead_letter;
+    uint8_t *value; /* a copy, for failure reports */
+    size_t value_len;
+} rec_t;
+
+typedef struct {
+    obx_config_t *cfg;
+    obx_metrics_t *m;
+    obx_txn_t *t;
+    obx_w2j_change_t chg;
+    obx_err_t err;
+    rec_t recs[MAX_RECS];
+    size_t n_recs;
+    obx_sink_rc_t script[16]; /* answers for the next produce calls; then SENT */
+    size_t n_script;
+    int n_signals;
+    char signal_id[32], signal_type[32], signal_data[128];
+    uint32_t xid;
+} fx_t;
+
+static obx_sink_rc_t fake_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
+{
+    fx_t *f = ctx;
+    obx_sink_rc_t rc = OBX_SINK_SENT;
+    if (f->n_script) {
+        rc = f->script[0];
+        memmove(f->script, f->script + 1, --f->n_script * sizeof(f->script[0]));
+    }
+    if (rc == OBX_SINK_REJECTED) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_POISON, 3, "Broker: Message size too large (MSG_SIZE_TOO_LARGE)");
+    } else if (rc == OBX_SINK_FAILED) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "fake pipeline failure");
+    }
+    if (rc == OBX_SINK_SENT || rc == OBX_SINK_SKIPPED) {
+        assert_true(f->n_recs < MAX_RECS);
+        rec_t *r = &f->recs[f->n_recs++];
+        snprintf(r->topic, sizeof(r->topic), "%s", rec->topic);
+        snprintf(r->key, sizeof(r->key), "%s", rec->key);
+        r->ticket = rec->ticket;
+        r->pos = rec->pos;
+        r->dead_letter = rec->dead_letter;
+        for (size_t i = 0; i < rec->n_headers; i++)
+            if (!strcmp(rec->headers[2 * i], "outboxd-error"))
+                snprintf(r->error_header, sizeof(r->error_header), "%s", rec->headers[2 * i + 1]);
+        r->value = malloc(rec->value_len);
+        assert_non_null(r->value);
+        memcpy(r->value, rec->value, rec->value_len);
+        r->value_len = rec->value_len;
+    }
+    free(rec->value); /* the sink owns it whatever it answers */
+    return rc;
+}
+
+static void fake_signal(void *ctx, const char *id, const char *type, const char *data)
+{
+    fx_t *f = ctx;
+    f->n_signals++;
+    snprintf(f->signal_id, sizeof(f->signal_id), "%s", id);
+    snprintf(f->signal_type, sizeof(f->signal_type), "%s", type ? type : "NULL");
+    snprintf(f->signal_data, sizeof(f->signal_data), "%s", data ? data : "NULL");
+}
+
+static void free_recs(fx_t *f)
+{
+    for (size_t i = 0; i < f->n_recs; i++) free(f->recs[i].value);
+    f->n_recs = 0;
+}
+
+static void session(fx_t *f, obx_lsn_t confirmed)
+{
+    free_recs(f);
+    obx_txn_sink_t sink = {.ctx = f, .produce = fake_produce, .start_signal = fake_signal};
+    assert_int_equal(obx_txn_session_start(f->t, confirmed, sink), 0);
+}
+
+static fx_t *make(const char *policy)
+{
+    fx_t *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->cfg = obx_config_new();
+    f->m = calloc(1, sizeof(*f->m));
+    assert_non_null(f->cfg);
+    assert_non_null(f->m);
+    char e[256];
+    assert_int_equal(obx_config_set(f->cfg, "poison.policy", policy, "test", e, sizeof(e)), 0);
+    f->t = obx_txn_new(f->cfg, "appdb", f->m);
+    assert_non_null(f->t);
+    session(f, START);
+    return f;
+}
+
+static int setup_halt(void **state)
+{
+    *state = make("halt");
+    return 0;
+}
+
+static int setup_dlq(void **state)
+{
+    *state = make("dead-letter");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx_t *f = *state;
+    free_recs(f);
+    obx_txn_destroy(f->t);
+    obx_w2j_change_clear(&f->chg);
+    obx_config_destroy(f->cfg);
+    free(f->m);
+    free(f);
+    return 0;
+}
+
+static int feed(fx_t *f, const char *line)
+{
+    char e[256];
+    assert_int_equal(obx_w2j_parse(line, strlen(line), &f->chg, e, sizeof(e)), 0);
+    return obx_txn_change(f->t, &f->chg, &f->err);
+}
+
+static void begin(fx_t *f, obx_lsn_t lsn, obx_lsn_t end)
+{
+    char l[256];
+    f->xid++;
+    snprintf(l, sizeof(l),
+             "{\"action\":\"B\",\"xid\":%u,\"timestamp\":\"2026-11-26 12:15:12.025922+00\",\"lsn\":\"" OBX_LSN_FMT
+             "\",\"nextlsn\":\"" OBX_LSN_FMT "\"}",
+             f->xid, OBX_LSN_ARGS(lsn), OBX_LSN_ARGS(end));
+    assert_int_equal(feed(f, l), 0);
+}
+
+static void commit(fx_t *f, obx_lsn_t lsn, obx_lsn_t end)
+{
+    char l[256];
+    snprintf(l, sizeof(l),
+             "{\"action\":\"C\",\"xid\":%u,\"timestamp\":\"2026-11-26 12:15:12.025922+00\",\"lsn\":\"" OBX_LSN_FMT
+             "\",\"nextlsn\":\"" OBX_LSN_FMT "\"}",
+             f->xid, OBX_LSN_ARGS(lsn), OBX_LSN_ARGS(end));
+    assert_int_equal(feed(f, l), 0);
+}
+
+/* An INSERT into table; aggid is JSON ("\"a1\"" or "null"). */
+static int insert_into(fx_t *f, const char *table, obx_lsn_t lsn, const char *id, const char *aggid)
+{
+    char l[1024];
+    snprintf(l, sizeof(l),
+             "{\"action\":\"I\",\"xid\":%u,\"lsn\":\"" OBX_LSN_FMT "\",\"schema\":\"public\",\"table\":\"%s\",\"columns\":["
+             "{\"name\":\"id\",\"type\":\"uuid\",\"value\":\"%s\"},"
+             "{\"name\":\"aggregatetype\",\"type\":\"text\",\"value\":\"athlete\"},"
+             "{\"name\":\"aggregateid\",\"type\":\"text\",\"value\":%s},"
+             "{\"name\":\"type\",\"type\":\"text\",\"value\":\"AthleteUpdated\"},"
+             "{\"name\":\"payload\",\"type\":\"jsonb\",\"value\":\"{}\"}]}",
+             f->xid, OBX_LSN_ARGS(lsn), table, id, aggid);
+    return feed(f, l);
+}
+
+static int insert(fx_t *f, obx_lsn_t lsn, const char *id) { return insert_into(f, "outbox", lsn, id, "\"a1\""); }
+
+static void ack(fx_t *f, size_t i) { obx_txn_delivered(f->t, f->recs[i].ticket, NULL, 0, f->recs[i].topic, NULL, 0); }
+
+static void nack(fx_t *f, size_t i, int retriable)
+{
+    obx_txn_delivered(f->t, f->recs[i].ticket, "Broker: Message size too large", retriable, f->recs[i].topic,
+                      f->recs[i].value, f->recs[i].value_len);
+}
+
+static obx_lsn_t flush(fx_t *f) { return obx_txn_flush_lsn(f->t); }
+
+/* Two transactions of two rows; acks out of order across them. */
+static void test_flush_waits_for_every_ack_in_wal_order(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    assert_int_equal(insert(f, 0x2020, "e2"), 0);
+    commit(f, 0x2000, 0x2100);
+    begin(f, 0x3000, 0x3100);
+    assert_int_equal(insert(f, 0x3010, "e3"), 0);
+    assert_int_equal(insert(f, 0x3020, "e4"), 0);
+    assert_int_equal(f->n_recs, 4);
+    assert_string_equal(f->recs[0].topic, "outbox.event.athlete");
+    assert_string_equal(f->recs[0].key, "a1");
+    assert_int_equal(f->recs[1].pos.commit_lsn, 0x2000);
+    assert_int_equal(f->recs[1].pos.index, 1);
+    /* The second transaction's acks first, before its commit: nothing moves. */
+    ack(f, 3);
+    ack(f, 2);
+    assert_int_equal(flush(f), START);
+    commit(f, 0x3000, 0x3100);
+    assert_int_equal(flush(f), START);
+    ack(f, 1);
+    assert_int_equal(flush(f), START);
+    ack(f, 0);
+    /* Both confirmable now; the end LSN, never the commit's start. */
+    assert_int_equal(flush(f), 0x3100);
+    assert_int_equal(atomic_load(&f->m->events_published), 4);
+    assert_int_equal(atomic_load(&f->m->events_acked), 4);
+    assert_int_equal(atomic_load(&f->m->transactions), 2);
+}
+
+static void test_commit_alone_confirms_only_when_acked(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    ack(f, 0);
+    assert_int_equal(flush(f), START); /* acked, but not committed yet */
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(flush(f), 0x2100);
+}
+
+static void test_empty_transactions(void **state)
+{
+    fx_t *f = *state;
+    /* Idle: an empty transaction (another table) confirms at once. */
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert_into(f, "other", 0x2010, "x", "\"a\""), 0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(flush(f), 0x2100);
+    assert_int_equal(f->n_recs, 0);
+    assert_int_equal(atomic_load(&f->m->events_ignored), 1);
+    assert_int_equal(atomic_load(&f->m->transactions), 0);
+    /* Behind an unacked transaction it waits for it. */
+    begin(f, 0x3000, 0x3100);
+    assert_int_equal(insert(f, 0x3010, "e1"), 0);
+    commit(f, 0x3000, 0x3100);
+    begin(f, 0x4000, 0x4100);
+    commit(f, 0x4000, 0x4100);
+    assert_int_equal(flush(f), 0x2100);
+    ack(f, 0);
+    assert_int_equal(flush(f), 0x4100);
+}
+
+static void test_keepalives(void **state)
+{
+    fx_t *f = *state;
+    obx_txn_keepalive(f->t, 0x1800);
+    assert_int_equal(flush(f), 0x1800); /* idle: confirmable */
+    begin(f, 0x2000, 0x2100);
+    obx_txn_keepalive(f->t, 0x1900);
+    assert_int_equal(flush(f), 0x1800); /* inside a transaction: not */
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    commit(f, 0x2000, 0x2100);
+    obx_txn_keepalive(f->t, 0x5000);
+    assert_int_equal(flush(f), 0x1800); /* a message in flight: not */
+    ack(f, 0);
+    assert_int_equal(flush(f), 0x2100);
+    obx_txn_keepalive(f->t, 0x5000);
+    assert_int_equal(flush(f), 0x5000);
+}
+
+static void test_poison_row_halts_without_confirming(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "good"), 0);
+    assert_int_equal(insert_into(f, "outbox", 0x2020, "bad-row", "null"), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_POISON);
+    assert_int_equal(f->err.exit_code, 3);
+    assert_non_null(strstr(f->err.msg, "bad-row"));
+    assert_non_null(strstr(f->err.msg, "pg_replication_slot_advance"));
+    assert_int_equal(f->n_recs, 1); /* the poison row was not published */
+    ack(f, 0);
+    assert_int_equal(flush(f), START); /* its transaction is never confirmed */
+    assert_true(obx_txn_open(f->t));
+}
+
+static void test_poison_row_dead_lettered(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert_into(f, "outbox", 0x2010, "bad-row", "null"), 0);
+    assert_int_equal(insert(f, 0x2020, "good"), 0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(f->n_recs, 2);
+    assert_true(f->recs[0].dead_letter);
+    assert_string_equal(f->recs[0].topic, "outboxd.deadletter");
+    assert_string_equal(f->recs[0].key, "bad-row"); /* no aggregateid: the event id */
+    assert_non_null(strstr(f->recs[0].error_header, "is NULL"));
+    assert_false(f->recs[1].dead_letter);
+    assert_int_equal(f->recs[1].pos.index, 1);
+    assert_int_equal(atomic_load(&f->m->events_dead_lettered), 1);
+    ack(f, 1);
+    assert_int_equal(flush(f), START);
+    ack(f, 0);
+    assert_int_equal(flush(f), 0x2100);
+}
+
+static void test_rows_already_in_kafka_are_skipped(void **state)
+{
+    fx_t *f = *state;
+    f->script[0] = OBX_SINK_SKIPPED;
+    f->script[1] = OBX_SINK_SKIPPED;
+    f->n_script = 2;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    assert_int_equal(insert(f, 0x2020, "e2"), 0);
+    commit(f, 0x2000, 0x2100);
+    /* Nothing to wait for: confirmable at its commit. */
+    assert_int_equal(flush(f), 0x2100);
+    assert_int_equal(atomic_load(&f->m->events_skipped_duplicate), 2);
+    assert_int_equal(atomic_load(&f->m->events_published), 0);
+    /* A partly published transaction waits only for what was sent. */
+    f->script[0] = OBX_SINK_SKIPPED;
+    f->n_script = 1;
+    begin(f, 0x3000, 0x3100);
+    assert_int_equal(insert(f, 0x3010, "e3"), 0);
+    assert_int_equal(insert(f, 0x3020, "e4"), 0);
+    commit(f, 0x3000, 0x3100);
+    assert_int_equal(flush(f), 0x2100);
+    ack(f, 3);
+    assert_int_equal(flush(f), 0x3100);
+    assert_int_equal(atomic_load(&f->m->events_skipped_duplicate), 3);
+    assert_int_equal(f->recs[3].pos.index, 1); /* skipped rows keep their index */
+}
+
+static void test_retriable_delivery_failure_restarts_from_confirmed(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    commit(f, 0x2000, 0x2100);
+    ack(f, 0);
+    begin(f, 0x3000, 0x3100);
+    assert_int_equal(insert(f, 0x3010, "e2"), 0);
+    assert_int_equal(obx_txn_check(f->t, &f->err), 0);
+    nack(f, 1, 1);
+    assert_int_equal(obx_txn_check(f->t, &f->err), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_RETRIABLE);
+    assert_non_null(strstr(f->err.msg, "id=e2"));
+    commit(f, 0x3000, 0x3100);
+    assert_int_equal(flush(f), 0x2100); /* nothing past the failed row */
+    assert_int_equal(obx_txn_poison_count(f->t), 0);
+    session(f, flush(f));
+    assert_int_equal(obx_txn_check(f->t, &f->err), 0); /* a new session starts clean */
+    assert_int_equal(flush(f), 0x2100);
+}
+
+static void test_permanent_delivery_failure_halts(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    assert_int_equal(insert(f, 0x2020, "big"), 0);
+    commit(f, 0x2000, 0x2100);
+    ack(f, 0);
+    nack(f, 1, 0);
+    assert_int_equal(obx_txn_check(f->t, &f->err), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_POISON);
+    assert_int_equal(f->err.exit_code, 3);
+    assert_non_null(strstr(f->err.msg, "id=big"));
+    assert_int_equal(flush(f), START);
+}
+
+static void test_rejected_before_sending_halts(void **state)
+{
+    fx_t *f = *state;
+    f->script[0] = OBX_SINK_REJECTED;
+    f->n_script = 1;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "huge"), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_POISON);
+    assert_non_null(strstr(f->err.msg, "huge"));
+    assert_non_null(strstr(f->err.msg, "MSG_SIZE_TOO_LARGE"));
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(flush(f), START);
+}
+
+/* dead-letter policy: the refused row goes to the DLQ after a restart. */
+static void test_permanent_failure_dead_lettered_after_restart(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    assert_int_equal(insert(f, 0x2020, "big"), 0);
+    commit(f, 0x2000, 0x2100);
+    ack(f, 0);
+    nack(f, 1, 0);
+    assert_int_equal(obx_txn_check(f->t, &f->err), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_RETRIABLE);
+    assert_non_null(strstr(f->err.msg, "dead-letter topic"));
+    assert_int_equal(flush(f), START);
+    assert_int_equal(obx_txn_poison_count(f->t), 1);
+    session(f, flush(f));
+    f->xid = 0;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    assert_int_equal(insert(f, 0x2020, "big"), 0);
+    commit(f, 0x2000, 0x2100);
+    assert_false(f->recs[0].dead_letter);
+    assert_true(f->recs[1].dead_letter);
+    assert_string_equal(f->recs[1].topic, "outboxd.deadletter");
+    assert_non_null(strstr(f->recs[1].error_header, "too large"));
+    ack(f, 0);
+    ack(f, 1);
+    assert_int_equal(flush(f), 0x2100);
+}
+
+/* More than the old fixed 64 remembered rows: none forgotten. */
+static void test_poison_memory_grows(void **state)
+{
+    fx_t *f = *state;
+    for (obx_lsn_t i = 0; i < 100; i++) {
+        session(f, START);
+        begin(f, 0x10000 + i * 0x100, 0x10000 + i * 0x100 + 0x80);
+        assert_int_equal(insert(f, 0x10000 + i * 0x100 + 0x10, "big"), 0);
+        nack(f, 0, 0);
+        assert_int_equal(obx_txn_check(f->t, &f->err), -1);
+        assert_int_equal(f->err.cls, OBX_ERR_RETRIABLE);
+    }
+    assert_int_equal(obx_txn_poison_count(f->t), 100);
+    session(f, START);
+    begin(f, 0x10000, 0x10080);
+    assert_int_equal(insert(f, 0x10010, "big"), 0);
+    commit(f, 0x10000, 0x10080);
+    begin(f, 0x10000 + 99 * 0x100, 0x10000 + 99 * 0x100 + 0x80);
+    assert_int_equal(insert(f, 0x10000 + 99 * 0x100 + 0x10, "big"), 0);
+    assert_true(f->recs[0].dead_letter);
+    assert_true(f->recs[1].dead_letter);
+}
+
+static void test_signal_rows_start_signals(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    const char *l = "{\"action\":\"I\",\"xid\":1,\"lsn\":\"0/2010\",\"schema\":\"public\",\"table\":\"outboxd_signals\","
+                    "\"columns\":[{\"name\":\"id\",\"type\":\"bigint\",\"value\":7},"
+                    "{\"name\":\"type\",\"type\":\"text\",\"value\":\"snapshot\"},"
+                    "{\"name\":\"data\",\"type\":\"jsonb\",\"value\":\"{}\"}]}";
+    assert_int_equal(feed(f, l), 0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(f->n_signals, 1);
+    assert_string_equal(f->signal_id, "7");
+    assert_string_equal(f->signal_type, "snapshot");
+    assert_string_equal(f->signal_data, "{}");
+    assert_int_equal(f->n_recs, 0);
+    assert_int_equal(flush(f), 0x2100);
+}
+
+static void test_stop_and_pipeline_failure_from_the_sink(void **state)
+{
+    fx_t *f = *state;
+    f->script[0] = OBX_SINK_STOPPED;
+    f->script[1] = OBX_SINK_FAILED;
+    f->n_script = 2;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 1);
+    assert_int_equal(insert(f, 0x2010, "e1"), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_RETRIABLE);
+    assert_string_equal(f->err.msg, "fake pipeline failure");
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(flush(f), START);
+}
+
+static void test_protocol_errors_are_retriable(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"B\",\"xid\":9,\"lsn\":\"0/3000\",\"nextlsn\":\"0/3100\"}"), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_RETRIABLE);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"C\",\"xid\":9,\"lsn\":\"0/3000\",\"nextlsn\":\"0/3100\"}"), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_RETRIABLE);
+    assert_int_equal(flush(f), 0x2100);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_flush_waits_for_every_ack_in_wal_order, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_alone_confirms_only_when_acked, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_empty_transactions, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_keepalives, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_poison_row_halts_without_confirming, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_poison_row_dead_lettered, setup_dlq, teardown),
+        cmocka_unit_test_setup_teardown(test_rows_already_in_kafka_are_skipped, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_retriable_delivery_failure_restarts_from_confirmed, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_permanent_delivery_failure_halts, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_rejected_before_sending_halts, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_permanent_failure_dead_lettered_after_restart, setup_dlq, teardown),
+        cmocka_unit_test_setup_teardown(test_poison_memory_grows, setup_dlq, teardown),
+        cmocka_unit_test_setup_teardown(test_signal_rows_start_signals, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_and_pipeline_failure_from_the_sink, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_protocol_errors_are_retriable, setup_halt, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
