@@ -23,14 +23,6 @@ PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode
     return c;
 }
 
-PGconn *obx_pg_connect_str(const char *conninfo, char *errstr, size_t errstr_size)
-{
-    obx_err_t e;
-    PGconn *c = obx_pg_connect(conninfo, "pg.conninfo", OBX_PG_NORMAL, &e);
-    if (!c) snprintf(errstr, errstr_size, "%s", e.msg);
-    return c;
-}
-
 obx_err_class_t obx_pg_classify(const char *st, int connection_ok, int *exit_code)
 {
     *exit_code = OBX_EXIT_FAIL;

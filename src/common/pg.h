@@ -24,10 +24,6 @@ typedef enum {
  * never carries a password). */
 PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode, obx_err_t *err);
 
-/* TRANSITIONAL (removed by the end of the refactor): obx_pg_connect with
- * OBX_PG_NORMAL and the message copied into errstr. */
-PGconn *obx_pg_connect_str(const char *conninfo, char *errstr, size_t errstr_size);
-
 /* Runs sql with text parameters. Returns the result when it is TUPLES_OK or
  * COMMAND_OK, else NULL with err filled by obx_pg_error(). */
 PGresult *obx_pg_exec(PGconn *c, const char *sql, int nparams, const char *const *params, obx_err_t *err);
