@@ -15,7 +15,7 @@
 #include "lsn.h"
 #include "metrics.h"
 
-#define OBX_HEARTBEAT_PREFIX "outboxd"
+#include "txn.h" /* OBX_HEARTBEAT_PREFIX */
 
 typedef struct obx_aux_s obx_aux_t;
 

@@ -50,10 +50,13 @@ int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, ch
                     "SELECT current_setting('wal_level'), current_database(),"
                     " (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),"
                     " (SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'),"
-                    " current_user",
+                    " current_user, (SELECT system_identifier::text FROM pg_control_system())",
                     0, NULL, errstr, errstr_size);
     if (!r) return OBX_EXIT_FAIL;
     snprintf(info->database, sizeof(info->database), "%s", PQgetvalue(r, 0, 1));
+    /* The cluster's identity survives a physical failover (same system
+     * identifier), so Kafka-kept slot evidence follows it (evidence.h). */
+    snprintf(info->sysid, sizeof(info->sysid), "%s", PQgetvalue(r, 0, 5));
     int rc = 0;
     if (strcmp(PQgetvalue(r, 0, 0), "logical") != 0) {
         snprintf(errstr, errstr_size,
@@ -209,4 +212,37 @@ int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_si
     if (!r) return -1;
     PQclear(r);
     return 0;
+}
+
+int obx_outbox_relations(PGconn *conn, const obx_config_t *cfg, obx_relset_t *out, obx_lsn_t *fence, obx_err_t *err)
+{
+    /* The position first, the catalog after (a later snapshot): every
+     * partition whose DDL committed before *fence is in the answer. */
+    PGresult *r = obx_pg_exec(conn, "SELECT pg_current_wal_lsn()::text", 0, NULL, err);
+    if (!r) return -1;
+    int bad = obx_lsn_parse(PQgetvalue(r, 0, 0), fence) != 0;
+    PQclear(r);
+    char *qname = obx_pg_quote_qualified(cfg->outbox_schema, cfg->outbox_table);
+    if (bad || !qname) {
+        free(qname);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, bad ? "pg_current_wal_lsn() gave no LSN" : "out of memory");
+        return -1;
+    }
+    const char *p[1] = {qname};
+    r = obx_pg_exec(conn,
+                    "SELECT n.nspname, c.relname FROM pg_partition_tree(to_regclass($1)) t"
+                    " JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE t.isleaf",
+                    1, p, err);
+    free(qname);
+    if (!r) return -1;
+    obx_relset_t *rs = obx_relset_new();
+    /* The table itself always: a plain table has no partition tree. */
+    int rc = rs && obx_relset_add(rs, cfg->outbox_schema, cfg->outbox_table) == 0 ? 0 : -1;
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) rc = obx_relset_add(rs, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+    PQclear(r);
+    if (rc == 0) rc = obx_relset_assign(out, rs);
+    obx_relset_destroy(rs);
+    if (rc != 0) obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+    return rc;
 }

@@ -7,12 +7,15 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "err.h"
+#include "relset.h"
 #include "exitcodes.h"
 #include "lsn.h"
 
 typedef struct {
     int server_version;     /* e.g. 150020 */
     char database[128];
+    char sysid[32];         /* pg_control_system().system_identifier */
     int has_version_col, has_topic_col, has_headers_col, has_occurred_at_col;
 } obx_pg_info_t;
 
@@ -42,5 +45,11 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
 
 /* Drops the slot; for tests and `outboxd slot drop`. */
 int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_size);
+
+/* The relations that are the outbox: the table and, when partitioned, every
+ * leaf partition (any schema). *fence is a WAL position read before the
+ * catalog: no partition created or attached before it is missing. Replaces
+ * out's members. 0, or -1 with err. */
+int obx_outbox_relations(PGconn *conn, const obx_config_t *cfg, obx_relset_t *out, obx_lsn_t *fence, obx_err_t *err);
 
 #endif

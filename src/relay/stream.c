@@ -6,20 +6,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "aux.h"
 #include "clock.h"
 #include "dedup.h"
+#include "evidence.h"
 #include "log.h"
 #include "pg.h"
 #include "pg_repl.h"
 #include "producer.h"
+#include "relset.h"
 #include "wal2json.h"
 
 /* Feedback within this long after the flush LSN moves: the slot keeps up
  * closely (less WAL held, a smaller replay window after a crash). */
 #define FEEDBACK_MOVED_MS 100
 #define PROGRESS_MS 60000
+/* How often the outbox's partitions are re-read; the slot is confirmed no
+ * further than the WAL position of the last read that found them unchanged. */
+#define RELATIONS_MS 1000
+/* How often the confirmed position is recorded in the slot evidence topic. */
+#define EVIDENCE_MS 10000
 
 typedef struct {
     obx_relay_proc_t *p;
@@ -35,6 +43,15 @@ typedef struct {
     int backpressured;
     obx_period_t progress;
     const char *event;        /* log token of the failure, when known */
+    /* The outbox's relations (table + leaf partitions) in wal2json's filter,
+     * and the fence: no partition committed before it is missing there. */
+    obx_relset_t *rels;
+    obx_lsn_t fence;
+    obx_period_t rel_check;
+    /* Kafka-kept evidence that this slot has published (evidence.h). */
+    obx_evidence_writer_t *evidence;
+    obx_lsn_t evidence_lsn;
+    obx_period_t evidence_period;
 } session_t;
 
 static void set_state(session_t *s, obx_state_t st) { atomic_store(&s->p->m->state, (int)st); }
@@ -65,6 +82,10 @@ static void update_gauges(session_t *s)
 static int send_feedback(session_t *s, int force, obx_err_t *err)
 {
     obx_lsn_t flush = obx_txn_flush_lsn(s->p->core);
+    /* Past the fence a partition created since may hold rows the filter
+     * did not let through: never confirm what was not classified. */
+    if (flush > s->fence) flush = s->fence;
+    if (flush < s->sent_flush) flush = s->sent_flush;
     int64_t now = obx_mono_ms(), since = now - s->last_status_ms;
     if (!force && since < s->cfg->status_interval_ms && !(flush != s->sent_flush && since >= FEEDBACK_MOVED_MS))
         return 0;
@@ -198,33 +219,62 @@ static int slot_failure(session_t *s, obx_err_t *err, const char *what)
     return failed(s, !strcmp(what, "START_REPLICATION") ? "start_replication" : "pg_lost");
 }
 
-/* add-tables: the outbox, plus the signal table when configured. */
-static int tables_option(const obx_config_t *cfg, char *out, size_t size)
-{
-    if (obx_w2j_escape_table(cfg->outbox_schema, cfg->outbox_table, out, size) != 0) return -1;
-    if (!*cfg->signal_table) return 0;
-    size_t n = strlen(out);
-    if (n + 2 >= size) return -1;
-    out[n] = ',';
-    return obx_w2j_escape_table(cfg->outbox_schema, cfg->signal_table, out + n + 1, size - n - 1);
-}
-
 static int start_replication(session_t *s, obx_err_t *err)
 {
-    char tables[1024];
-    if (tables_option(s->cfg, tables, sizeof(tables)) != 0) {
+    /* add-tables: the outbox and its partitions, plus the signal table. */
+    char *tables = obx_relset_add_tables(s->rels, s->cfg->outbox_schema, s->cfg->signal_table);
+    if (!tables) {
         obx_err_clear(err);
-        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "outbox table name too long");
-        return failed(s, "config");
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+        return failed(s, "oom");
     }
     const char *opts[] = {
         "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",
         "include-typmod", "0", "add-tables", tables, "add-msg-prefixes", OBX_HEARTBEAT_PREFIX,
     };
-    if (obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err) != 0)
-        return slot_failure(s, err, "START_REPLICATION");
+    int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err);
+    free(tables);
+    if (rc != 0) return slot_failure(s, err, "START_REPLICATION");
     s->streaming = 1;
     return 0;
+}
+
+/* A slot that has published and is gone (failover to a standby without it,
+ * an operator's drop) is never replaced silently: Kafka keeps the evidence
+ * (evidence.h), and only a slot without any is created. */
+static int guard_vanished_slot(session_t *s, obx_err_t *err)
+{
+    char e[1024], key[512], when[64];
+    obx_slot_info_t si;
+    if (obx_slot_inspect(obx_aux_conn(s->aux), s->cfg->slot_name, &si, e, sizeof(e)) != 0) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "%s", e);
+        return failed(s, "pg_query");
+    }
+    if (si.exists || !s->cfg->slot_create) return 0;
+    obx_evidence_key(s->p->pg.sysid, s->p->pg.database, s->cfg->slot_name, key, sizeof(key));
+    obx_evidence_t ev;
+    if (obx_evidence_read(s->cfg, key, &ev, err) != 0) {
+        obx_err_prefix(err, "slot %s does not exist and Kafka cannot tell whether it has published before (so it "
+                       "is not created yet)", s->cfg->slot_name);
+        return failed(s, "slot_evidence");
+    }
+    if (!ev.found) return 0; /* a first start */
+    time_t secs = (time_t)(ev.confirmed_at_us / 1000000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+    obx_err_clear(err);
+    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_SLOT,
+                "replication slot %s does not exist on this server, but Kafka topic %s records that it published from "
+                "database %s: it had confirmed up to LSN " OBX_LSN_FMT " at %s. Events committed since then (after that "
+                "LSN) may be missing from Kafka: the slot was dropped, or this is a promoted standby that never had it. "
+                "outboxd does not create a new slot silently. Recover: re-emit the current state of the affected "
+                "aggregates with outboxd snapshot (or a reconcile with --where on rows changed since %s), then run "
+                "outboxd slot create and start outboxd again",
+                s->cfg->slot_name, s->cfg->slot_evidence_topic, s->p->pg.database, OBX_LSN_ARGS(ev.confirmed_lsn), when,
+                when);
+    return failed(s, "slot_lost");
 }
 
 /* The slot exists, uses wal2json and is not lost; its position is ours. */
@@ -232,6 +282,7 @@ static int check_slot(session_t *s, obx_err_t *err)
 {
     char e[1024];
     obx_slot_info_t slot;
+    if (guard_vanished_slot(s, err) != 0) return -1;
     int rc = obx_slot_ensure(obx_aux_conn(s->aux), s->cfg, &slot, e, sizeof(e));
     if (rc) {
         obx_err_clear(err);
@@ -252,6 +303,15 @@ static int open_kafka(session_t *s, obx_err_t *err)
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "%s", e);
         return failed(s, "kafka_producer");
     }
+    char key[512];
+    obx_evidence_key(s->p->pg.sysid, s->p->pg.database, s->cfg->slot_name, key, sizeof(key));
+    /* Recorded before the first event: a slot that publishes is known to. */
+    if (!(s->evidence = obx_evidence_writer_new(s->cfg, key, err)) ||
+        obx_evidence_write_sync(s->evidence, s->p->confirmed, 10000, err) != 0)
+        return failed(s, "slot_evidence");
+    s->evidence_lsn = s->p->confirmed;
+    obx_period_init(&s->evidence_period, EVIDENCE_MS);
+    obx_period_touch(&s->evidence_period, obx_mono_ms());
     if (s->cfg->exactly_once) {
         s->dedup = obx_dedup_new(s->cfg, obx_producer_rk(s->prod), s->cfg->slot_name, s->p->pg.database, err);
         if (!s->dedup) return failed(s, "kafka_consumer");
@@ -263,7 +323,17 @@ static int session_open(session_t *s, obx_err_t *err)
 {
     obx_relay_proc_t *p = s->p;
     if (!(s->aux = obx_aux_new(s->cfg, p->m, err))) return failed(s, "pg_connect");
+    if (!(s->rels = obx_relset_new())) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+        return failed(s, "oom");
+    }
+    if (obx_outbox_relations(obx_aux_conn(s->aux), s->cfg, s->rels, &s->fence, err) != 0) return failed(s, "pg_query");
+    obx_txn_set_outbox(p->core, s->rels);
+    obx_period_init(&s->rel_check, RELATIONS_MS);
+    obx_period_touch(&s->rel_check, obx_mono_ms());
     if (check_slot(s, err) != 0) return -1;
+    if (s->fence < p->confirmed) s->fence = p->confirmed;
     if (!(s->repl = obx_repl_connect(s->cfg->pg_conninfo, err))) return failed(s, "pg_connect");
     obx_txn_sink_t sink = {.ctx = s, .produce = sink_produce, .start_signal = sink_signal};
     if (obx_txn_session_start(p->core, p->confirmed, sink) != 0) {
@@ -317,6 +387,46 @@ static int process_message(session_t *s, const obx_repl_msg_t *m, obx_w2j_change
     return obx_txn_change(s->p->core, chg, err);
 }
 
+/* Re-reads the outbox's partitions. Unchanged: the fence moves to the new
+ * position. Changed (a partition created, attached or detached): the
+ * session restarts from the confirmed LSN with the new filter, so the new
+ * leaf's rows, all after the old fence, are decoded again and relayed. */
+static int check_relations(session_t *s, int force, obx_err_t *err)
+{
+    PGconn *c = s->aux ? obx_aux_conn(s->aux) : NULL;
+    if (!c || PQstatus(c) != CONNECTION_OK) return 0;
+    if (force)
+        obx_period_touch(&s->rel_check, obx_mono_ms());
+    else if (!obx_period_due(&s->rel_check, obx_mono_ms()))
+        return 0;
+    obx_relset_t *now = obx_relset_new();
+    obx_lsn_t fence;
+    obx_err_t e;
+    int rc = 0;
+    if (!now || obx_outbox_relations(c, s->cfg, now, &fence, &e) != 0) {
+        obx_debug("outbox_relations", "%s", now ? e.msg : "out of memory"); /* the fence waits */
+    } else if (obx_relset_equal(now, s->rels)) {
+        if (fence > s->fence) s->fence = fence;
+    } else {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0,
+                    "the partitions of outbox %s.%s changed (%zu relations now, %zu before): restarting the stream "
+                    "from " OBX_LSN_FMT " to relay the new ones",
+                    s->cfg->outbox_schema, s->cfg->outbox_table, obx_relset_count(now), obx_relset_count(s->rels),
+                    OBX_LSN_ARGS(s->sent_flush));
+        rc = failed(s, "outbox_partitions");
+    }
+    obx_relset_destroy(now);
+    return rc;
+}
+
+static void record_evidence(session_t *s)
+{
+    if (s->p->confirmed == s->evidence_lsn || !obx_period_due(&s->evidence_period, obx_mono_ms())) return;
+    obx_evidence_write_async(s->evidence, s->p->confirmed);
+    s->evidence_lsn = s->p->confirmed;
+}
+
 /* Between reads: delivery reports, failures, feedback, aux, progress. */
 static int housekeeping(session_t *s, obx_err_t *err)
 {
@@ -330,6 +440,8 @@ static int housekeeping(session_t *s, obx_err_t *err)
     }
     if (send_feedback(s, 0, err) != 0) return -1;
     if (obx_aux_tick(s->aux, s->p->confirmed, err) != 0) return failed(s, "slot_lost");
+    if (check_relations(s, 0, err) != 0) return -1;
+    record_evidence(s);
     progress(s);
     return 0;
 }
@@ -378,17 +490,26 @@ static void session_close(session_t *s, int final)
         if (left > 0) obx_warn("kafka_unflushed", "%d messages not acked; they will be re-sent after restart", left);
     }
     if (s->streaming) {
+        /* A current fence, so a clean stop confirms all that was acked. */
+        if (final && s->rels) check_relations(s, 1, &err);
         if (send_feedback(s, 1, &err) == 0 && final)
             obx_info("lsn_confirmed", "final confirmed flush LSN " OBX_LSN_FMT, OBX_LSN_ARGS(s->sent_flush));
         if (final) obx_repl_end(s->repl, &err);
     }
-    if (obx_txn_flush_lsn(s->p->core) > s->p->confirmed) s->p->confirmed = obx_txn_flush_lsn(s->p->core);
+    /* The next session starts here: never past the fence (see send_feedback). */
+    obx_lsn_t flush = obx_txn_flush_lsn(s->p->core);
+    if (flush > s->fence) flush = s->fence;
+    if (flush > s->p->confirmed) s->p->confirmed = flush;
     update_gauges(s);
+    if (s->evidence && s->p->confirmed != s->evidence_lsn) obx_evidence_write_async(s->evidence, s->p->confirmed);
+    obx_evidence_writer_destroy(s->evidence); /* waits up to 2 s for that record */
     obx_dedup_destroy(s->dedup);
     obx_producer_destroy(s->prod); /* before the ring: purges report failures to the core */
     obx_repl_destroy(s->repl);
     obx_aux_destroy(s->aux);
     obx_txn_session_end(s->p->core);
+    obx_txn_set_outbox(s->p->core, NULL);
+    obx_relset_destroy(s->rels);
     atomic_store(&s->p->m->pg_connected, 0);
     atomic_store(&s->p->m->kafka_brokers_up, 0);
 }

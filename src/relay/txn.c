@@ -13,6 +13,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "outboxd/v1/event.pb-c.h"
+#include "relset.h"
 
 #define MAX_KHEADERS (3 + OBX_MAX_HEADERS) /* id, type, content-type + the row's headers */
 
@@ -30,6 +31,9 @@ struct obx_txn_s {
     int dead_letter; /* poison.policy = dead-letter */
     poison_t *poison;
     size_t n_poison, cap_poison;
+
+    /* the relations that are the outbox (borrowed; NULL: the configured table) */
+    const obx_relset_t *outbox;
 
     /* session */
     obx_txn_sink_t sink;
@@ -64,6 +68,8 @@ void obx_txn_destroy(obx_txn_t *t)
     free(t->poison);
     free(t);
 }
+
+void obx_txn_set_outbox(obx_txn_t *t, const obx_relset_t *outbox) { t->outbox = outbox; }
 
 int obx_txn_session_start(obx_txn_t *t, obx_lsn_t confirmed, obx_txn_sink_t sink)
 {
@@ -264,8 +270,11 @@ static obx_source_t source_of(const obx_txn_t *t, const obx_w2j_change_t *chg)
     obx_source_t src = {
         .commit_lsn = t->lsn, .commit_end_lsn = t->end, .change_lsn = chg->lsn,
         .index_in_txn = t->index, .xid = t->xid, .commit_time_us = t->time_us,
-        .database = t->database, .schema = chg->schema, .table = chg->table, .slot = t->cfg->slot_name,
+        /* The outbox's identity, also for a row of one of its partitions. */
+        .database = t->database, .schema = t->cfg->outbox_schema, .table = t->cfg->outbox_table,
+        .slot = t->cfg->slot_name,
     };
+    (void)chg;
     return src;
 }
 
@@ -398,6 +407,54 @@ static int is_table(const obx_w2j_change_t *chg, const char *schema, const char 
     return *table && chg->schema && chg->table && !strcmp(chg->schema, schema) && !strcmp(chg->table, table);
 }
 
+static int is_outbox(const obx_txn_t *t, const obx_w2j_change_t *chg)
+{
+    if (t->outbox) return obx_relset_has(t->outbox, chg->schema, chg->table);
+    return is_table(chg, t->cfg->outbox_schema, t->cfg->outbox_table);
+}
+
+static const char *kind_name(obx_chg_kind_t k)
+{
+    switch (k) {
+    case OBX_CHG_INSERT: return "an INSERT into";
+    case OBX_CHG_UPDATE: return "an UPDATE of";
+    case OBX_CHG_DELETE: return "a DELETE from";
+    case OBX_CHG_TRUNCATE: return "a TRUNCATE of";
+    default: return "a change of";
+    }
+}
+
+/* Fail closed: wal2json's filter lets through only the outbox, its
+ * partitions, the signal table and outboxd's heartbeat messages, so any
+ * other change means filter and classification disagree. It is never
+ * confirmed past: the relay halts naming it, whatever the poison policy. */
+static int unclassified(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
+{
+    char what[1024];
+    if (chg->kind == OBX_CHG_MESSAGE)
+        snprintf(what, sizeof(what), "a logical message with prefix \"%.100s\"", chg->prefix ? chg->prefix : "");
+    else
+        snprintf(what, sizeof(what), "%s %.120s.%.120s, which is neither the outbox %.120s.%.120s, one of its partitions, "
+                 "nor the signal table", kind_name(chg->kind), chg->schema ? chg->schema : "?",
+                 chg->table ? chg->table : "?", t->cfg->outbox_schema, t->cfg->outbox_table);
+    set_err(err, OBX_ERR_POISON, OBX_EXIT_POISON,
+            "cannot classify the change at LSN " OBX_LSN_FMT " (commit LSN " OBX_LSN_FMT ", xid %u): %s. outboxd stops "
+            "here and does not confirm past this transaction (slot %s stays at or before " OBX_LSN_FMT "). Report it; "
+            "to skip the whole transaction on purpose: SELECT pg_replication_slot_advance('%s', '" OBX_LSN_FMT "')",
+            OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), t->xid, what, t->cfg->slot_name,
+            OBX_LSN_ARGS(t->ring ? obx_lsn_ring_flush_lsn(t->ring) : 0), t->cfg->slot_name, OBX_LSN_ARGS(t->end));
+    return -1;
+}
+
+static int on_signal(obx_txn_t *t, const obx_w2j_change_t *chg)
+{
+    const obx_col_t *id = obx_w2j_col(chg, "id"), *type = obx_w2j_col(chg, "type"), *data = obx_w2j_col(chg, "data");
+    if (t->sink.start_signal)
+        t->sink.start_signal(t->sink.ctx, id && id->value ? id->value : "?", type ? type->value : NULL,
+                             data ? data->value : NULL);
+    return 0;
+}
+
 int obx_txn_change(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
 {
     const obx_config_t *c = t->cfg;
@@ -406,27 +463,23 @@ int obx_txn_change(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
         return on_begin(t, chg, err);
     case OBX_CHG_COMMIT:
         return on_commit(t, chg, err);
-    case OBX_CHG_INSERT:
-        if (is_table(chg, c->outbox_schema, c->signal_table)) {
-            const obx_col_t *id = obx_w2j_col(chg, "id"), *type = obx_w2j_col(chg, "type"),
-                            *data = obx_w2j_col(chg, "data");
-            if (t->sink.start_signal)
-                t->sink.start_signal(t->sink.ctx, id && id->value ? id->value : "?", type ? type->value : NULL,
-                                     data ? data->value : NULL);
-            return 0;
-        }
-        if (!is_table(chg, c->outbox_schema, c->outbox_table)) {
-            atomic_fetch_add(&t->m->events_ignored, 1);
-            return 0;
-        }
-        return on_insert(t, chg, err);
     case OBX_CHG_MESSAGE:
         /* Our heartbeat: its empty transaction advances the flush LSN. */
-        return 0;
-    default:
+        if (chg->prefix && !strcmp(chg->prefix, OBX_HEARTBEAT_PREFIX)) return 0;
+        return unclassified(t, chg, err);
+    case OBX_CHG_INSERT:
+    case OBX_CHG_UPDATE:
+    case OBX_CHG_DELETE:
+    case OBX_CHG_TRUNCATE:
+        if (is_table(chg, c->outbox_schema, c->signal_table))
+            return chg->kind == OBX_CHG_INSERT ? on_signal(t, chg) : 0;
+        if (!is_outbox(t, chg)) return unclassified(t, chg, err);
+        if (chg->kind == OBX_CHG_INSERT) return on_insert(t, chg, err);
         /* Updates, deletes, truncates of the outbox are not events. */
         atomic_fetch_add(&t->m->events_ignored, 1);
         return 0;
+    default:
+        return unclassified(t, chg, err);
     }
 }
 

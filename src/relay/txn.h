@@ -54,12 +54,21 @@ typedef struct {
     void (*start_signal)(void *ctx, const char *id, const char *type, const char *data);
 } obx_txn_sink_t;
 
+/* Prefix of outboxd's heartbeat messages (pg_logical_emit_message). */
+#define OBX_HEARTBEAT_PREFIX "outboxd"
+
+struct obx_relset_s;
 typedef struct obx_txn_s obx_txn_t;
 
 /* cfg and database (names the source in envelopes) are borrowed for the
  * core's life; m receives the counters. NULL on allocation failure. */
 obx_txn_t *obx_txn_new(const obx_config_t *cfg, const char *database, obx_metrics_t *m);
 void obx_txn_destroy(obx_txn_t *t);
+
+/* The relations that are the outbox (the table and its leaf partitions),
+ * borrowed until replaced; NULL means the configured table alone. A change
+ * on any relation that is neither in it nor the signal table halts. */
+void obx_txn_set_outbox(obx_txn_t *t, const struct obx_relset_s *outbox);
 
 /* A new session starting at the confirmed LSN, publishing to sink: a fresh
  * ring, no open transaction, no failure. 0, or -1 on allocation failure. */

@@ -11,6 +11,9 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "envelope.h"
+#include "outboxd/v1/event.pb-c.h"
+#include "relset.h"
 #include "metrics.h"
 #include "txn.h"
 #include "wal2json.h"
@@ -240,9 +243,15 @@ static void test_commit_alone_confirms_only_when_acked(void **state)
 static void test_empty_transactions(void **state)
 {
     fx_t *f = *state;
-    /* Idle: an empty transaction (another table) confirms at once. */
+    /* Idle: an empty transaction (another table's, filtered out by the
+     * server) and one that only updates the outbox confirm at once. */
+    begin(f, 0x1800, 0x1900);
+    commit(f, 0x1800, 0x1900);
+    assert_int_equal(flush(f), 0x1900);
     begin(f, 0x2000, 0x2100);
-    assert_int_equal(insert_into(f, "other", 0x2010, "x", "\"a\""), 0);
+    assert_int_equal(feed(f, "{\"action\":\"U\",\"lsn\":\"0/2010\",\"schema\":\"public\",\"table\":\"outbox\","
+                             "\"columns\":[{\"name\":\"id\",\"type\":\"uuid\",\"value\":\"x\"}]}"),
+                     0);
     commit(f, 0x2000, 0x2100);
     assert_int_equal(flush(f), 0x2100);
     assert_int_equal(f->n_recs, 0);
@@ -492,6 +501,102 @@ static void test_protocol_errors_are_retriable(void **state)
     assert_int_equal(flush(f), 0x2100);
 }
 
+/* Fail closed: a change on a relation the relay cannot classify halts,
+ * whatever the poison policy, and nothing after it is confirmed. */
+static void test_unclassified_relation_halts(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "e1"), 0);
+    assert_int_equal(insert_into(f, "other", 0x2020, "x", "\"a\""), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_POISON);
+    assert_int_equal(f->err.exit_code, 3);
+    assert_non_null(strstr(f->err.msg, "public.other"));
+    assert_non_null(strstr(f->err.msg, "0/2020"));
+    ack(f, 0);
+    assert_int_equal(flush(f), START);
+    /* Not an event either way: an UPDATE of an unknown table halts too. */
+    session(f, START);
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"D\",\"lsn\":\"0/2030\",\"schema\":\"s\",\"table\":\"t\",\"identity\":[]}"), -1);
+    assert_non_null(strstr(f->err.msg, "a DELETE from s.t"));
+}
+
+static void test_foreign_message_halts_heartbeat_does_not(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd\","
+                             "\"content\":\"heartbeat\"}"),
+                     0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(flush(f), 0x2100);
+    begin(f, 0x3000, 0x3100);
+    assert_int_equal(feed(f, "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/3010\",\"prefix\":\"other\","
+                             "\"content\":\"x\"}"),
+                     -1);
+    assert_int_equal(f->err.cls, OBX_ERR_POISON);
+    assert_non_null(strstr(f->err.msg, "prefix \"other\""));
+    assert_int_equal(flush(f), 0x2100);
+}
+
+/* A partitioned outbox: rows of any leaf, in any schema, are the outbox's
+ * events, under the parent's name. */
+static void test_partition_rows_relayed_under_the_parent(void **state)
+{
+    fx_t *f = *state;
+    obx_relset_t *rs = obx_relset_new();
+    assert_non_null(rs);
+    assert_int_equal(obx_relset_add(rs, "public", "outbox"), 0);
+    assert_int_equal(obx_relset_add(rs, "Archive", "Outbox 2026"), 0);
+    obx_txn_set_outbox(f->t, rs);
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"I\",\"lsn\":\"0/2010\",\"schema\":\"Archive\",\"table\":\"Outbox 2026\","
+                             "\"columns\":[{\"name\":\"id\",\"type\":\"uuid\",\"value\":\"e1\"},"
+                             "{\"name\":\"aggregatetype\",\"type\":\"text\",\"value\":\"athlete\"},"
+                             "{\"name\":\"aggregateid\",\"type\":\"text\",\"value\":\"a1\"},"
+                             "{\"name\":\"type\",\"type\":\"text\",\"value\":\"T\"},"
+                             "{\"name\":\"payload\",\"type\":\"jsonb\",\"value\":\"{}\"}]}"),
+                     0);
+    /* The parent is in the set too; another leaf name is not. */
+    assert_int_equal(insert_into(f, "outbox_2027", 0x2020, "x", "\"a\""), -1);
+    obx_txn_set_outbox(f->t, NULL);
+    obx_relset_destroy(rs);
+    assert_int_equal(f->n_recs, 1);
+    Outboxd__V1__Event *ev = obx_envelope_decode(f->recs[0].value, f->recs[0].value_len);
+    assert_non_null(ev);
+    assert_string_equal(ev->source->schema, "public");
+    assert_string_equal(ev->source->table, "outbox");
+    assert_string_equal(ev->event_id, "e1");
+    obx_envelope_free(ev);
+}
+
+static void test_relset_add_tables_option(void **state)
+{
+    (void)state;
+    obx_relset_t *a = obx_relset_new(), *b = obx_relset_new();
+    char name[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(name, sizeof(name), "leaf,%03d", i);
+        assert_int_equal(obx_relset_add(a, "s.x", name), 0);
+        assert_int_equal(obx_relset_add(b, "s.x", name), 0);
+    }
+    assert_int_equal(obx_relset_add(a, "s.x", "leaf,007"), 0); /* no duplicates */
+    assert_int_equal(obx_relset_count(a), 300);
+    assert_true(obx_relset_equal(a, b));
+    assert_int_equal(obx_relset_add(b, "s", "other"), 0);
+    assert_false(obx_relset_equal(a, b));
+    char *opt = obx_relset_add_tables(a, "public", "signals");
+    assert_non_null(opt);
+    assert_non_null(strstr(opt, "s\\.x.leaf\\,299,"));
+    assert_non_null(strstr(opt, ",public.signals"));
+    free(opt);
+    assert_int_equal(obx_relset_assign(a, b), 0);
+    assert_true(obx_relset_equal(a, b));
+    obx_relset_destroy(a);
+    obx_relset_destroy(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -510,6 +615,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_signal_rows_start_signals, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_stop_and_pipeline_failure_from_the_sink, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_protocol_errors_are_retriable, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_unclassified_relation_halts, setup_dlq, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_message_halts_heartbeat_does_not, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_partition_rows_relayed_under_the_parent, setup_halt, teardown),
+        cmocka_unit_test(test_relset_add_tables_option),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
