@@ -146,6 +146,11 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
     out->kind = (obx_chg_kind_t)action[0];
     const cJSON *xid = cJSON_GetObjectItemCaseSensitive(root, "xid");
     if (cJSON_IsNumber(xid)) {
+        /* Converting a double outside uint32_t is undefined behaviour. */
+        if (!(xid->valuedouble >= 0 && xid->valuedouble <= 4294967295.0) || xid->valuedouble != floor(xid->valuedouble)) {
+            snprintf(errstr, errstr_size, "wal2json \"xid\" %.17g is not a 32-bit transaction id", xid->valuedouble);
+            goto fail;
+        }
         out->xid = (uint32_t)xid->valuedouble;
         out->has_xid = 1;
     }

@@ -624,6 +624,10 @@ static void test_malformed(void **state)
          "without name or value");
     FAIL("{\"action\":\"I\",\"lsn\":\"0/1\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[{\"name\":\"a\",\"type\":\"text\",\"value\":[1]}]}",
          "unexpected JSON value type");
+    /* xid beyond uint32_t (found by tests/fuzz: the cast was undefined) */
+    FAIL("{\"action\":\"B\",\"xid\":1.62e67,\"lsn\":\"0/1\",\"nextlsn\":\"0/2\"}", "not a 32-bit transaction id");
+    FAIL("{\"action\":\"I\",\"xid\":-123,\"lsn\":\"0/1\",\"schema\":\"s\",\"table\":\"t\",\"columns\":[]}", "xid");
+    FAIL("{\"action\":\"C\",\"xid\":4294967296,\"lsn\":\"0/1\",\"nextlsn\":\"0/2\"}", "xid");
     /* B/C timestamp in a DateStyle we cannot read */
     FAIL("{\"action\":\"B\",\"xid\":1,\"timestamp\":\"26/11/2026 04:15:12.5 PST\",\"lsn\":\"0/1\",\"nextlsn\":\"0/2\"}",
          "timestamp");
