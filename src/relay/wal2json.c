@@ -29,10 +29,9 @@ static int in_arena(const arena_t *a, const void *p)
     return 0;
 }
 
-static void *arena_malloc(size_t n)
+static void *arena_alloc(arena_t *a, size_t n)
 {
-    arena_t *a = tl_arena;
-    if (!a) return malloc(n);
+    if (n > ((size_t)1 << 40)) return NULL; /* beyond any line; keeps the rounding below from wrapping */
     n = (n + 15) & ~(size_t)15;
     while (a->cur < a->n && a->used + n > a->cap[a->cur]) {
         a->cur++;
@@ -51,6 +50,8 @@ static void *arena_malloc(size_t n)
     a->used += n;
     return p;
 }
+
+static void *arena_malloc(size_t n) { return tl_arena ? arena_alloc(tl_arena, n) : malloc(n); }
 
 static void arena_free(void *p)
 {
@@ -72,9 +73,7 @@ static void arena_install(void)
 static void change_reset(obx_w2j_change_t *c)
 {
     arena_t *a = c->arena;
-    memset(c, 0, offsetof(obx_w2j_change_t, cols));
-    c->ncols = 0;
-    c->tree = NULL;
+    memset(c, 0, offsetof(obx_w2j_change_t, arena));
     c->arena = a;
     if (a) {
         a->cur = 0;
@@ -183,12 +182,13 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
             snprintf(errstr, errstr_size, "wal2json \"columns\" is not an array");
             goto fail;
         }
+        int n = cJSON_GetArraySize(cols);
+        if (n > 0 && !(out->cols = arena_alloc(out->arena, (size_t)n * sizeof(obx_col_t)))) {
+            snprintf(errstr, errstr_size, "out of memory for %d columns of %s.%s", n, out->schema, out->table);
+            goto fail;
+        }
         const cJSON *c;
         cJSON_ArrayForEach(c, cols) {
-            if (out->ncols == OBX_W2J_MAX_COLS) {
-                snprintf(errstr, errstr_size, "%s.%s has more than %d columns", out->schema, out->table, OBX_W2J_MAX_COLS);
-                goto fail;
-            }
             obx_col_t *col = &out->cols[out->ncols];
             col->inexact = 0;
             col->name = col->type = NULL;
@@ -220,13 +220,18 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
                  * only a double: integers below 2^53 are exact, anything else
                  * is flagged so no key or version is ever silently rounded. */
                 double d = v->valuedouble;
-                char *nb = out->numbuf[out->ncols];
+                enum { NB = 32 }; /* "%.17g" of any double, or an int64 */
+                char *nb = arena_alloc(out->arena, NB);
+                if (!nb) {
+                    snprintf(errstr, errstr_size, "out of memory");
+                    goto fail;
+                }
                 /* Range first: converting a double beyond int64 (a real 1e+30)
                  * is undefined behaviour. */
                 if (fabs(d) < 9007199254740992.0 && d == (double)(int64_t)d) {
-                    snprintf(nb, sizeof(out->numbuf[0]), "%lld", (long long)(int64_t)d);
+                    snprintf(nb, NB, "%lld", (long long)(int64_t)d);
                 } else {
-                    snprintf(nb, sizeof(out->numbuf[0]), "%.17g", d);
+                    snprintf(nb, NB, "%.17g", d);
                     col->inexact = 1;
                 }
                 col->value = nb;
