@@ -10,9 +10,12 @@
 static char path[64];
 static FILE *devnull;
 
+static void remove_file(void) { unlink(path); }
+
 static void setup(void)
 {
     snprintf(path, sizeof(path), "/tmp/obx-fuzz-config-%d.conf", (int)getpid());
+    atexit(remove_file);
     devnull = fopen("/dev/null", "w");
     CHECK(devnull);
 }
