@@ -79,7 +79,7 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 fi
 
 say "building outboxd (incremental)"
-[ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+[ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOBX_WERROR=ON >/dev/null
 cmake --build build --target outboxd -j"$(nproc)" >/dev/null
 
 say "building the Debezium side (mvn -q package)"

@@ -9,6 +9,8 @@ PKGS=(
     libpq-dev librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev libcmocka-dev libmicrohttpd-dev
     postgresql-15 postgresql-15-wal2json postgresql-client-15
     kcat curl
+    # libFuzzer targets (scripts/fuzz.sh): clang 14 and its sanitizer/fuzzer runtimes
+    clang libclang-rt-14-dev
     # only for bench/json_parse.c, the parser comparison
     libjson-c-dev libjansson-dev
 )

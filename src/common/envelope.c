@@ -134,7 +134,8 @@ char *obx_envelope_to_json(const struct Outboxd__V1__Event *ev, const char *topi
     } else {
         char *s = malloc(ev->payload.len + 1);
         if (s) {
-            memcpy(s, ev->payload.data, ev->payload.len);
+            /* An empty payload decodes with data == NULL: memcpy from NULL is UB. */
+            if (ev->payload.len) memcpy(s, ev->payload.data, ev->payload.len);
             s[ev->payload.len] = '\0';
             cJSON_AddStringToObject(o, "payload", s);
             free(s);

@@ -29,10 +29,9 @@ static int in_arena(const arena_t *a, const void *p)
     return 0;
 }
 
-static void *arena_malloc(size_t n)
+static void *arena_alloc(arena_t *a, size_t n)
 {
-    arena_t *a = tl_arena;
-    if (!a) return malloc(n);
+    if (n > ((size_t)1 << 40)) return NULL; /* beyond any line; keeps the rounding below from wrapping */
     n = (n + 15) & ~(size_t)15;
     while (a->cur < a->n && a->used + n > a->cap[a->cur]) {
         a->cur++;
@@ -51,6 +50,8 @@ static void *arena_malloc(size_t n)
     a->used += n;
     return p;
 }
+
+static void *arena_malloc(size_t n) { return tl_arena ? arena_alloc(tl_arena, n) : malloc(n); }
 
 static void arena_free(void *p)
 {
@@ -72,9 +73,7 @@ static void arena_install(void)
 static void change_reset(obx_w2j_change_t *c)
 {
     arena_t *a = c->arena;
-    memset(c, 0, offsetof(obx_w2j_change_t, cols));
-    c->ncols = 0;
-    c->tree = NULL;
+    memset(c, 0, offsetof(obx_w2j_change_t, arena));
     c->arena = a;
     if (a) {
         a->cur = 0;
@@ -149,13 +148,18 @@ static int parse_column(obx_w2j_change_t *out, const cJSON *c, char *errstr, siz
          * only a double: integers below 2^53 are exact, anything else
          * is flagged so no key or version is ever silently rounded. */
         double d = v->valuedouble;
-        char *nb = out->numbuf[out->ncols];
+        enum { NB = 32 }; /* "%.17g" of any double, or an int64 */
+        char *nb = arena_alloc(out->arena, NB);
+        if (!nb) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return -1;
+        }
         /* Range first: converting a double beyond int64 (a real 1e+30)
          * is undefined behaviour. */
         if (fabs(d) < 9007199254740992.0 && d == (double)(int64_t)d) {
-            snprintf(nb, sizeof(out->numbuf[0]), "%lld", (long long)(int64_t)d);
+            snprintf(nb, NB, "%lld", (long long)(int64_t)d);
         } else {
-            snprintf(nb, sizeof(out->numbuf[0]), "%.17g", d);
+            snprintf(nb, NB, "%.17g", d);
             col->inexact = 1;
         }
         col->value = nb;
@@ -184,12 +188,13 @@ static int parse_row(obx_w2j_change_t *out, const cJSON *root, char *errstr, siz
         snprintf(errstr, errstr_size, "wal2json \"columns\" is not an array");
         return -1;
     }
+    int n = cJSON_GetArraySize(cols);
+    if (n > 0 && !(out->cols = arena_alloc(out->arena, (size_t)n * sizeof(obx_col_t)))) {
+        snprintf(errstr, errstr_size, "out of memory for %d columns of %s.%s", n, out->schema, out->table);
+        return -1;
+    }
     const cJSON *c;
     cJSON_ArrayForEach(c, cols) {
-        if (out->ncols == OBX_W2J_MAX_COLS) {
-            snprintf(errstr, errstr_size, "%s.%s has more than %d columns", out->schema, out->table, OBX_W2J_MAX_COLS);
-            return -1;
-        }
         if (parse_column(out, c, errstr, errstr_size) != 0) return -1;
         out->ncols++;
     }
@@ -240,6 +245,11 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
     out->kind = (obx_chg_kind_t)action[0];
     const cJSON *xid = cJSON_GetObjectItemCaseSensitive(root, "xid");
     if (cJSON_IsNumber(xid)) {
+        /* Converting a double outside uint32_t is undefined behaviour. */
+        if (!(xid->valuedouble >= 0 && xid->valuedouble <= 4294967295.0) || xid->valuedouble != floor(xid->valuedouble)) {
+            snprintf(errstr, errstr_size, "wal2json \"xid\" %.17g is not a 32-bit transaction id", xid->valuedouble);
+            goto fail;
+        }
         out->xid = (uint32_t)xid->valuedouble;
         out->has_xid = 1;
     }

@@ -10,8 +10,6 @@
 
 #include "lsn.h"
 
-#define OBX_W2J_MAX_COLS 64
-
 typedef enum {
     OBX_CHG_BEGIN = 'B',
     OBX_CHG_COMMIT = 'C',
@@ -47,8 +45,7 @@ typedef struct {
     const char *content;  /* M */
     int transactional;    /* M */
     int ncols;
-    obx_col_t cols[OBX_W2J_MAX_COLS];
-    char numbuf[OBX_W2J_MAX_COLS][32]; /* text of numeric values */
+    obx_col_t *cols;      /* ncols entries, in the arena (a table may have 1600 columns) */
     void *tree;           /* cJSON root, in the arena */
     void *arena;          /* parse memory, reused by the next parse into this struct */
 } obx_w2j_change_t;
