@@ -12,6 +12,7 @@
 #include "config.h"
 #include "consume.h"
 #include "doctor.h"
+#include "evidence.h"
 #include "err.h"
 #include "exitcodes.h"
 #include "log.h"
@@ -164,14 +165,33 @@ static int slot_create(PGconn *c, const obx_config_t *cfg)
     return rc;
 }
 
+/* Drops the slot and forgets its evidence in Kafka (evidence.h): the
+ * operator's deliberate act, after which a start creates a new slot.
+ * Idempotent, so a drop that could not reach Kafka can simply be re-run. */
 static int slot_drop(PGconn *c, const obx_config_t *cfg)
 {
-    char err[1024];
-    if (obx_slot_drop(c, cfg->slot_name, err, sizeof(err)) != 0) {
+    char err[1024], key[512];
+    obx_slot_info_t s;
+    obx_pg_info_t info;
+    obx_err_t e;
+    if (obx_slot_inspect(c, cfg->slot_name, &s, err, sizeof(err)) != 0 ||
+        (s.exists && obx_slot_drop(c, cfg->slot_name, err, sizeof(err)) != 0)) {
         obx_error("slot", "%s", err);
         return OBX_EXIT_FAIL;
     }
-    printf("slot %s: dropped\n", cfg->slot_name);
+    printf("slot %s: %s\n", cfg->slot_name, s.exists ? "dropped" : "did not exist");
+    int rc = obx_pg_identity(c, &info, &e);
+    if (rc == 0) {
+        obx_evidence_key(info.sysid, info.database, cfg->slot_name, key, sizeof(key));
+        rc = obx_evidence_forget(cfg, key, &e);
+    }
+    if (rc != 0) {
+        obx_error("slot_evidence", "the slot's record in Kafka topic %s could not be cleared (%s): run outboxd slot "
+                  "drop again, or outboxd will refuse to create a new slot", cfg->slot_evidence_topic, e.msg);
+        return obx_err_exit_code(&e);
+    }
+    printf("slot %s: its record in Kafka topic %s is cleared; the next start creates a new slot\n", cfg->slot_name,
+           cfg->slot_evidence_topic);
     return OBX_EXIT_OK;
 }
 

@@ -72,9 +72,14 @@ static int read_partition(rd_kafka_t *rk, const char *topic, int32_t p, const ch
         }
         if (!m->err) {
             last = m->offset;
-            /* A later record for the key wins (compaction keeps the newest). */
-            if (m->key_len == klen && !memcmp(m->key, key, klen) && m->payload)
-                parse_value(m->payload, m->len, out);
+            /* A later record for the key wins (compaction keeps the newest);
+             * a tombstone is `outboxd slot drop` forgetting the slot. */
+            if (m->key_len == klen && !memcmp(m->key, key, klen)) {
+                if (m->payload)
+                    parse_value(m->payload, m->len, out);
+                else
+                    memset(out, 0, sizeof(*out));
+            }
         }
         rd_kafka_message_destroy(m);
     }
@@ -213,6 +218,26 @@ void obx_evidence_writer_destroy(obx_evidence_writer_t *w)
     free(w);
 }
 
+static int wait_for(obx_evidence_writer_t *w, int *done, int timeout_ms, obx_err_t *err);
+
+int obx_evidence_forget(const obx_config_t *cfg, const char *key, obx_err_t *err)
+{
+    obx_evidence_writer_t *w = obx_evidence_writer_new(cfg, key, err);
+    if (!w) return -1;
+    int done = 0;
+    rd_kafka_resp_err_t e = rd_kafka_producev(w->rk, RD_KAFKA_V_TOPIC(w->topic), RD_KAFKA_V_KEY(w->key, strlen(w->key)),
+                                              RD_KAFKA_V_VALUE(NULL, 0), RD_KAFKA_V_OPAQUE(&done), RD_KAFKA_V_END);
+    int rc = -1;
+    if (e) {
+        obx_kafka_error(err, e, "slot evidence");
+        err->cls = OBX_ERR_RETRIABLE;
+    } else {
+        rc = wait_for(w, &done, IO_TIMEOUT_MS, err);
+    }
+    obx_evidence_writer_destroy(w);
+    return rc;
+}
+
 static int produce(obx_evidence_writer_t *w, obx_lsn_t lsn, int *done)
 {
     char lb[32], val[256];
@@ -233,18 +258,25 @@ int obx_evidence_write_sync(obx_evidence_writer_t *w, obx_lsn_t lsn, int timeout
         err->cls = OBX_ERR_RETRIABLE;
         return -1;
     }
+    return wait_for(w, &done, timeout_ms, err);
+}
+
+/* Waits for the report of a record whose opaque is done. */
+static int wait_for(obx_evidence_writer_t *w, int *done_p, int timeout_ms, obx_err_t *err)
+{
+    volatile int *done = done_p;
     int64_t deadline = obx_mono_ms() + timeout_ms;
-    while (!done && obx_mono_ms() < deadline) rd_kafka_poll(w->rk, 100);
-    if (done == 1) return 0;
-    if (!done) {
+    while (!*done && obx_mono_ms() < deadline) rd_kafka_poll(w->rk, 100);
+    if (*done == 1) return 0;
+    if (!*done) {
         /* Purge so the report never writes to this stack frame later. */
         rd_kafka_purge(w->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        while (!done) rd_kafka_poll(w->rk, 100);
+        while (!*done) rd_kafka_poll(w->rk, 100);
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "slot evidence: no ack from Kafka for topic %s within %d ms", w->topic,
                     timeout_ms);
         return -1;
     }
-    obx_kafka_error(err, (rd_kafka_resp_err_t)(-done - 1), "slot evidence: recording in topic");
+    obx_kafka_error(err, (rd_kafka_resp_err_t)(-*done - 1), "slot evidence: recording in topic");
     if (err->cls == OBX_ERR_POISON) {
         err->cls = OBX_ERR_FATAL; /* e.g. not authorized: the operator must act */
         err->exit_code = OBX_EXIT_CONFIG;

@@ -48,4 +48,8 @@ int obx_evidence_write_sync(obx_evidence_writer_t *w, obx_lsn_t lsn, int timeout
  * failure is logged and the next write tries again. Serves its reports. */
 void obx_evidence_write_async(obx_evidence_writer_t *w, obx_lsn_t lsn);
 
+/* Forgets key (a tombstone record), so the next start may create the slot:
+ * `outboxd slot drop`, the operator's deliberate act. 0, or -1 with err. */
+int obx_evidence_forget(const obx_config_t *cfg, const char *key, obx_err_t *err);
+
 #endif

@@ -246,3 +246,14 @@ int obx_outbox_relations(PGconn *conn, const obx_config_t *cfg, obx_relset_t *ou
     if (rc != 0) obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
     return rc;
 }
+
+int obx_pg_identity(PGconn *conn, obx_pg_info_t *info, obx_err_t *err)
+{
+    PGresult *r = obx_pg_exec(conn, "SELECT current_database(), (SELECT system_identifier::text FROM pg_control_system())",
+                              0, NULL, err);
+    if (!r) return -1;
+    snprintf(info->database, sizeof(info->database), "%s", PQgetvalue(r, 0, 0));
+    snprintf(info->sysid, sizeof(info->sysid), "%s", PQgetvalue(r, 0, 1));
+    PQclear(r);
+    return 0;
+}

@@ -46,6 +46,9 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
 /* Drops the slot; for tests and `outboxd slot drop`. */
 int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_size);
 
+/* Only the database name and the system identifier (the slot evidence key). */
+int obx_pg_identity(PGconn *conn, obx_pg_info_t *info, obx_err_t *err);
+
 /* The relations that are the outbox: the table and, when partitioned, every
  * leaf partition (any schema). *fence is a WAL position read before the
  * catalog: no partition created or attached before it is missing. Replaces

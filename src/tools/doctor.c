@@ -11,6 +11,7 @@
 #include "lsn.h"
 #include "pg.h"
 #include "preflight.h"
+#include "relset.h"
 
 typedef struct {
     FILE *out;
@@ -140,6 +141,20 @@ static void check_outbox(doc_t *d, const obx_config_t *cfg, PGconn *c)
              info.has_version_col ? "yes" : "no", info.has_topic_col ? "yes" : "no",
              info.has_headers_col ? "yes" : "no", info.has_occurred_at_col ? "yes" : "no");
     report(d, info.has_version_col, 1, what, "add aggregate_version bigint so consumers can drop stale events");
+    /* Logical decoding names leaf partitions: the relay reads them all. */
+    obx_relset_t *rs = obx_relset_new();
+    obx_lsn_t fence;
+    obx_err_t e;
+    if (rs && obx_outbox_relations(c, cfg, rs, &fence, &e) == 0) {
+        size_t n = obx_relset_count(rs) - 1;
+        if (n) snprintf(what, sizeof(what), "partitioned outbox: %zu leaf partitions, each relayed as %s.%s (new ones "
+                        "are picked up while running)", n, cfg->outbox_schema, cfg->outbox_table);
+        else snprintf(what, sizeof(what), "outbox is a plain table (not partitioned)");
+        report(d, 1, 0, what, NULL);
+    } else {
+        report(d, 0, 1, "outbox partitions", rs ? e.msg : "out of memory");
+    }
+    obx_relset_destroy(rs);
 }
 
 static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)

@@ -102,6 +102,9 @@ class Harness:
             "OUTBOXD_OUTBOX_TABLE": self.table,
             "OUTBOXD_TOPIC_TEMPLATE": self.prefix + ".${aggregatetype}",
             "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": BROKERS,
+            # Slot evidence per test: the fixture drops slots with SQL, and a
+            # rerun of a test must not meet the evidence of the last run.
+            "OUTBOXD_SLOT_EVIDENCE_TOPIC": self.prefix + ".slots",
             "OUTBOXD_LOG_FORMAT": "text",
             "OUTBOXD_STATUS_INTERVAL_MS": "1000",
             # Each process its own port, so tests never collide on 8080.

@@ -58,8 +58,11 @@ CREATE TABLE {t} (
 
 @pytest.fixture
 def partitioned(harness):
+    leaf = f'archive."Leaf_{harness.table}_Now"'
     with pg() as c:
         c.execute(f"DROP TABLE IF EXISTS {harness.table}")
+        c.execute("CREATE SCHEMA IF NOT EXISTS archive")
+        c.execute(f"DROP TABLE IF EXISTS {leaf}, {harness.table}_late")
         c.execute(PARTITIONED_DDL.format(t=harness.table))
         # Leaves with names nothing like the parent's, one in another schema.
         c.execute("CREATE SCHEMA IF NOT EXISTS archive")
@@ -70,7 +73,7 @@ def partitioned(harness):
     yield harness
     with pg() as c:
         c.execute(f"DROP TABLE IF EXISTS {harness.table} CASCADE")
-        c.execute(f"DROP TABLE IF EXISTS {harness.table}_late")
+        c.execute(f"DROP TABLE IF EXISTS {leaf}, {harness.table}_late")
 
 
 def test_partitioned_outbox_relays_every_leaf_under_the_parent(partitioned):
@@ -108,7 +111,7 @@ def test_doctor_checks_a_partitioned_outbox(partitioned):
     out = subprocess.run([BIN, "doctor"], env={**os.environ, **partitioned.env()}, capture_output=True, text=True,
                          timeout=120)
     assert "FAIL" not in out.stdout, out.stdout
-    assert "partition" in out.stdout.lower(), out.stdout
+    assert "partitioned outbox: 2 leaf partitions" in out.stdout, out.stdout
 
 
 # --------------------------------------------------------- the slot vanishes
@@ -140,6 +143,14 @@ def test_vanished_slot_stops_with_exit_4_not_a_new_slot(harness):
     assert out.returncode == 0, out.stderr
     p3 = harness.start()
     assert p3.stop() == 0
+    # `outboxd slot drop` is the other deliberate act: it forgets the evidence,
+    # so the next start creates a slot instead of stopping.
+    out = subprocess.run([BIN, "slot", "drop"], env={**os.environ, **harness.env()}, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "cleared" in out.stdout, out.stdout + out.stderr
+    p4 = harness.start()
+    assert "slot_created" in p4.log()
+    assert p4.stop() == 0
 
 
 # -------------------------------------------- failover to a physical standby
@@ -249,7 +260,7 @@ def test_german_server_messages_standby_and_lost_slot(harness, german_role):
             assert "existiert nicht" in str(e), f"server does not speak German: {e}"
     a = harness.start(OUTBOXD_PG_CONNINFO=dsn)
     b = harness.start(wait=False, OUTBOXD_PG_CONNINFO=dsn, OUTBOXD_STANDBY_RETRY_MS="500")
-    b.wait_for(r"info +standby: ", timeout=30)
+    b.wait_for(r" standby: slot \S+ is in use", timeout=30)
     assert "reconnect" not in b.log() and "start_replication" not in b.log(), b.log()
     ids = insert_events(harness.table, 5)
     harness.wait_confirmed(current_lsn())
