@@ -24,8 +24,10 @@
 #define FEEDBACK_MOVED_MS 100
 #define PROGRESS_MS 60000
 /* How often the outbox's partitions are re-read; the slot is confirmed no
- * further than the WAL position of the last read that found them unchanged. */
+ * further than the WAL position of the last read that found them unchanged,
+ * so while that fence holds confirmation back they are re-read sooner. */
 #define RELATIONS_MS 1000
+#define RELATIONS_BLOCKED_MS FEEDBACK_MOVED_MS
 /* How often the confirmed position is recorded in the slot evidence topic. */
 #define EVIDENCE_MS 10000
 
@@ -395,9 +397,11 @@ static int check_relations(session_t *s, int force, obx_err_t *err)
 {
     PGconn *c = s->aux ? obx_aux_conn(s->aux) : NULL;
     if (!c || PQstatus(c) != CONNECTION_OK) return 0;
-    if (force)
-        obx_period_touch(&s->rel_check, obx_mono_ms());
-    else if (!obx_period_due(&s->rel_check, obx_mono_ms()))
+    int64_t now_ms = obx_mono_ms();
+    int blocked = obx_txn_flush_lsn(s->p->core) > s->fence && now_ms - s->rel_check.last_ms >= RELATIONS_BLOCKED_MS;
+    if (force || blocked)
+        obx_period_touch(&s->rel_check, now_ms);
+    else if (!obx_period_due(&s->rel_check, now_ms))
         return 0;
     obx_relset_t *now = obx_relset_new();
     obx_lsn_t fence;
