@@ -234,3 +234,28 @@ def services(action, which, *args):
     script = os.path.join(ROOT, "scripts", f"{which}.sh")
     out = subprocess.run(["bash", script, action, *args], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def invalidate_slot(slot, filler="wal_filler"):
+    """Writes WAL past max_slot_wal_keep_size = 16MB until the slot is lost.
+    The caller resets the setting with reset_slot_keep_size() (in finally)."""
+    with pg(SUPER_DSN) as c:
+        c.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'")
+        c.execute("SELECT pg_reload_conf()")
+        c.execute(f"CREATE TABLE IF NOT EXISTS {filler} (b text)")
+
+        def lost():
+            c.execute(f"INSERT INTO {filler} SELECT repeat(md5(random()::text), 64) FROM generate_series(1, 20000)")
+            c.execute(f"TRUNCATE {filler}")
+            c.execute("SELECT pg_switch_wal()")
+            c.execute("CHECKPOINT")
+            return c.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                             (slot,)).fetchone()[0] == "lost"
+        wait_until(lost, timeout=120, interval=0, what="slot invalidated")
+        c.execute(f"DROP TABLE {filler}")
+
+
+def reset_slot_keep_size():
+    with pg(SUPER_DSN) as c:
+        c.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        c.execute("SELECT pg_reload_conf()")

@@ -11,8 +11,8 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import (BIN, BROKERS, PG_PORT, RELAY_DSN, ROOT, SUPER_DSN, Outboxd, current_lsn, pg,
-                      wait_until)
+from conftest import (BIN, BROKERS, PG_PORT, RELAY_DSN, ROOT, SUPER_DSN, current_lsn, invalidate_slot, pg,
+                      reset_slot_keep_size, wait_until)
 
 KAFKA_LIBS = os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "kafka", "libs")
 
@@ -271,29 +271,14 @@ def test_german_server_messages_standby_and_lost_slot(harness, german_role):
     assert b.stop() == 0
     assert sorted(e["event_id"] for e in harness.consume(["order"])) == sorted(ids + more)
     # Invalidated while stopped: exit 4 with the recovery, in any language.
-    with pg(SUPER_DSN) as c:
-        c.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'")
-        c.execute("SELECT pg_reload_conf()")
     try:
-        with pg(SUPER_DSN) as c:
-            c.execute("CREATE TABLE IF NOT EXISTS wal_filler_de (b text)")
-            def lost():
-                c.execute("INSERT INTO wal_filler_de SELECT repeat(md5(random()::text), 64) FROM generate_series(1, 20000)")
-                c.execute("TRUNCATE wal_filler_de")
-                c.execute("SELECT pg_switch_wal()")
-                c.execute("CHECKPOINT")
-                return c.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                                 (harness.slot,)).fetchone()[0] == "lost"
-            wait_until(lost, timeout=120, interval=0, what="slot invalidated")
-            c.execute("DROP TABLE wal_filler_de")
+        invalidate_slot(harness.slot, "wal_filler_de")
         p = harness.start(wait=False, OUTBOXD_PG_CONNINFO=dsn)
         assert p.proc.wait(60) == 4, p.log()
         p.reader.join(5)
         assert "reconnect" not in p.log()
     finally:
-        with pg(SUPER_DSN) as c:
-            c.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
-            c.execute("SELECT pg_reload_conf()")
+        reset_slot_keep_size()
 
 
 # ------------------------------------------- read-back keeps feedback flowing

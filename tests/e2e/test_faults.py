@@ -15,7 +15,7 @@ import time
 import psycopg
 
 from conftest import (APP_DSN, BIN, BROKERS, PG_PORT, RELAY_DSN, SUPER_DSN, current_lsn, free_port, http_get, metric,
-                      pg, services, wait_until)
+                      pg, services, wait_until, invalidate_slot, reset_slot_keep_size)
 from loadgen import LoadGen, verify
 from tcpproxy import TcpProxy
 
@@ -198,21 +198,8 @@ def test_slot_invalidated_stops_with_exit_4(harness):
     """A slot lost to max_slot_wal_keep_size: a distinct exit code and a
     message that says what was lost and how to recover, not a retry loop."""
     harness.create_slot()
-    with pg(SUPER_DSN) as c:
-        c.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'")
-        c.execute("SELECT pg_reload_conf()")
     try:
-        with pg(SUPER_DSN) as c:
-            c.execute("CREATE TABLE IF NOT EXISTS wal_filler (b text)")
-            def lost():
-                c.execute("INSERT INTO wal_filler SELECT repeat(md5(random()::text), 64) FROM generate_series(1, 20000)")
-                c.execute("TRUNCATE wal_filler")
-                c.execute("SELECT pg_switch_wal()")
-                c.execute("CHECKPOINT")
-                return c.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                                 (harness.slot,)).fetchone()[0] == "lost"
-            wait_until(lost, timeout=120, interval=0, what="slot invalidated")
-            c.execute("DROP TABLE wal_filler")
+        invalidate_slot(harness.slot)
         p = harness.start(wait=False)
         assert p.proc.wait(60) == 4
         p.reader.join(5)
@@ -220,9 +207,7 @@ def test_slot_invalidated_stops_with_exit_4(harness):
         assert "invalidated" in log and "snapshot" in log and "slot drop" in log, log
         assert "reconnect" not in log
     finally:
-        with pg(SUPER_DSN) as c:
-            c.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
-            c.execute("SELECT pg_reload_conf()")
+        reset_slot_keep_size()
 
 
 def test_dead_letter_policy_publishes_poison_rows_and_goes_on(harness):
