@@ -423,9 +423,9 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
     char kerr[256];
     for (size_t i = 0; i < cfg->n_kafka; i++) {
         if (rd_kafka_conf_set(kc, cfg->kafka[i].key, cfg->kafka[i].value, kerr, sizeof(kerr)) != RD_KAFKA_CONF_OK) {
-            /* librdkafka's message quotes the value. */
-            snprintf(errstr, errstr_size, "kafka.%s: %s", cfg->kafka[i].key,
-                     obx_config_is_secret(cfg->kafka[i].key) ? "refused by librdkafka (value not shown)" : kerr);
+            /* librdkafka's message may quote the value. */
+            if (obx_config_is_secret(cfg->kafka[i].key)) obx_scrub_value(kerr, sizeof(kerr), cfg->kafka[i].value);
+            snprintf(errstr, errstr_size, "kafka.%s: %s", cfg->kafka[i].key, kerr);
             rd_kafka_conf_destroy(kc);
             return -1;
         }

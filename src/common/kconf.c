@@ -98,9 +98,9 @@ int obx_kconf_set(rd_kafka_conf_t *conf, const char *key, const char *value, obx
     char kerr[512];
     if (rd_kafka_conf_set(conf, key, value, kerr, sizeof(kerr)) == RD_KAFKA_CONF_OK) return 0;
     obx_err_clear(err);
-    /* librdkafka's message quotes the value. */
-    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "kafka.%s: %s (fix or remove kafka.%s)", key,
-                obx_config_is_secret(key) ? "refused by librdkafka (value not shown)" : kerr, key);
+    /* librdkafka's message may quote the value. */
+    if (obx_config_is_secret(key)) obx_scrub_value(kerr, sizeof(kerr), value);
+    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "kafka.%s: %s (fix or remove kafka.%s)", key, kerr, key);
     return -1;
 }
 
