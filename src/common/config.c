@@ -603,6 +603,8 @@ void obx_config_register_secrets(const obx_config_t *cfg)
     }
     for (size_t i = 0; i < cfg->n_kafka; i++)
         if (obx_config_is_secret(cfg->kafka[i].key)) obx_secret_add(cfg->kafka[i].value);
+    /* libpq reads it itself; outboxd never prints it, a server might echo it. */
+    obx_secret_add(getenv("PGPASSWORD"));
 }
 
 void obx_config_print(const obx_config_t *cfg, FILE *out)

@@ -106,7 +106,7 @@ void obx_conninfo_scrub(const char *conninfo, char *msg, size_t msg_size);
  * libpq keyword that carries a secret. */
 int obx_config_is_secret(const char *key);
 /* Registers (obx_secret_add) every secret value of cfg: conninfo secrets
- * and secret kafka.* values. Call once before any thread starts. */
+ * and secret kafka.* values, and $PGPASSWORD. Call before any thread starts. */
 void obx_config_register_secrets(const obx_config_t *cfg);
 
 #endif

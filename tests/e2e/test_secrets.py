@@ -14,7 +14,7 @@ TAG = uuid.uuid4().hex[:6]
 # name -> value; every value distinct, so a leak names its field.
 S = {k: f"{k}_{TAG}" for k in (
     "PgUriPw", "PgUriSslPw", "PgKwPw", "PgKwSslPw", "ApplyPw", "ApplySslPw", "SaslPw", "SslKeyPw", "KeystorePw",
-    "OidcSecret", "NoEqPw", "MalUriPw", "SetPw")}
+    "OidcSecret", "NoEqPw", "MalUriPw", "SetPw", "PgEnvPw")}
 
 PG_URI = f"postgresql://outboxd:{S['PgUriPw']}@127.0.0.1:{PG_PORT}/app?sslpassword={S['PgUriSslPw']}"
 PG_KW = f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd password={S['PgKwPw']} sslpassword={S['PgKwSslPw']}"
@@ -33,7 +33,7 @@ def _oidc_supported():
 
 def _env(extra):
     full = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOXD_")}
-    full.update({"OUTBOXD_LOG_FORMAT": "text", "OUTBOXD_STATUS_LISTEN": ""})
+    full.update({"OUTBOXD_LOG_FORMAT": "text", "OUTBOXD_STATUS_LISTEN": "", "PGPASSWORD": S["PgEnvPw"]})
     full.update(extra)
     return full
 
