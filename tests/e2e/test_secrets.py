@@ -57,6 +57,7 @@ def _config(path, harness, conninfo, oidc):
              f"slot.name = {harness.slot}",
              f"outbox.table = {harness.table}",
              f"topic.template = {harness.prefix}.${{aggregatetype}}",
+             f"slot.evidence_topic = {harness.prefix}.slots",  # a rerun must not meet the last run's evidence
              f"kafka.bootstrap.servers = {BROKERS}",
              f"kafka.sasl.password = {S['SaslPw']}",
              f"kafka.ssl.key.password = {S['SslKeyPw']}",

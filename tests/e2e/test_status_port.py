@@ -13,6 +13,11 @@ from conftest import free_port, http_get
 IDLE = 200
 
 
+def _start(harness, port):
+    # Its own slot evidence topic: a rerun must not meet the last run's.
+    return harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}", OUTBOXD_SLOT_EVIDENCE_TOPIC=harness.prefix + ".slots")
+
+
 def _open_idle(port, sources):
     """One idle TCP connection to the port per source address."""
     socks = []
@@ -63,7 +68,7 @@ def _assert_probes_fast(port, n=5, source=None):
 
 def test_healthz_answers_within_a_second_while_200_idle_connections_are_open(harness):
     port = free_port()
-    harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}")
+    _start(harness, port)
     assert http_get(port, "/healthz")[0] == 200
 
     # 200 idle connections from 100 addresses (2 each, under the per-address
@@ -80,7 +85,7 @@ def test_healthz_answers_within_a_second_while_200_idle_connections_are_open(har
 
 def test_one_address_cannot_starve_the_others(harness):
     port = free_port()
-    harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}")
+    _start(harness, port)
     # 200 idle connections from one address: beyond 8 they are closed at once.
     socks = _open_idle(port, ["127.0.0.201"] * IDLE)
     try:
@@ -93,7 +98,7 @@ def test_one_address_cannot_starve_the_others(harness):
 
 def test_idle_connections_are_closed_after_the_timeout(harness):
     port = free_port()
-    harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}")
+    _start(harness, port)
     socks = _open_idle(port, [f"127.0.0.{2 + i}" for i in range(4)])
     try:
         t0 = time.monotonic()
