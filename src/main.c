@@ -102,6 +102,8 @@ static obx_config_t *load_config(const char *path)
         obx_config_destroy(cfg);
         exit(OBX_EXIT_CONFIG);
     }
+    /* Before any thread: from here on no message carries these values. */
+    obx_config_register_secrets(cfg);
     obx_log_level_t lvl = OBX_LOG_INFO;
     obx_log_format_t fmt = OBX_LOG_AUTO;
     obx_log_level_parse(cfg->log_level, &lvl);
@@ -118,7 +120,8 @@ static int apply_sets_and_validate(const cli_t *cli, obx_config_t *cfg)
         snprintf(kv, sizeof(kv), "%s", cli->sets[i]);
         char *eq = strchr(kv, '=');
         if (!eq) {
-            fprintf(stderr, "outboxd: --set %s: expected key=value\n", cli->sets[i]);
+            /* Not echoed: it may be a secret typed without its key. */
+            fprintf(stderr, "outboxd: --set argument %zu: expected key=value\n", i + 1);
             return OBX_EXIT_CONFIG;
         }
         *eq = '\0';
@@ -127,6 +130,7 @@ static int apply_sets_and_validate(const cli_t *cli, obx_config_t *cfg)
             return OBX_EXIT_CONFIG;
         }
     }
+    obx_config_register_secrets(cfg); /* what --set added */
     if (obx_config_validate(cfg, err, sizeof(err)) != 0) {
         obx_error("config", "%s", err);
         return OBX_EXIT_CONFIG;
@@ -275,7 +279,9 @@ static int cmd_config_check(cli_t *cli, obx_config_t *cfg)
     }
     int rc = OBX_EXIT_CONFIG;
     obx_config_t *prev = obx_config_new();
-    if (!prev || obx_config_load_file(prev, cli->previous_path, err, sizeof(err)) != 0) {
+    int loaded = prev && obx_config_load_file(prev, cli->previous_path, err, sizeof(err)) == 0;
+    if (loaded) obx_config_register_secrets(prev);
+    if (!loaded) {
         obx_error("config", "%s", prev ? err : "out of memory");
     } else if (obx_config_check_key_rule(prev, cfg, err, sizeof(err)) != 0) {
         obx_error("key_rule_changed", "%s", err);

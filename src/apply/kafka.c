@@ -92,6 +92,7 @@ static rd_kafka_conf_t *consumer_conf(obx_apply_t *a, obx_err_t *err)
 {
     rd_kafka_conf_t *conf = obx_kconf_new(a->cfg, OBX_KCONF_CONSUMER, err);
     if (!conf) return NULL;
+    obx_kconf_own_brokers_gauge(conf); /* apply's /readyz */
     const char *forced[][2] = {{"group.id", a->cfg->apply_group}, {"enable.auto.commit", "false"},
                                {"enable.auto.offset.store", "false"}, {"enable.partition.eof", "false"}};
     int rc = 0;

@@ -85,9 +85,28 @@ void obx_config_print(const obx_config_t *cfg, FILE *out);
 /* Markdown reference generated from the table (docs/configuration.md). */
 void obx_config_print_doc(FILE *out);
 
-/* Copies conninfo into out with any password replaced; for logs and ports. */
+/* Secrets (docs/security.md): a libpq keyword is secret when libpq marks
+ * it so (PQconndefaults() dispchar '*': password, sslpassword), a URI's
+ * userinfo password is, and so is every librdkafka property librdkafka
+ * flags sensitive (sasl.password, ssl.key.*, ssl.ca.pem,
+ * ssl.keystore.password, sasl.oauthbearer.config; not sasl.username, an
+ * identity like libpq's user) or whose name says password, secret,
+ * passphrase, private.key, token or credential. */
+
+/* Copies conninfo into out (libpq keyword form) with every secret keyword's
+ * value replaced by [redacted]; "<unparseable conninfo>" when libpq cannot
+ * parse it. For logs, doctor and --print-config. */
 void obx_conninfo_redact(const char *conninfo, char *out, size_t out_size);
-/* True for property names that carry secrets (passwords, keys, tokens). */
+/* Replaces in msg (a libpq error, NUL-terminated in msg_size) the conninfo
+ * text, each of its secret values and the URI password as written with
+ * "***"; when libpq cannot parse conninfo, also every quoted token of msg
+ * found in it (libpq quotes the part it choked on). */
+void obx_conninfo_scrub(const char *conninfo, char *msg, size_t msg_size);
+/* True for a config key, kafka.* property (with or without the prefix) or
+ * libpq keyword that carries a secret. */
 int obx_config_is_secret(const char *key);
+/* Registers (obx_secret_add) every secret value of cfg: conninfo secrets
+ * and secret kafka.* values, and $PGPASSWORD. Call before any thread starts. */
+void obx_config_register_secrets(const obx_config_t *cfg);
 
 #endif

@@ -44,4 +44,24 @@ const char *obx_err_class_name(obx_err_class_t cls);
  * inner newlines and tabs become spaces (DETAIL/HINT lines). */
 void obx_chomp(char *s);
 
+/* Secret values (passwords, keys, tokens) that must never leave the
+ * process in a message, whoever wrote the message (libpq, librdkafka, a
+ * server). obx_err_set, obx_err_prefix and obx_log replace every occurrence
+ * of a registered value with "***". main.c registers the config's secrets
+ * (obx_config_register_secrets) once, before any thread starts; the list is
+ * only read afterwards, so readers take no lock. Values shorter than
+ * OBX_SECRET_MIN_LEN are not registered: they would blank out ordinary
+ * words, and every structured print path redacts them anyway. */
+#define OBX_SECRET_MIN_LEN 4
+#define OBX_SECRET_MAX 64
+/* Copies value; 0, or -1 when the list is full or memory is short. */
+int obx_secret_add(const char *value);
+/* Replaces every registered value in s (NUL-terminated, buffer of size). */
+void obx_secret_scrub(char *s, size_t size);
+/* Forgets every registered value (unit tests). */
+void obx_secret_reset(void);
+/* Replaces every occurrence of needle in s with "***", and a prefix of
+ * needle (3 bytes or more) cut off at the end of a full buffer. */
+void obx_scrub_value(char *s, size_t size, const char *needle);
+
 #endif

@@ -74,6 +74,11 @@ static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     return 0;
 }
 
+void obx_kconf_own_brokers_gauge(rd_kafka_conf_t *conf)
+{
+    rd_kafka_conf_set_stats_cb(conf, stats_cb);
+}
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk;
@@ -93,6 +98,8 @@ int obx_kconf_set(rd_kafka_conf_t *conf, const char *key, const char *value, obx
     char kerr[512];
     if (rd_kafka_conf_set(conf, key, value, kerr, sizeof(kerr)) == RD_KAFKA_CONF_OK) return 0;
     obx_err_clear(err);
+    /* librdkafka's message may quote the value. */
+    if (obx_config_is_secret(key)) obx_scrub_value(kerr, sizeof(kerr), value);
     obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "kafka.%s: %s (fix or remove kafka.%s)", key, kerr, key);
     return -1;
 }
@@ -122,7 +129,6 @@ rd_kafka_conf_t *obx_kconf_new(const obx_config_t *cfg, obx_kconf_role_t role, o
      * early lines through the log callback too. */
     char ignore[256];
     rd_kafka_conf_set(conf, "log.queue", "false", ignore, sizeof(ignore));
-    rd_kafka_conf_set_stats_cb(conf, stats_cb);
     if (role == OBX_KCONF_ADMIN) {
         rd_kafka_conf_set_error_cb(conf, quiet_error_cb);
         rd_kafka_conf_set(conf, "log_level", "0", ignore, sizeof(ignore));

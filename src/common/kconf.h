@@ -21,10 +21,21 @@ typedef enum {
     OBX_KCONF_ADMIN /* metadata queries only (doctor): quiet logs */
 } obx_kconf_role_t;
 
-/* All of cfg's kafka.* properties plus outboxd's log, error and statistics
- * callbacks. A property librdkafka refuses is a fatal config error (exit 2)
- * naming the key. cfg may be NULL (defaults only). */
+/* All of cfg's kafka.* properties plus outboxd's log and error callbacks.
+ * A property librdkafka refuses is a fatal config error (exit 2) naming
+ * the key (its value only when the property is not secret). cfg may be
+ * NULL (defaults only). The client leaves kafka_brokers_up alone: see
+ * obx_kconf_own_brokers_gauge. */
 rd_kafka_conf_t *obx_kconf_new(const obx_config_t *cfg, obx_kconf_role_t role, obx_err_t *err);
+
+/* Makes this client the one whose broker connection states (librdkafka
+ * statistics, every statistics.interval.ms) set the process's
+ * kafka_brokers_up gauge, and so /readyz. Exactly one client per process
+ * calls it: the relay's event producer (obx_producer_new) and apply's
+ * consumer. Every other client (a snapshot's producer, dead-letter and
+ * evidence clients, consume, verify, doctor) does not, so its own view of
+ * the cluster (still connecting, already closing) never overwrites it. */
+void obx_kconf_own_brokers_gauge(rd_kafka_conf_t *conf);
 
 /* Sets one property; 0, or -1 with err (fatal, exit 2) naming kafka.<key>. */
 int obx_kconf_set(rd_kafka_conf_t *conf, const char *key, const char *value, obx_err_t *err);

@@ -1,4 +1,5 @@
 #include "log.h"
+#include "err.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -127,6 +128,9 @@ void obx_log(obx_log_level_t level, const char *event, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* Last line of defence: libpq, librdkafka and servers quote what they
+     * were given, secrets included. */
+    obx_secret_scrub(msg, sizeof(msg));
 
     struct timeval tv;
     gettimeofday(&tv, NULL);

@@ -25,7 +25,8 @@ void obx_log_set_context(const char *key, const char *value);
 void obx_log_set_thread_context(const char *key, const char *value);
 
 /* `event` is a short stable token (e.g. "slot_created") for log queries;
- * the formatted message is for humans. */
+ * the formatted message is for humans. Registered secrets (err.h) in the
+ * message are replaced with "***". */
 void obx_log(obx_log_level_t level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

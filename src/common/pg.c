@@ -1,4 +1,5 @@
 #include "pg.h"
+#include "config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,9 +15,14 @@ PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode
     const char *vals[] = {"10", "10", "5", "3", "30000", "outboxd", conninfo ? conninfo : "", "database", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
+        /* libpq quotes a URI it cannot parse whole, password included:
+         * nothing of conninfo's secrets leaves this function. */
+        char msg[sizeof(err->msg)];
+        snprintf(msg, sizeof(msg), "%s", c ? PQerrorMessage(c) : "out of memory");
+        obx_conninfo_scrub(conninfo, msg, sizeof(msg));
         obx_err_clear(err);
         obx_err_set(err, OBX_ERR_RETRIABLE, OBX_EXIT_FAIL, "cannot connect to PostgreSQL (%s): %s", key ? key : "conninfo",
-                    c ? PQerrorMessage(c) : "out of memory");
+                    msg);
         PQfinish(c);
         return NULL;
     }

@@ -20,8 +20,9 @@ typedef enum {
 
 /* Connects with conninfo (a keyword string or a URI; multi-host lists and
  * target_session_attrs work). `key` names the config key in messages
- * ("pg.conninfo", "apply.conninfo"). NULL with err (retriable; the message
- * never carries a password). */
+ * ("pg.conninfo", "apply.conninfo"). NULL with err (retriable; libpq's
+ * message is passed through obx_conninfo_scrub, so it carries neither the
+ * conninfo text nor any of its secrets). */
 PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode, obx_err_t *err);
 
 /* Runs sql with text parameters. Returns the result when it is TUPLES_OK or

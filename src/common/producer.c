@@ -39,7 +39,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 obx_producer_t *obx_producer_new(const obx_config_t *cfg, obx_dr_cb_t cb, void *opaque,
                                  char *errstr, size_t errstr_size)
 {
-    obx_producer_opts_t o = {.gapless = cfg->exactly_once, .message_timeout_ms = NULL};
+    obx_producer_opts_t o = {.gapless = cfg->exactly_once, .message_timeout_ms = NULL, .brokers_gauge = 1};
     return obx_producer_new_opts(cfg, &o, cb, opaque, errstr, errstr_size);
 }
 
@@ -66,6 +66,7 @@ obx_producer_t *obx_producer_new_opts(const obx_config_t *cfg, const obx_produce
                                  opts->message_timeout_ms ? opts->message_timeout_ms : "300000", &e) != 0) {
         goto fail;
     }
+    if (opts->brokers_gauge) obx_kconf_own_brokers_gauge(conf);
     rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
     rd_kafka_conf_set_opaque(conf, p);
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, errstr_size);

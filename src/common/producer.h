@@ -28,13 +28,16 @@ typedef void (*obx_dr_cb_t)(void *opaque, uint64_t ticket, const char *err, int 
  * and, unless kafka.message.timeout.ms is set, never times messages out. */
 obx_producer_t *obx_producer_new(const obx_config_t *cfg, obx_dr_cb_t cb, void *opaque,
                                  char *errstr, size_t errstr_size);
-/* Producers beside the relay's event stream (apply's dead-letter topic):
- * gapless as above when set, else kafka.message.timeout.ms defaults to
- * message_timeout_ms (NULL: 300000). obx_producer_new is this with
- * gapless = cfg->exactly_once. */
+/* Producers beside the relay's event stream (apply's dead-letter topic,
+ * snapshots): gapless as above when set, else kafka.message.timeout.ms
+ * defaults to message_timeout_ms (NULL: 300000); brokers_gauge makes this
+ * producer's broker states the kafka_brokers_up gauge (kconf.h).
+ * obx_producer_new, the relay's producer, is this with gapless =
+ * cfg->exactly_once and brokers_gauge = 1. */
 typedef struct {
     int gapless;
     const char *message_timeout_ms;
+    int brokers_gauge;
 } obx_producer_opts_t;
 obx_producer_t *obx_producer_new_opts(const obx_config_t *cfg, const obx_producer_opts_t *opts, obx_dr_cb_t cb,
                                       void *opaque, char *errstr, size_t errstr_size);

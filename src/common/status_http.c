@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "metrics.h"
 
@@ -65,6 +66,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     return reply(c, code, ctype, body, len);
 }
 
+/* Room for OBX_STATUS_MAX_CONNECTIONS sockets beside PostgreSQL's and
+ * librdkafka's: a low soft RLIMIT_NOFILE (1024 in many shells) would make
+ * accept() fail before MHD's own limit applies. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= 4096 || rl.rlim_cur == rl.rlim_max) return;
+    rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
+    setrlimit(RLIMIT_NOFILE, &rl);
+}
+
 obx_status_http_t *obx_status_http_start(const char *listen, char *errstr, size_t errstr_size)
 {
     if (!listen || !*listen) return NULL;
@@ -90,9 +102,12 @@ obx_status_http_t *obx_status_http_start(const char *listen, char *errstr, size_
         snprintf(errstr, errstr_size, "out of memory");
         return NULL;
     }
+    raise_fd_limit();
     h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG, ntohs(sin.sin_port),
                             NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sin,
-                            MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_END);
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)OBX_STATUS_IDLE_TIMEOUT_S,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)OBX_STATUS_MAX_CONNECTIONS,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)OBX_STATUS_MAX_PER_IP, MHD_OPTION_END);
     if (!h->d) {
         snprintf(errstr, errstr_size, "status.listen = \"%s\": cannot listen (address in use or not local?)", listen);
         free(h);

@@ -10,7 +10,9 @@
  * every value, and malloc/free of those nodes was a third of the relay's CPU
  * (perf, 200k-row drain). cJSON's hooks are process-wide, so the arena is
  * selected per thread and only while obx_w2j_parse runs; everything else
- * (and every other thread) still gets plain malloc/free. */
+ * (and every other thread) still gets plain malloc/free. The hooks are
+ * installed once, at process start (hooks_install), never while another
+ * thread (a snapshot, librdkafka's statistics) may be inside cJSON. */
 #define ARENA_CHUNKS 24
 
 typedef struct {
@@ -60,13 +62,14 @@ static void arena_free(void *p)
     free(p);
 }
 
-static void arena_install(void)
+/* A constructor runs before main() and so before any thread: cJSON_InitHooks
+ * writes cJSON's global hooks unlocked, and installing them lazily at the
+ * first parse raced with a snapshot thread already inside cJSON. Every
+ * program that links this parser gets them, the daemon and the tests alike. */
+__attribute__((constructor)) static void hooks_install(void)
 {
-    static int done;
-    if (done) return;
     cJSON_Hooks h = {arena_malloc, arena_free};
     cJSON_InitHooks(&h);
-    done = 1;
 }
 
 /* Forgets the fields and the tree, keeps the arena's chunks for reuse. */
@@ -217,7 +220,6 @@ static int parse_txn(obx_w2j_change_t *out, const cJSON *root, char *errstr, siz
 int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *errstr, size_t errstr_size)
 {
     change_reset(out);
-    arena_install();
     if (!out->arena && !(out->arena = calloc(1, sizeof(arena_t)))) {
         snprintf(errstr, errstr_size, "out of memory");
         return -1;

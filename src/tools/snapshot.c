@@ -356,7 +356,8 @@ static int snap_open_producer(snap_t *s, obx_err_t *err)
 {
     const obx_snapshot_opts_t *o = s->o;
     char perr[512];
-    if (!(s->prod = obx_producer_new(s->cfg, snap_dr, &s->dr, perr, sizeof(perr)))) {
+    obx_producer_opts_t po = {.gapless = s->cfg->exactly_once}; /* not the relay's: leaves kafka_brokers_up alone */
+    if (!(s->prod = obx_producer_new_opts(s->cfg, &po, snap_dr, &s->dr, perr, sizeof(perr)))) {
         s->fail_event = "kafka_producer";
         obx_err_clear(err);
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_FAIL, "%s", perr);

@@ -1,6 +1,7 @@
 #include "verify.h"
 #include "exitcodes.h"
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,12 +99,18 @@ typedef struct {
     int reported;
 } vstate_t;
 
-static void problem(vstate_t *v, const char *fmt, const char *a, const char *b, long long x, long long y)
+/* printf-checked: the compiler matches every argument to its conversion
+ * (a fixed (a, b, x, y) list once fed a string to %lld). */
+static void problem(vstate_t *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void problem(vstate_t *v, const char *fmt, ...)
 {
     if (v->reported++ < 20) {
-        fprintf(v->out, "  ");
-        fprintf(v->out, fmt, a, b, x, y);
+        va_list ap;
+        va_start(ap, fmt);
+        fputs("  ", v->out);
+        vfprintf(v->out, fmt, ap);
         fputc('\n', v->out);
+        va_end(ap);
     }
 }
 
@@ -116,7 +123,7 @@ static int on_event(void *opaque, const Outboxd__V1__Event *ev, const char *topi
     if (!s) return ++v->oom, 1;
     if (!created) {
         v->duplicates++;
-        problem(v, "duplicate event %s (again at %s offset %lld)", ev->event_id, topic, (long long)offset, 0);
+        problem(v, "duplicate event %s (again at %s offset %lld)", ev->event_id, topic, (long long)offset);
         return 0;
     }
     char key[600];
@@ -135,12 +142,12 @@ static int on_event(void *opaque, const Outboxd__V1__Event *ev, const char *topi
         agg_t *g = *a;
         if (g->partition != partition) {
             v->partition_errors++;
-            problem(v, "aggregate %s of %s is in two partitions (%lld and %lld)", ev->aggregate_id, topic, g->partition,
-                    partition);
+            problem(v, "aggregate %s of %s is in two partitions (%d and %d)", ev->aggregate_id, topic, (int)g->partition,
+                    (int)partition);
         }
         if (has_v && g->has_version && ev->aggregate_version <= g->version) {
             v->order_errors++;
-            problem(v, "aggregate %s: version %lld after %lld", ev->aggregate_id, "", (long long)ev->aggregate_version,
+            problem(v, "aggregate %s: version %lld after %lld", ev->aggregate_id, (long long)ev->aggregate_version,
                     (long long)g->version);
         }
         if (has_v) {
@@ -161,8 +168,7 @@ static int on_event(void *opaque, const Outboxd__V1__Event *ev, const char *topi
             if (now.commit_lsn < last->commit_lsn || (now.commit_lsn == last->commit_lsn && now.index <= last->index)) {
                 v->position_errors++;
                 char l[24];
-                problem(v, "%s: source position went back to commit %s", topic, obx_lsn_format(now.commit_lsn, l, sizeof(l)),
-                        0, 0);
+                problem(v, "%s: source position went back to commit %s", topic, obx_lsn_format(now.commit_lsn, l, sizeof(l)));
             }
         }
         *(pos_t *)*p = now;
@@ -199,7 +205,7 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
             void **s = map_get(&v.seen, line, &created);
             if (s && created) {
                 missing++;
-                problem(&v, "missing event %s%s", line, "", 0, 0);
+                problem(&v, "missing event %s", line);
             }
         }
         fclose(f);
