@@ -7,6 +7,7 @@ usage: report.py RESULT.json PNG_OUT DOC_OUT [--command "bench/run.sh ..."]
 
 An A/B result (bench.py --outboxd-bin/--rounds/--only) only gets its table
 printed and its JSON completed: no plot, docs/benchmarks.md is left alone.
+`report.py --ab A.json [B.json ...]` prints one table over several A/B results.
 """
 import argparse
 import glob
@@ -15,6 +16,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -184,18 +186,21 @@ def ab_values(u):
     return v
 
 
-def ab_tables(r):
-    units = r["rounds"]
+def ab_tables(r, results=None):
+    """r: one A/B result; results: several, shown in one table (column `bench`)."""
+    results = results or [r]
+    units = [dict(u, bench=x["run_id"]) for x in results for u in x["rounds"]]
+    many = len(results) > 1
     t = [f"**Every run, in the order run** ({r['params']['backlog_rows']:,}-row backlog per run; "
          f"{r['params']['step_seconds']:.0f} s per fixed-rate step)\n"]
-    t.append("| run | binary | load avg | " + " | ".join(c for _, c, _ in AB_METRICS) + " | lat. missing / dup |")
-    t.append("|---|---|---:|" + "---:|" * len(AB_METRICS) + "---|")
+    t.append(("| bench " if many else "") + "| run | binary | load avg | " + " | ".join(c for _, c, _ in AB_METRICS) + " | lat. missing / dup |")
+    t.append(("|---" if many else "") + "|---|---|---:|" + "---:|" * len(AB_METRICS) + "---|")
     per_label = {}
     for u in units:
         v = ab_values(u)
         per_label.setdefault(u["label"], []).append(v)
         lost = " ".join(f"{st['missing']}/{st['duplicates']}" for st in u["latency"].values())
-        t.append(f"| {u['system']} | {u['version']} | {u['loadavg_at_start'][0]} | "
+        t.append((f"| {u['bench']} " if many else "") + f"| {u['system']} | {u['version']} | {u['loadavg_at_start'][0]} | "
                  + " | ".join(fmt(v.get(k), dg) for k, _, dg in AB_METRICS) + f" | {lost} |")
     t.append("")
     labels = list(per_label)
@@ -279,6 +284,13 @@ def plot(r, path):
 
 
 def main():
+    if sys.argv[1:2] == ["--ab"]:
+        results = []
+        for path in sys.argv[2:]:
+            with open(path) as f:
+                results.append(json.load(f))
+        print(ab_tables(results[0], results))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("result")
     ap.add_argument("png")
