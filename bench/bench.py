@@ -15,6 +15,14 @@ are read from the relay process itself.
 
 Everything the run creates (slots, publication, table, topics) carries the run id
 and is dropped in `finally`; bench/run.sh drops leftovers again from its trap.
+
+A/B mode (--outboxd-bin LABEL=PATH given twice or more, or --rounds N, or --only
+without debezium): no Debezium, no pgoutput. Round after round, each binary in
+turn (A B A B ...) gets its own fresh backlog (its slots created just before the
+writes), drained by pg_recvlogical + wal2json (the decoding limit, unless --only
+drops `limit`) and then by that binary, followed by that binary's latency steps
+on a fresh slot. Machine noise (shared cores) then falls on both binaries alike,
+and the spread between rounds of one binary is the noise to compare with.
 """
 import argparse
 import json
@@ -157,6 +165,11 @@ class Bench:
         self.lg = None  # the running load generator, if any
         self.kafka = Kafka(a.brokers, a.java_cp)
         self.outdir = a.work_dir
+        self.bins = dict(a.outboxd_bin) if a.outboxd_bin else {"outboxd": a.outboxd}
+        self.ab = ab_mode(a)
+        # A/B mode: one relay run per (round, binary), named LABEL-ROUND.
+        self.units = [(f"{label}-{k}", k, label, path) for k in range(1, a.rounds + 1)
+                      for label, path in self.bins.items()] if self.ab else []
         self.res = {"run_id": a.stamp, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "params": {"backlog_rows": a.rows, "payload_pad_bytes": a.pad, "rates": a.rates,
                                "step_seconds": a.seconds, "warmup_seconds": a.warmup,
@@ -202,7 +215,8 @@ class Bench:
         # from the catalog as of each change.
         self.sql(self.app, f"CREATE PUBLICATION {self.pub} FOR TABLE {self.table}")
         aggs = ["drain", "warm"] + [self.rate_name(r) for r in self.a.rates]
-        self.topics = [self.topic(s, g) for s in ("outboxd", "debezium") for g in aggs]
+        systems = [u[0] for u in self.units] if self.ab else ["outboxd", "debezium"]
+        self.topics = [self.topic(s, g) for s in systems for g in aggs]
         log(f"creating {len(self.topics)} topics (LogAppendTime, {PARTITIONS} partitions)")
         self.kafka.admin("create", str(PARTITIONS), *self.topics)
         # A freshly started broker answers the first idempotent producer with
@@ -262,15 +276,16 @@ class Bench:
         return f"r{rate // 1000}k" if rate % 1000 == 0 else f"r{rate}"
 
     # -------------------------------------------------------- relays
-    def start_outboxd(self, slot, tag):
+    def start_outboxd(self, slot, tag, system="outboxd", binary=None):
         env = {"OUTBOXD_PG_CONNINFO": self.rel, "OUTBOXD_SLOT_NAME": slot, "OUTBOXD_SLOT_CREATE": "false",
                "OUTBOXD_OUTBOX_TABLE": self.table, "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": self.a.brokers,
-               "OUTBOXD_TOPIC_TEMPLATE": f"bench.{self.topic_id}.outboxd.${{aggregatetype}}",
+               "OUTBOXD_TOPIC_TEMPLATE": f"bench.{self.topic_id}.{system}.${{aggregatetype}}",
                "OUTBOXD_LOG_FORMAT": "text",
                # The status port (default 127.0.0.1:8080) would collide with other
                # outboxd processes on this machine (tests); the bench does not use it.
                "OUTBOXD_STATUS_LISTEN": ""}
-        p = Proc(f"outboxd-{tag}", [self.a.outboxd, "run"], env, os.path.join(self.outdir, f"outboxd-{tag}.log"))
+        p = Proc(f"{system}-{tag}", [binary or self.a.outboxd, "run"], env,
+                 os.path.join(self.outdir, f"{system}-{tag}.log"))
         self.procs.append(p)
         return p
 
@@ -360,24 +375,7 @@ class Bench:
         d["pg_recvlogical_pgoutput"] = self.drain_row(n, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
 
         log("outboxd: drain until the slot confirms the backlog's end LSN")
-        p = self.start_outboxd(slots["outboxd"][0], "drain")
-        t_confirmed = None
-        with psycopg.connect(self.rel, autocommit=True) as c:
-            deadline = time.time() + self.a.drain_timeout
-            while time.time() < deadline:
-                p.check()
-                ok = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-                               "WHERE slot_name = %s", (end_lsn, slots["outboxd"][0])).fetchone()
-                if ok and ok[0]:
-                    t_confirmed = time.time()
-                    break
-                p.mem()
-                time.sleep(0.02)
-        if t_confirmed is None:
-            raise RuntimeError(f"outboxd did not confirm {end_lsn} within {self.a.drain_timeout} s")
-        cpu, mem = p.cpu(), p.mem()
-        self.stop(p)
-        d["outboxd"] = self.drain_row(n, None, t_confirmed - p.t_start, cpu, mem["VmHWM"], t_start=p.t_start)
+        d["outboxd"] = self.drain_outboxd(slots["outboxd"][0], end_lsn)
 
         log("Debezium: drain until its topic holds the whole backlog")
         p = self.start_debezium(slots["debezium"][0], "drain")
@@ -396,6 +394,27 @@ class Bench:
         cpu, mem = p.cpu(), p.mem()
         self.stop(p)
         d["debezium"] = self.drain_row(n, None, None, cpu, mem["VmHWM"], t_start=p.t_start)
+
+    def drain_outboxd(self, slot, end_lsn, system="outboxd", binary=None):
+        n = self.a.rows
+        p = self.start_outboxd(slot, "drain", system, binary)
+        t_confirmed = None
+        with psycopg.connect(self.rel, autocommit=True) as c:
+            deadline = time.time() + self.a.drain_timeout
+            while time.time() < deadline:
+                p.check()
+                ok = c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                               "WHERE slot_name = %s", (end_lsn, slot)).fetchone()
+                if ok and ok[0]:
+                    t_confirmed = time.time()
+                    break
+                p.mem()
+                time.sleep(0.02)
+        if t_confirmed is None:
+            raise RuntimeError(f"{system} did not confirm {end_lsn} within {self.a.drain_timeout} s")
+        cpu, mem = p.cpu(), p.mem()
+        self.stop(p)
+        return self.drain_row(n, None, t_confirmed - p.t_start, cpu, mem["VmHWM"], t_start=p.t_start)
 
     def drain_row(self, n, wall, confirmed, cpu, rss_kb, t_start=None):
         row = {"events": n, "cpu_s": round(cpu, 3), "cpu_s_per_100k": round(cpu / n * 1e5, 3),
@@ -433,15 +452,19 @@ class Bench:
             raise RuntimeError(f"load generator failed ({r.returncode}): {r.stderr[-2000:]}")
         return json.loads(r.stdout)
 
-    def latency(self, system):
-        slot = f"{self.id}_{'obx' if system == 'outboxd' else 'dbz'}_lat"
-        self.create_slot(slot, "wal2json" if system == "outboxd" else "pgoutput")
-        p = self.start_outboxd(slot, "latency") if system == "outboxd" else self.start_debezium(slot, "latency")
+    def latency(self, system, binary=None, slot=None, base=None):
+        """Fixed-rate steps on a fresh slot. An outboxd system other than "outboxd"
+        (A/B mode) passes its binary, slot and step base."""
+        debezium = system == "debezium"
+        slot = slot or f"{self.id}_{'dbz' if debezium else 'obx'}_lat"
+        self.create_slot(slot, "pgoutput" if debezium else "wal2json")
+        p = self.start_debezium(slot, "latency") if debezium else self.start_outboxd(slot, "latency", system, binary)
         t_ready = self.wait_streaming(p, slot)
         log(f"{system}: streaming after {t_ready:.1f} s; warm-up {self.a.warmup} s at 1k/s")
         steps = {}
-        # Row ids are unique per (system, step): both systems write to the same table.
-        base = 100 if system == "outboxd" else 200
+        # Row ids are unique per (system, step): all systems write to the same table.
+        if base is None:
+            base = 200 if debezium else 100
         if self.a.warmup > 0:
             w = self.loadgen("warm", base, 1000, self.a.warmup, os.path.join(self.outdir, f"{system}-warm.commits"))
             self.wait_count(p, self.topic(system, "warm"), w["rows"], 120)
@@ -509,16 +532,63 @@ class Bench:
             st["max_ms"] = round(lat[-1], 1) if lat else None
             st["mean_ms"] = round(sum(lat) / len(lat), 1) if lat else None
 
-    # -------------------------------------------------------- run
-    def run(self):
+    # -------------------------------------------------------- A/B mode
+    def drop_slot(self, name):
+        """A/B mode drops each slot once used: a dozen idle slots would pin WAL."""
+        with psycopg.connect(self.rel, autocommit=True) as c:
+            for _ in range(50):
+                try:
+                    c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                              "WHERE slot_name = %s", (name,))
+                    break
+                except psycopg.errors.ObjectInUse:
+                    time.sleep(0.2)
+        self.slots.remove(name)
+
+    def run_unit(self, i, system, rnd, label, binary):
+        log(f"=== {system} ({binary}), round {rnd}")
+        limit = "limit" in self.a.only
+        sl = {"recv": f"{self.id}_u{i}_recv", "drain": f"{self.id}_u{i}_drain"}
+        if limit:
+            self.create_slot(sl["recv"], "wal2json")
+        self.create_slot(sl["drain"], "wal2json")
+        end_lsn = self.write_backlog()
+        unit = {"system": system, "round": rnd, "label": label, "binary": binary,
+                "version": binary_version(binary), "backlog_end_lsn": end_lsn}
+        with open("/proc/loadavg") as f:
+            unit["loadavg_at_start"] = f.read().split()[:3]
+        if limit:
+            log("decoding limit: pg_recvlogical + wal2json (outboxd's options) -> /dev/null")
+            r = self.recvlogical(sl["recv"], end_lsn,
+                                 ["format-version=2", "include-xids=1", "include-lsn=1", "include-timestamp=1",
+                                  "include-typmod=0", f"add-tables=public.{self.table}"])
+            unit["limit"] = self.drain_row(self.a.rows, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
+            self.drop_slot(sl["recv"])
+        log(f"{system}: drain until the slot confirms the backlog's end LSN")
+        self.res["drain"][system] = self.drain_outboxd(sl["drain"], end_lsn, system, binary)
+        self.drop_slot(sl["drain"])
+        lat_slot = f"{self.id}_u{i}_lat"
+        self.latency(system, binary, lat_slot, base=100 * (i + 1))
+        self.drop_slot(lat_slot)
+        return unit
+
+    def run_ab(self):
         self.setup()
-        self.drain()
-        for system in ("outboxd", "debezium"):
-            self.latency(system)
+        units = [self.run_unit(i, *u) for i, u in enumerate(self.units)]
         log("reading the topics back (append timestamps, event ids)")
-        for system in ("outboxd", "debezium"):
-            self.drain_from_topic(system)
-            self.latency_from_topic(system)
+        for u in units:
+            s = u["system"]
+            self.drain_from_topic(s)
+            self.latency_from_topic(s)
+            u.update(drain=self.res["drain"][s], latency=self.res["latency"][s], memory=self.res["memory"][s])
+        self.res["rounds"] = units
+        del self.res["drain"], self.res["latency"], self.res["memory"]
+        self.res["params"]["only"] = sorted(self.a.only)
+        self.res["params"]["binaries"] = self.bins
+        return self.finish()
+
+    # -------------------------------------------------------- run
+    def finish(self):
         with open("/proc/loadavg") as f:
             self.res["environment"]["loadavg_at_end"] = f.read().split()[:3]
         restarted = [k for k, v in self.services().items() if v != self.services0[k]]
@@ -527,6 +597,44 @@ class Bench:
             log(f"WARNING: {restarted} changed during the run (restarted by someone else?): numbers are not valid")
         self.res["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return self.res
+
+    def run(self):
+        if self.ab:
+            return self.run_ab()
+        self.setup()
+        self.drain()
+        for system in ("outboxd", "debezium"):
+            self.latency(system)
+        log("reading the topics back (append timestamps, event ids)")
+        for system in ("outboxd", "debezium"):
+            self.drain_from_topic(system)
+            self.latency_from_topic(system)
+        return self.finish()
+
+
+SYSTEMS = ("limit", "pgoutput", "outboxd", "debezium")
+
+
+def ab_mode(a):
+    return len(a.outboxd_bin or []) > 1 or a.rounds > 1 or set(a.only) != set(SYSTEMS)
+
+
+def binary_version(path):
+    """`outboxd --version` and the commit of the tree the binary was built in."""
+    v = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    sha = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    return f"{v} @{sha}" if sha else v
+
+
+def label_path(s):
+    label, sep, path = s.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError("expected LABEL=PATH")
+    if not re.fullmatch(r"[a-z0-9]+", label):
+        raise argparse.ArgumentTypeError("LABEL: lower-case letters and digits (it names topics)")
+    return label, os.path.abspath(path)
 
 
 def main():
@@ -548,7 +656,23 @@ def main():
     ap.add_argument("--drain-timeout", type=float, default=300)
     ap.add_argument("--step-timeout", type=float, default=180)
     ap.add_argument("--keep-topics", action="store_true")
+    ap.add_argument("--only", type=lambda s: s.split(","), default=list(SYSTEMS),
+                    help=f"systems to run, of {','.join(SYSTEMS)}; anything but all of them is A/B mode, "
+                         "which runs limit and outboxd only")
+    ap.add_argument("--outboxd-bin", type=label_path, action="append", metavar="LABEL=PATH",
+                    help="an outboxd binary to measure, under LABEL (repeat for A/B: old=... new=...)")
+    ap.add_argument("--rounds", type=int, default=1, help="A/B mode: rounds of every binary, alternating")
     a = ap.parse_args()
+    if not set(a.only) <= set(SYSTEMS):
+        ap.error(f"--only: unknown system in {a.only}")
+    if ab_mode(a):
+        if a.outboxd_bin is None:
+            a.outboxd_bin = [("outboxd", os.path.abspath(a.outboxd))]
+        if not set(a.only) <= {"limit", "outboxd"} or "outboxd" not in a.only:
+            ap.error("A/B mode (--rounds, several --outboxd-bin, --only) measures outboxd and the limit only: "
+                     "--only outboxd or --only limit,outboxd")
+    elif a.outboxd_bin:
+        a.outboxd = a.outboxd_bin[0][1]
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     b = Bench(a)

@@ -4,6 +4,10 @@ docs/benchmarks.md (from bench/benchmarks.md.in). Adds the machine and versions
 to the JSON. Targets from issue 5 are reported, never asserted.
 
 usage: report.py RESULT.json PNG_OUT DOC_OUT [--command "bench/run.sh ..."]
+
+An A/B result (bench.py --outboxd-bin/--rounds/--only) only gets its table
+printed and its JSON completed: no plot, docs/benchmarks.md is left alone.
+`report.py --ab A.json [B.json ...]` prints one table over several A/B results.
 """
 import argparse
 import glob
@@ -12,6 +16,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -159,6 +164,73 @@ def tables(r):
     return "\n".join(t)
 
 
+AB_METRICS = [  # (key in a unit, column, digits)
+    ("limit_eps", "limit ev/s", 0), ("drain_eps", "drain ev/s (start to last ack)", 0),
+    ("ratio", "drain / limit", 2), ("steady_eps", "steady ev/s", 0), ("confirmed_eps", "to slot confirmed ev/s", 0),
+    ("drain_cpu", "drain CPU s / 100k", 2), ("drain_rss", "drain peak RSS MiB", 1),
+    ("p50_1k", "1k/s p50 ms", 1), ("p99_1k", "1k/s p99 ms", 1), ("p50_10k", "10k/s p50 ms", 1),
+    ("p99_10k", "10k/s p99 ms", 1), ("ach_10k", "10k/s achieved", 0), ("steady_rss", "steady RSS MiB", 1),
+]
+
+
+def ab_values(u):
+    d, lat, lim = u["drain"], u["latency"], u.get("limit", {})
+    v = {"limit_eps": lim.get("events_per_s"), "drain_eps": d.get("events_per_s"),
+         "steady_eps": d.get("steady_events_per_s"), "confirmed_eps": d.get("confirmed_events_per_s"),
+         "drain_cpu": d.get("cpu_s_per_100k"), "drain_rss": d.get("peak_rss_mib"),
+         "steady_rss": u["memory"]["steady_peak_rss_mib"]}
+    v["ratio"] = v["drain_eps"] / v["limit_eps"] if v["limit_eps"] and v["drain_eps"] else None
+    for name, st in lat.items():
+        k = name[1:]  # r1k -> 1k
+        v.update({f"p50_{k}": st.get("p50_ms"), f"p99_{k}": st.get("p99_ms"), f"ach_{k}": st.get("achieved_rate")})
+    return v
+
+
+def ab_tables(r, results=None):
+    """r: one A/B result; results: several, shown in one table (column `bench`)."""
+    results = results or [r]
+    units = [dict(u, bench=x["run_id"]) for x in results for u in x["rounds"]]
+    many = len(results) > 1
+    t = [f"**Every run, in the order run** ({r['params']['backlog_rows']:,}-row backlog per run; "
+         f"{r['params']['step_seconds']:.0f} s per fixed-rate step)\n"]
+    t.append(("| bench " if many else "") + "| run | binary | load avg | " + " | ".join(c for _, c, _ in AB_METRICS) + " | lat. missing / dup |")
+    t.append(("|---" if many else "") + "|---|---|---:|" + "---:|" * len(AB_METRICS) + "---|")
+    per_label = {}
+    for u in units:
+        v = ab_values(u)
+        per_label.setdefault(u["label"], []).append(v)
+        lost = " ".join(f"{st['missing']}/{st['duplicates']}" for st in u["latency"].values())
+        t.append((f"| {u['bench']} " if many else "") + f"| {u['system']} | {u['version']} | {u['loadavg_at_start'][0]} | "
+                 + " | ".join(fmt(v.get(k), dg) for k, _, dg in AB_METRICS) + f" | {lost} |")
+    t.append("")
+    labels = list(per_label)
+    t.append("**Per binary: mean (min - max) over its runs; difference of the means**\n")
+    t.append("| metric | " + " | ".join(labels) + " | " +
+             (f"{labels[-1]} vs {labels[0]} | ranges overlap |" if len(labels) > 1 else ""))
+    t.append("|---|" + "---:|" * len(labels) + ("---:|---|" if len(labels) > 1 else ""))
+    for k, col, dg in AB_METRICS:
+        cells, stats = [], []
+        for lb in labels:
+            xs = [v[k] for v in per_label[lb] if v.get(k) is not None]
+            if not xs:
+                cells.append("n/a")
+                stats.append(None)
+                continue
+            m = sum(xs) / len(xs)
+            stats.append((m, min(xs), max(xs)))
+            cells.append(f"{fmt(m, dg)} ({fmt(min(xs), dg)} - {fmt(max(xs), dg)})")
+        row = f"| {col} | " + " | ".join(cells) + " |"
+        if len(labels) > 1:
+            a, b = stats[0], stats[-1]
+            if a and b and a[0]:
+                overlap = "yes" if b[1] <= a[2] and a[1] <= b[2] else "**no**"
+                row += f" {(b[0] - a[0]) / a[0] * 100:+.1f} % | {overlap} |"
+            else:
+                row += " n/a | n/a |"
+        t.append(row)
+    return "\n".join(t)
+
+
 def plot(r, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -212,6 +284,13 @@ def plot(r, path):
 
 
 def main():
+    if sys.argv[1:2] == ["--ab"]:
+        results = []
+        for path in sys.argv[2:]:
+            with open(path) as f:
+                results.append(json.load(f))
+        print(ab_tables(results[0], results))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("result")
     ap.add_argument("png")
@@ -225,8 +304,13 @@ def main():
         r = json.load(f)
     r["machine"] = machine_info(a.pg_port)
     r["versions"] = versions(a.pg_port, a.java_cp)
-    r["targets"] = targets(r)
     r["command"] = a.command
+    if "rounds" in r:
+        with open(a.result, "w") as f:
+            json.dump(r, f, indent=2)
+        print(ab_tables(r))
+        return
+    r["targets"] = targets(r)
     with open(a.result, "w") as f:
         json.dump(r, f, indent=2)
     table = tables(r)

@@ -12,6 +12,11 @@
 # Every slot, publication, table and topic of the run is dropped at the end, also
 # on failure or Ctrl-C (a forgotten slot pins WAL forever).
 #
+#   bench/run.sh [--private] --only limit,outboxd --rounds 2 \
+#       --outboxd-bin old=../wt-old/build/outboxd --outboxd-bin new=build/outboxd
+#       A/B mode: two outboxd binaries (a LABEL=PATH each), alternating A B A B,
+#       no Debezium; prints every run and a per-binary summary, writes
+#       bench/results/<stamp>.json and leaves docs/benchmarks.md alone.
 #   bench/run.sh --private [...]   the same on a private PostgreSQL + Kafka
 #       (OBX_RUN_DIR=/tmp/obxbench-run, ports 55532 and 9192-9195), started for
 #       the run and stopped after it: for a machine where tests restart the
@@ -122,7 +127,11 @@ BENCH_PID=
 
 python3 bench/report.py "$RESULTS/$STAMP.json" "$RESULTS/$STAMP.png" docs/benchmarks.md \
     --doc-png img/benchmarks.png --command "bench/run.sh${ARGS:+ $ARGS}" --pg-port "$PG_PORT" --java-cp "$JAVA_CP"
-cp "$RESULTS/$STAMP.png" docs/img/benchmarks.png
 # Commit-time files are large and only for debugging a run (BENCH_KEEP_WORK=1 keeps them).
 [ -n "${BENCH_KEEP_WORK:-}" ] || rm -f "$WORK"/*.commits "$WORK"/*.offsets
-say "results: bench/results/$STAMP.json, bench/results/$STAMP.png (= docs/img/benchmarks.png), docs/benchmarks.md"
+if [ -f "$RESULTS/$STAMP.png" ]; then
+    cp "$RESULTS/$STAMP.png" docs/img/benchmarks.png
+    say "results: bench/results/$STAMP.json, bench/results/$STAMP.png (= docs/img/benchmarks.png), docs/benchmarks.md"
+else
+    say "results (A/B mode): bench/results/$STAMP.json"
+fi
