@@ -43,32 +43,42 @@ q "$APP" "DO \$\$ BEGIN FOR t IN 0..(($N + $TXN - 1) / $TXN - 1) LOOP
 END_LSN=$(q "$REL" "SELECT pg_current_wal_lsn()")
 
 echo "outboxd: drain until confirmed >= $END_LSN"
+HTTP=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export OUTBOXD_PG_CONNINFO="$REL" OUTBOXD_SLOT_NAME=$S OUTBOXD_OUTBOX_TABLE=$T \
-    OUTBOXD_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${OBX_KAFKA_PORT:-9092} OUTBOXD_LOG_FORMAT=text OUTBOXD_STATUS_LISTEN= \
-    OUTBOXD_TOPIC_TEMPLATE="bench.bigtxn.$(date +%s)"
+    OUTBOXD_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${OBX_KAFKA_PORT:-9092} OUTBOXD_LOG_FORMAT=text \
+    OUTBOXD_STATUS_LISTEN=127.0.0.1:$HTTP OUTBOXD_TOPIC_TEMPLATE="bench.bigtxn.$(date +%s)"
+metric() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk -v m="outboxd_$1" '$1 ~ "^"m"({|$)" {print $2}'; }
 start=$(date +%s.%N)
+first=
 # shellcheck disable=SC2086
 /usr/bin/time -f "%e %U %S %M" -o "$TMP/relay.time" ${OBX_WRAP:-} ./build/outboxd run 2>"$TMP/relay.log" &
 TPID=$!
 until [ "$(q "$REL" "SELECT confirmed_flush_lsn >= '$END_LSN' FROM pg_replication_slots WHERE slot_name = '$S'")" = t ]; do
     sleep 0.05
+    # The server decodes (and spills) the whole transaction before its first
+    # row arrives: the streaming rate starts at the first event handed to Kafka.
+    [ -n "$first" ] || [ "$(metric events_published_total || echo 0)" = 0 ] || first=$(date +%s.%N)
     kill -0 $TPID 2>/dev/null || { echo "outboxd exited early:"; tail -20 "$TMP/relay.log"; exit 1; }
 done
 drained=$(date +%s.%N)
+bp=$(metric backpressure_episodes_total || echo "?")
 # outboxd itself, also under a wrapper (heaptrack runs it as a grandchild).
 RPID=$TPID
 while C=$(pgrep -P "$RPID" -x outboxd || pgrep -P "$RPID" | head -1) && [ -n "$C" ]; do RPID=$C; done
 kill -TERM "$RPID" || true
 wait $TPID || true
 
-python3 - "$N" "$TXN" "$start" "$drained" "$TMP/relay.time" <<'PY'
+python3 - "$N" "$TXN" "$start" "${first:-$start}" "$drained" "$TMP/relay.time" "$bp" <<'PY'
 import sys
-n, txn, start, drained = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-e, u, s, m = open(sys.argv[5]).read().split()[-4:]
-od = drained - start
-print("| rows | rows/txn | rows/s | wall s | CPU s / 100k | peak RSS MiB |")
-print("|---|---|---|---|---|---|")
-print(f"| {n:,} | {txn:,} | {n / od:,.0f} | {od:.2f} | {(float(u) + float(s)) / n * 1e5:.2f} | {int(m) / 1024:.1f} |")
+n, txn = int(sys.argv[1]), int(sys.argv[2])
+start, first, drained = (float(x) for x in sys.argv[3:6])
+e, u, s, m = open(sys.argv[6]).read().split()[-4:]
+od, st = drained - start, drained - first
+print("| rows | rows/txn | rows/s (start to confirmed) | rows/s (first event to confirmed) | wall s | CPU s / 100k "
+      "| backpressure episodes | peak RSS MiB |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| {n:,} | {txn:,} | {n / od:,.0f} | {n / st:,.0f} | {od:.2f} | {(float(u) + float(s)) / n * 1e5:.2f} "
+      f"| {sys.argv[7]} | {int(m) / 1024:.1f} |")
 PY
 q "$REL" "SELECT pg_drop_replication_slot('$S')" >/dev/null
 q "$APP" "DROP TABLE $T"
