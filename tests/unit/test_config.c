@@ -133,7 +133,7 @@ static void test_defaults(void **state)
     assert_string_equal(obx_config_kafka_get(c, "partitioner"), "murmur2_random");
     assert_string_equal(obx_config_kafka_get(c, "linger.ms"), "5");
     assert_string_equal(obx_config_kafka_get(c, "compression.type"), "lz4");
-    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.messages"), "20000");
+    assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.messages"), "10000");
     assert_string_equal(obx_config_kafka_get(c, "queue.buffering.max.kbytes"), "8192");
     /* Set by the producer: 0 with exactly_once, 300000 without. */
     assert_null(obx_config_kafka_get(c, "message.timeout.ms"));
