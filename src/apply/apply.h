@@ -54,6 +54,25 @@ obx_col_kind_t obx_apply_col_kind(const char *type_name, char category);
  * naming the mismatch (the event is then poison). */
 int obx_apply_json_to_text(const struct cJSON *v, obx_col_kind_t kind, char **out, char *errstr, size_t errstr_size);
 
+/* The same with the value's original text in the payload (raw, raw_len;
+ * from obx_apply_json_span, or NULL): numbers, and json/jsonb values,
+ * reach PostgreSQL as the producer wrote them, digit for digit. */
+int obx_apply_json_to_text_raw(const struct cJSON *v, const char *raw, size_t raw_len, obx_col_kind_t kind, char **out,
+                               char *errstr, size_t errstr_size);
+
+/* The byte range of v (a node of root) in json, the text root was parsed
+ * from: *start points into json. 0, or -1 when the text does not follow
+ * the tree (the caller then falls back to cJSON's value). */
+int obx_apply_json_span(const char *json, size_t len, const struct cJSON *root, const struct cJSON *v, const char **start,
+                        size_t *n);
+
+/* s[0..n) is a number by the JSON grammar (cJSON also takes "01", "1.",
+ * "+1"...); with integer, without fraction or exponent. */
+int obx_apply_json_number_ok(const char *s, size_t n, int integer);
+/* Every number and string in the JSON text s[0..n) is strict JSON (as
+ * PostgreSQL's json parser wants it). */
+int obx_apply_json_text_ok(const char *s, size_t n);
+
 /* Array literal ('{"a",NULL,"b\"c"}') of n values; NULL entries are SQL
  * NULLs. Returns a malloc'd string or NULL when out of memory. */
 char *obx_apply_array_literal(const char *const *vals, size_t n);

@@ -66,6 +66,7 @@ typedef struct {
     char *src_ts; /* timestamptz text */
     char **vals;  /* n_maps values, NULL = SQL NULL */
     char *reason; /* OBX_EV_POISON */
+    int dead;     /* published to the dead-letter topic */
 } obx_apply_entry_t;
 
 typedef struct {
@@ -85,8 +86,8 @@ typedef struct {
 
 typedef struct obx_apply_s obx_apply_t;
 
-/* Writes the first n entries of a->batch. 0, or -1 with err: a data error
- * (obx_apply_err_data) sends the batch to the one-at-a-time path, a poison
+/* Writes the first n entries of a->batch. 0, or -1 with err: a row's error
+ * (obx_apply_err_data) sends the batch to bisection, a poison
  * error without SQLSTATE (the dead-letter topic refused for good) stops,
  * anything else means the database is down. */
 typedef int (*obx_apply_write_fn)(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_err_t *err);
@@ -126,8 +127,9 @@ struct obx_apply_s {
     char dlq_err[256];
 };
 
-/* A value the database refuses (SQLSTATE class 22 or 23): that event's
- * poison policy. Other errors of the upsert mean the database is down. */
+/* An error one row causes (a poison SQLSTATE: class 22, 23, 21000, 54000,
+ * see obx_pg_classify): bisect to that event, then its poison policy.
+ * Other errors of the upsert mean the database is down. */
 int obx_apply_err_data(const obx_err_t *e);
 /* The dead-letter topic refused for good: apply stops (exit 3). */
 int obx_apply_err_halt(const obx_err_t *e);
@@ -146,9 +148,12 @@ void obx_apply_db_load_freshness(obx_apply_t *a);
 
 /* writer.c */
 int obx_apply_write_batch(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_err_t *err);
-int obx_apply_write_slow(obx_apply_t *a, size_t n, obx_apply_stats_t *st, size_t *halt_at, obx_err_t *err);
+/* After a row's error: bisects the batch into committed parts and poison
+ * events. *halt_at: the first poison event under halt, else n. */
+int obx_apply_write_isolate(obx_apply_t *a, size_t n, obx_apply_stats_t *st, size_t *halt_at, obx_err_t *err);
 /* One prepared statement (upsert, or delete when del) over the entries idx[0..n). */
 int obx_apply_write_stmt(obx_apply_t *a, int del, const size_t *idx, size_t n, obx_apply_stats_t *st, obx_err_t *err);
+/* Publishes the poison entries among the first n not yet published. */
 int obx_apply_dead_letter(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_err_t *err);
 
 /* kafka.c */

@@ -207,14 +207,19 @@ static void sb_version_guard(obx_apply_sb_t *b, const char *alias, const char *v
     obx_apply_sb_puts(b, " < EXCLUDED."), obx_apply_sb_ident(b, version_col);
 }
 
-/* ` FROM unnest($1::t1[], $2::t2[]) AS u(a1, a2)`: one array per column. */
+/* ` FROM (SELECT DISTINCT ON (u.k) u.* FROM unnest($1::t1[], ...) AS
+ * u(k, ..., v, s) ORDER BY u.k, u.v DESC) AS u`: one array per column, one
+ * row per key. Keys that differ as text but not for the key column's type
+ * ("1" and "01" for a bigint, a UUID's two cases) are one aggregate: the
+ * newest version stays, and ON CONFLICT never meets a row twice (SQLSTATE
+ * 21000). (bench/apply_row.c rewrites "unnest(...) AS u(" into VALUES.) */
 static void sb_source(obx_apply_sb_t *b, int nparams, const char *const *types, const char *const *aliases)
 {
-    obx_apply_sb_puts(b, " FROM unnest(");
+    obx_apply_sb_puts(b, " FROM (SELECT DISTINCT ON (u.k) u.* FROM unnest(");
     for (int i = 0; i < nparams; i++) obx_apply_sb_printf(b, "%s$%d::%s[]", i ? ", " : "", i + 1, types[i]);
     obx_apply_sb_puts(b, ") AS u(");
     for (int i = 0; i < nparams; i++) obx_apply_sb_printf(b, "%s%s", i ? ", " : "", aliases[i]);
-    obx_apply_sb_puts(b, ")");
+    obx_apply_sb_puts(b, ") ORDER BY u.k, u.v DESC) AS u");
 }
 
 /* The guard: an older or equal version never overwrites, and a tombstone

@@ -64,6 +64,8 @@ static int source_time(const obx_apply_t *a, const Outboxd__V1__Event *ev, const
  * value that cannot go into its column. */
 static void column_values(const obx_apply_t *a, const Outboxd__V1__Event *ev, const cJSON *root, obx_apply_entry_t *e)
 {
+    const char *json = (const char *)ev->payload.data, *raw;
+    size_t raw_len;
     char err[512];
     e->vals = calloc(a->n_maps ? a->n_maps : 1, sizeof(char *));
     if (!e->vals) {
@@ -77,7 +79,8 @@ static void column_values(const obx_apply_t *a, const Outboxd__V1__Event *ev, co
             obx_apply_poison(e, "event %s: payload has no field \"%s\" (column %s)", ev->event_id, c->map->path, c->name);
             return;
         }
-        if (v && obx_apply_json_to_text(v, c->kind, &e->vals[i], err, sizeof(err)) != 0) {
+        if (!v || obx_apply_json_span(json, ev->payload.len, root, v, &raw, &raw_len) != 0) raw = NULL, raw_len = 0;
+        if (v && obx_apply_json_to_text_raw(v, raw, raw_len, c->kind, &e->vals[i], err, sizeof(err)) != 0) {
             obx_apply_poison(e, "event %s: payload field \"%s\" for column %s (%s): %s", ev->event_id, c->map->path,
                              c->name, c->type, err);
             return;

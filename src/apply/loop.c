@@ -188,10 +188,14 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
     int rc = a->write(a, n, &st, &err);
     if (rc && obx_apply_err_data(&err)) {
         obx_err_t ignore;
-        obx_pg_command(a->db, "ROLLBACK", &ignore);
-        obx_warn("data_error", "%s; finding the event the database refuses, one at a time", err.msg);
+        if (PQtransactionStatus(a->db) != PQTRANS_IDLE) obx_pg_command(a->db, "ROLLBACK", &ignore);
+        obx_warn("data_error", "SQLSTATE %s: %s; nothing of the batch committed; finding the events the database "
+                 "refuses by bisecting the batch", err.sqlstate, err.msg);
+        /* Dead-lettered before the failed COMMIT: sent, never again. */
+        uint64_t dead = st.dead_lettered;
         memset(&st, 0, sizeof(st));
-        rc = obx_apply_write_slow(a, n, &st, &halt_at, &err);
+        st.dead_lettered = dead;
+        rc = obx_apply_write_isolate(a, n, &st, &halt_at, &err);
     }
     if (rc && obx_apply_err_halt(&err)) {
         /* The dead-letter topic refused for good. */

@@ -257,12 +257,25 @@ static void fmt_double(double d, char *buf, size_t size)
 
 int obx_apply_json_to_text(const cJSON *v, obx_col_kind_t kind, char **out, char *errstr, size_t errstr_size)
 {
+    return obx_apply_json_to_text_raw(v, NULL, 0, kind, out, errstr, errstr_size);
+}
+
+int obx_apply_json_to_text_raw(const cJSON *v, const char *raw, size_t raw_len, obx_col_kind_t kind, char **out, char *errstr,
+                               size_t errstr_size)
+{
     char num[64];
     *out = NULL;
     if (cJSON_IsNull(v)) return 0;
     const char *want = NULL;
+    /* The producer's own text where PostgreSQL reads it as JSON does:
+     * no digit lost. Else cJSON's value, as before. */
+    int raw_num = raw && cJSON_IsNumber(v) && obx_apply_json_number_ok(raw, raw_len, 0);
     switch (kind) {
     case OBX_COL_JSON: {
+        if (raw && obx_apply_json_text_ok(raw, raw_len)) {
+            *out = strndup(raw, raw_len);
+            break;
+        }
         char *s = cJSON_PrintUnformatted(v);
         if (!s) break;
         *out = strdup(s);
@@ -274,7 +287,10 @@ int obx_apply_json_to_text(const cJSON *v, obx_col_kind_t kind, char **out, char
         else want = "a boolean";
         break;
     case OBX_COL_INT:
-        if (cJSON_IsNumber(v)) {
+        if (raw_num && obx_apply_json_number_ok(raw, raw_len, 1)) {
+            /* Any size: the column's type checks the range. */
+            *out = strndup(raw, raw_len);
+        } else if (cJSON_IsNumber(v)) {
             double d = v->valuedouble;
             if (!isfinite(d) || d != floor(d)) {
                 fmt_double(d, num, sizeof(num));
@@ -295,7 +311,9 @@ int obx_apply_json_to_text(const cJSON *v, obx_col_kind_t kind, char **out, char
         break;
     case OBX_COL_FLOAT:
     case OBX_COL_NUMERIC:
-        if (cJSON_IsNumber(v)) {
+        if (raw_num) {
+            *out = strndup(raw, raw_len);
+        } else if (cJSON_IsNumber(v)) {
             fmt_double(v->valuedouble, num, sizeof(num));
             *out = strdup(num);
         } else if (cJSON_IsString(v)) {

@@ -1,8 +1,9 @@
 /* outboxd apply: writing a batch. The fast path keeps the newest version
  * per key and runs one upsert and one delete statement over arrays in one
- * transaction; after a data error the slow path finds the event the
- * database refuses, one at a time under savepoints. Poison events go to the
- * dead-letter topic (apply.poison.policy = dead-letter) before COMMIT.
+ * transaction; after an error one row causes (at any statement or at
+ * COMMIT) the batch is bisected, each part in its own transaction, down to
+ * the events the database refuses. Poison events go to the dead-letter
+ * topic (apply.poison.policy = dead-letter) before their offsets move.
  *
  * Nothing here frees the batch: loop.c owns it. */
 #include "apply_int.h"
@@ -18,7 +19,8 @@
 
 int obx_apply_err_data(const obx_err_t *e)
 {
-    return e->cls == OBX_ERR_POISON && (!strncmp(e->sqlstate, "22", 2) || !strncmp(e->sqlstate, "23", 2));
+    /* obx_pg_classify: 22, 23, 21000, 54000 with the connection alive. */
+    return e->cls == OBX_ERR_POISON && e->sqlstate[0];
 }
 
 int obx_apply_err_halt(const obx_err_t *e)
@@ -160,19 +162,21 @@ static int dlq_send(obx_apply_t *a, const obx_apply_entry_t *e, obx_err_t *err)
 int obx_apply_dead_letter(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_err_t *err)
 {
     size_t np = 0;
-    for (size_t i = 0; i < n; i++) np += a->batch[i].kind == OBX_EV_POISON;
+    for (size_t i = 0; i < n; i++) np += a->batch[i].kind == OBX_EV_POISON && !a->batch[i].dead;
     if (!np) return 0;
     if (dlq_open(a, err) != 0) return -1;
     a->dlq_failed = 0;
     for (size_t i = 0; i < n; i++)
-        if (a->batch[i].kind == OBX_EV_POISON && dlq_send(a, &a->batch[i], err) != 0) return -1;
+        if (a->batch[i].kind == OBX_EV_POISON && !a->batch[i].dead && dlq_send(a, &a->batch[i], err) != 0) return -1;
     int left = obx_producer_flush(a->dlq, 60000);
     if (left || a->dlq_failed)
         return dlq_fail(err, left || a->dlq_retriable, "dead-letter topic %s did not take the poison events: %s",
                         a->cfg->apply_dlq_topic, left ? "timed out" : a->dlq_err);
     for (size_t i = 0; i < n; i++) {
-        const obx_apply_entry_t *e = &a->batch[i];
-        if (e->kind != OBX_EV_POISON) continue;
+        obx_apply_entry_t *e = &a->batch[i];
+        if (e->kind != OBX_EV_POISON || e->dead) continue;
+        /* Sent once, even when the transaction around it is retried. */
+        e->dead = 1;
         st->dead_lettered++;
         obx_warn("dead_lettered", "%s [%d] offset %lld -> %s: %s", rd_kafka_topic_name(e->msg->rkt), (int)e->msg->partition,
                  (long long)e->msg->offset, a->cfg->apply_dlq_topic, e->reason ? e->reason : "poison");
@@ -182,10 +186,12 @@ int obx_apply_dead_letter(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_e
 
 /* --------------------------------------------------------------- writing */
 
-/* Splits the first n entries into upserts and deletes, keeping the newest
- * version per key. 0, or -1 when out of memory. */
-static int pick(obx_apply_t *a, size_t n, obx_apply_stats_t *st, size_t *up, size_t *nu, size_t *del, size_t *nd)
+/* Splits entries [lo, hi) into upserts and deletes, keeping the newest
+ * version per key text (keys equal only for the key column's type are
+ * deduplicated again in SQL). 0, or -1 when out of memory. */
+static int pick(obx_apply_t *a, size_t lo, size_t hi, obx_apply_stats_t *st, size_t *up, size_t *nu, size_t *del, size_t *nd)
 {
+    size_t n = hi - lo;
     size_t *cand = malloc((n ? n : 1) * sizeof(size_t)), nc = 0;
     const char **keys = calloc(n ? n : 1, sizeof(char *));
     int64_t *vers = calloc(n ? n : 1, sizeof(int64_t));
@@ -195,7 +201,7 @@ static int pick(obx_apply_t *a, size_t n, obx_apply_stats_t *st, size_t *up, siz
         rc = -1;
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = lo; i < hi; i++) {
         const obx_apply_entry_t *e = &a->batch[i];
         if (e->kind == OBX_EV_SKIP) st->skipped++;
         if (e->kind != OBX_EV_UPSERT && e->kind != OBX_EV_DELETE) continue;
@@ -218,68 +224,88 @@ out:
     return rc;
 }
 
-/* The fast path: one statement for the upserts and one for the deletes,
- * in one transaction. */
-int obx_apply_write_batch(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_err_t *err)
+/* Entries [lo, hi) in one transaction: one statement for the upserts, one
+ * for the deletes; with dlq, the poison entries are dead-lettered before
+ * COMMIT. A failed transaction is rolled back. */
+static int write_range(obx_apply_t *a, size_t lo, size_t hi, int dlq, obx_apply_stats_t *st, obx_err_t *err)
 {
+    size_t n = hi - lo;
     size_t *up = malloc((n ? n : 1) * sizeof(size_t)), *del = malloc((n ? n : 1) * sizeof(size_t)), nu = 0, nd = 0;
-    int rc = 0;
-    if (!up || !del || pick(a, n, st, up, &nu, del, &nd) != 0) {
+    int rc = 0, open = 0;
+    if (!up || !del || pick(a, lo, hi, st, up, &nu, del, &nd) != 0) {
         rc = oom(err);
         goto out;
     }
     if ((rc = obx_pg_command(a->db, "BEGIN", err)) != 0) goto out;
+    open = 1;
     if (nu && (rc = obx_apply_write_stmt(a, 0, up, nu, st, err)) != 0) goto out;
     if (nd && (rc = obx_apply_write_stmt(a, 1, del, nd, st, err)) != 0) goto out;
-    if (a->dead_letter && (rc = obx_apply_dead_letter(a, n, st, err)) != 0) goto out;
+    if (dlq && (rc = obx_apply_dead_letter(a, hi, st, err)) != 0) goto out;
+    /* A failed COMMIT (a deferred constraint) ends the transaction too. */
+    open = 0;
     rc = obx_pg_command(a->db, "COMMIT", err);
 out:
+    if (rc && open && PQstatus(a->db) == CONNECTION_OK) {
+        obx_err_t ignore;
+        obx_pg_command(a->db, "ROLLBACK", &ignore);
+    }
     free(up), free(del);
     return rc;
 }
 
-/* One event under a savepoint. 0 written, 1 refused (e now poison), -1 err. */
-static int write_one(obx_apply_t *a, size_t i, obx_apply_stats_t *st, obx_err_t *err)
+/* The fast path: the whole batch in one transaction. */
+int obx_apply_write_batch(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_err_t *err)
 {
-    obx_apply_entry_t *e = &a->batch[i];
-    obx_err_t one_err;
-    if (obx_pg_command(a->db, "SAVEPOINT obx_row", err) != 0) return -1;
-    obx_apply_stats_t one = {0};
-    one.n_lags = st->n_lags;
-    if (obx_apply_write_stmt(a, e->kind == OBX_EV_DELETE, &i, 1, &one, &one_err) != 0) {
-        if (!obx_apply_err_data(&one_err)) {
-            *err = one_err;
-            return -1;
-        }
-        obx_apply_poison(e, "the replica database refused it: %s", one_err.msg);
-        return obx_pg_command(a->db, "ROLLBACK TO SAVEPOINT obx_row", err) != 0 ? -1 : 1;
-    }
-    st->applied += one.applied;
-    st->stale += one.stale;
-    st->n_lags = one.n_lags;
-    if (one.newest_src > st->newest_src) st->newest_src = one.newest_src;
-    if (one.newest_rep > st->newest_rep) st->newest_rep = one.newest_rep;
-    return obx_pg_command(a->db, "RELEASE SAVEPOINT obx_row", err) != 0 ? -1 : 0;
+    return write_range(a, 0, n, a->dead_letter, st, err);
 }
 
-/* The slow path after a data error: each event on its own under a
- * savepoint, in arrival order, to find the poison. Under halt, *halt_at is
- * the first one (else n) and the events before it are committed. */
-int obx_apply_write_slow(obx_apply_t *a, size_t n, obx_apply_stats_t *st, size_t *halt_at, obx_err_t *err)
+static void stats_add(obx_apply_stats_t *st, const obx_apply_stats_t *s)
 {
-    *halt_at = n;
-    if (obx_pg_command(a->db, "BEGIN", err) != 0) return -1;
-    for (size_t i = 0; i < n; i++) {
-        obx_apply_entry_t *e = &a->batch[i];
-        if (e->kind == OBX_EV_SKIP) st->skipped++;
-        if (e->kind != OBX_EV_UPSERT && e->kind != OBX_EV_DELETE) continue;
-        int rc = write_one(a, i, st, err);
-        if (rc < 0) return -1;
-        if (rc > 0 && !a->dead_letter) {
-            *halt_at = i;
-            break;
-        }
+    st->applied += s->applied;
+    st->stale += s->stale;
+    st->superseded += s->superseded;
+    st->skipped += s->skipped;
+    st->n_lags = s->n_lags;
+    if (s->newest_src > st->newest_src) st->newest_src = s->newest_src;
+    if (s->newest_rep > st->newest_rep) st->newest_rep = s->newest_rep;
+}
+
+/* Writes [lo, hi) in one transaction; when the database refuses it for a
+ * row's sake (at any statement or at COMMIT), writes each half on its own,
+ * in order, down to the single event responsible, which becomes poison.
+ * Under halt the first such event stops it: *halt_at. */
+static int bisect(obx_apply_t *a, size_t lo, size_t hi, obx_apply_stats_t *st, size_t *halt_at, obx_err_t *err)
+{
+    obx_apply_stats_t one = {0};
+    one.n_lags = st->n_lags;
+    if (write_range(a, lo, hi, 0, &one, err) == 0) {
+        stats_add(st, &one);
+        return 0;
     }
-    if (*halt_at == n && a->dead_letter && obx_apply_dead_letter(a, n, st, err) != 0) return -1;
-    return obx_pg_command(a->db, "COMMIT", err);
+    if (!obx_apply_err_data(err)) return -1;
+    if (hi - lo == 1) {
+        obx_apply_entry_t *e = &a->batch[lo];
+        obx_apply_poison(e, "the replica database refused it (SQLSTATE %s): %s", err->sqlstate, err->msg);
+        if (!a->dead_letter) *halt_at = lo;
+        return 0;
+    }
+    size_t mid = lo + (hi - lo) / 2;
+    if (bisect(a, lo, mid, st, halt_at, err) != 0) return -1;
+    if (*halt_at != (size_t)-1) return 0;
+    return bisect(a, mid, hi, st, halt_at, err);
+}
+
+/* After the batch failed for a row's sake: finds the events responsible
+ * by bisection, each half in its own transaction, so every event either
+ * lands in a committed transaction or is poison. Under halt, *halt_at is
+ * the first poison event (else n) and every event before it is committed;
+ * under dead-letter the poison events are published after the commits
+ * (a retry after a failure there re-applies idempotently). */
+int obx_apply_write_isolate(obx_apply_t *a, size_t n, obx_apply_stats_t *st, size_t *halt_at, obx_err_t *err)
+{
+    size_t at = (size_t)-1;
+    if (n && bisect(a, 0, n, st, &at, err) != 0) return -1;
+    *halt_at = at == (size_t)-1 ? n : at;
+    if (a->dead_letter) return obx_apply_dead_letter(a, n, st, err);
+    return 0;
 }

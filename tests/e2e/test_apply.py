@@ -777,3 +777,184 @@ def test_configuration_and_replica_table_errors_are_named(harness):
     assert out.returncode == 0 and "apply.conninfo = " in out.stdout, out.stderr
     assert "password=[redacted]" in out.stdout and "password=replica_writer" not in out.stdout
     s.drop()
+
+
+# --- issue 12: errors one event causes, keys equal for the key's type, numbers ---
+GOOD = {"name": "n", "country": "GB", "score": 1, "active": True, "rating": 1.5, "attrs": {"a": 1},
+        "address": {"city": "c"}, "updatedAt": "2026-01-01T00:00:00+00:00"}
+
+
+def _emit_raw(harness, key, payload_text, version=1, etype="ItemUpdated", agg="item"):
+    """One outbox row with the payload's JSON text as given (numbers untouched)."""
+    with pg() as c:
+        c.execute(f"INSERT INTO {harness.table} (aggregatetype, aggregateid, type, payload, aggregate_version)"
+                  " VALUES (%s, %s, %s, %s, %s)", (agg, key, etype, payload_text, version))
+
+
+def _p0_keys(prefix):
+    return iter(k for k in (f"{prefix}-{i}" for i in range(100_000)) if _murmur2_partition(k) == 0)
+
+
+def _dlq(topic):
+    """{key: headers line} of a dead-letter topic."""
+    out = subprocess.run(["kcat", "-C", "-b", BROKERS, "-t", topic, "-e", "-q", "-f", "%k\t%h\n"],
+                         capture_output=True, text=True, timeout=60)
+    return {line.split("\t")[0]: line for line in out.stdout.splitlines() if line.strip()}
+
+
+def _isolate_case(harness, s, make_bad, sqlstate):
+    """Partition 0 holds good, bad, good, good, all in one batch. halt: exit 3
+    naming the bad event's offset, the event before it applied and committed,
+    nothing after it. dead-letter: the good events applied, the bad one in the
+    dead-letter topic, offsets committed to the end; never a reconnect loop."""
+    keys = _p0_keys("iso")
+    harness.start()
+    g1 = next(keys)
+    _emit_raw(harness, g1, json.dumps(GOOD))
+    bad = make_bad(keys)
+    g2, g3 = next(keys), next(keys)
+    for k in (g2, g3):
+        _emit_raw(harness, k, json.dumps(GOOD))
+    harness.wait_confirmed(current_lsn())
+    msgs = {key: o for p, o, key, _ in topic_messages(s.topic) if p == 0}
+    assert set(msgs) == {g1, bad, g2, g3}
+    end = max(msgs.values()) + 1
+
+    def rows():
+        return {r[0] for r in s.replica(cols="id")}
+
+    batch = {"OUTBOXD_APPLY_BATCH_WAIT_MS": 3000}
+    p = s.start_apply("g-halt", wait=False, **batch)
+    assert p.proc.wait(120) == 3, p.log()
+    p.reader.join(5)
+    log = p.log()
+    assert f"topic {s.topic} partition 0 offset {msgs[bad]}" in log and sqlstate in log, log
+    assert "pg_lost" not in log, log
+    assert rows() == {g1}
+    assert committed_offsets("g-halt", s.topic)[0] == msgs[bad]
+
+    dlq = harness.prefix + ".dlq"
+    p = s.start_apply("g-dlq", OUTBOXD_APPLY_POISON_POLICY="dead-letter", OUTBOXD_APPLY_POISON_DLQ_TOPIC=dlq, **batch)
+    wait_until(lambda: rows() == {g1, g2, g3}, timeout=60, what="good events applied")
+    wait_until(lambda: committed_offsets("g-dlq", s.topic)[0] == end, timeout=30, what="offsets committed to the end")
+    assert metric(metrics(p), "outboxd_apply_events_dead_lettered_total") == 1
+    dead = _dlq(dlq)
+    assert set(dead) == {bad} and f"outboxd-original-offset={msgs[bad]}" in dead[bad] and sqlstate in dead[bad], dead
+    assert "pg_lost" not in p.log(), p.log()
+    assert p.stop() == 0
+    return p
+
+
+def test_apply_deferred_fk_refused_at_commit_is_isolated(harness):
+    """A DEFERRABLE INITIALLY DEFERRED foreign key refuses one event only at
+    COMMIT (23503): the batch is not taken as applied; bisection finds the
+    event, the others are applied, offsets never pass the unapplied one."""
+    s = Scenario(harness)
+    with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
+        c.execute(f"DROP TABLE IF EXISTS {s.rep}_countries CASCADE")
+        c.execute(f"CREATE TABLE {s.rep}_countries (code text PRIMARY KEY)")
+        c.execute(f"INSERT INTO {s.rep}_countries VALUES ('GB')")
+        c.execute(f"ALTER TABLE {s.rep} ADD FOREIGN KEY (country) REFERENCES {s.rep}_countries (code)"
+                  " DEFERRABLE INITIALLY DEFERRED")
+
+    def bad(keys):
+        k = next(keys)
+        _emit_raw(harness, k, json.dumps({**GOOD, "country": "XX"}))
+        return k
+
+    p = _isolate_case(harness, s, bad, "23503")
+    assert "SQLSTATE 23503" in p.log()
+    s.drop()
+
+
+@pytest.mark.parametrize("sqlstate", ["22P02", "23514", "54000"])
+def test_apply_row_error_ends_in_poison_policy(harness, sqlstate):
+    """22 (a string for a numeric column), 23 (a CHECK), 54000 (a key too
+    long for the btree index): each is that event's poison policy, never a
+    database outage (reconnect, re-read, fail, forever)."""
+    s = Scenario(harness, check_sql="score >= 0")
+
+    def bad(keys):
+        if sqlstate == "54000":
+            # Incompressible: the index row stays above btree's 2704 bytes.
+            k = next(x for x in (os.urandom(1600).hex() for _ in range(1000)) if _murmur2_partition(x) == 0)
+            payload = GOOD
+        else:
+            k = next(keys)
+            payload = {**GOOD, "rating": "not a number"} if sqlstate == "22P02" else {**GOOD, "score": -1}
+        _emit_raw(harness, k, json.dumps(payload))
+        return k
+
+    _isolate_case(harness, s, bad, sqlstate)
+    s.drop()
+
+
+def _typed_replica(table, key_type, cols):
+    with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
+        c.execute(f"DROP TABLE IF EXISTS {table}, {table}_tombstones")
+        c.execute(f"""CREATE TABLE {table} (id {key_type} PRIMARY KEY, {cols}, source_version bigint NOT NULL,
+            source_updated_at timestamptz NOT NULL, replicated_at timestamptz NOT NULL)""")
+        c.execute(f"""CREATE TABLE {table}_tombstones (id {key_type} PRIMARY KEY, source_version bigint NOT NULL,
+            source_updated_at timestamptz NOT NULL, replicated_at timestamptz NOT NULL)""")
+        c.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table}, {table}_tombstones TO replica_writer")
+
+
+@pytest.mark.parametrize("key_type", ["bigint", "uuid"])
+def test_apply_keys_equal_for_the_key_type_are_one_aggregate(harness, key_type):
+    """"7" and "007" into a bigint key, a UUID in lower and upper case: one
+    aggregate, deduplicated by the key column's type (21000 never happens),
+    the newest version wins wherever it sits in the batch."""
+    if key_type == "bigint":
+        n = next(i for i in range(1, 100_000) if len({_murmur2_partition(f"{z}{i}") for z in ("", "0", "00")} | {0}) == 1)
+        variants, canon = [str(n), f"00{n}", f"0{n}"], str(n)
+    else:
+        import uuid as _uuid
+        u = next(x for x in (str(_uuid.uuid4()) for _ in range(100_000))
+                 if len({_murmur2_partition(v) for v in (x, x.upper(), x[:8].upper() + x[8:])} | {0}) == 1)
+        variants, canon = [u, u.upper(), u[:8].upper() + u[8:]], u
+    s = Scenario(harness)
+    table = s.rep + "_k"
+    _typed_replica(table, key_type, "name text NOT NULL")
+    harness.start()
+    # Versions 1, 3, 2: the newest sits in the middle of the batch.
+    for key, ver in zip(variants, (1, 3, 2)):
+        _emit_raw(harness, key, json.dumps({"name": f"v{ver}", "updatedAt": "2026-01-01T00:00:00+00:00"}), version=ver)
+    harness.wait_confirmed(current_lsn())
+    msgs = topic_messages(s.topic)
+    assert {p for p, _, _, _ in msgs} == {0} and len(msgs) == 3, msgs
+    p = s.start_apply("g-keys", table=table, OUTBOXD_APPLY_COLUMNS="name:name", OUTBOXD_APPLY_BATCH_WAIT_MS=3000)
+    wait_until(lambda: committed_offsets("g-keys", s.topic)[0] == 3, timeout=60, what="offsets committed")
+    with psycopg.connect(REPLICA_SUPER) as c:
+        rows = c.execute(f"SELECT id::text, name, source_version FROM {table}").fetchall()
+    assert rows == [(canon, "v3", 3)], rows + [p.log()]
+    log = p.log()
+    assert "21000" not in log and "pg_lost" not in log and "data_error" not in log, log
+    assert p.stop() == 0
+    s.drop()
+
+
+def test_apply_numbers_reach_postgres_as_their_original_text(harness):
+    """2^63-1, 1e-30 and a 38-digit numeric, top level into bigint, numeric
+    and float8 columns and nested in a jsonb column: read back exactly."""
+    s = Scenario(harness)
+    table = s.rep + "_n"
+    _typed_replica(table, "text", "big bigint, num numeric, tiny numeric, f float8, m numeric, doc jsonb")
+    harness.start()
+    big, num, tiny, m = "9223372036854775807", "12345678901234567890.123456789012345678", "1e-30", "12345678901234567.89"
+    doc = f'{{"big": {big}, "num": {num}, "tiny": {tiny}, "m": {m}, "l": [{big}, {num}]}}'
+    payload = f'{{"big": {big}, "num": {num}, "tiny": {tiny}, "m": {m}, "doc": {doc}, "updatedAt": "2026-01-01T00:00:00Z"}}'
+    _emit_raw(harness, "n1", payload)
+    harness.wait_confirmed(current_lsn())
+    (part, off, _, _), = topic_messages(s.topic)
+    p = s.start_apply("g-num", table=table, OUTBOXD_APPLY_COLUMNS="big:big, num:num, tiny:tiny, f:tiny, m:m, doc:doc",
+                      OUTBOXD_APPLY_DELETE_TYPES="")
+    wait_until(lambda: committed_offsets("g-num", s.topic)[part] == off + 1, timeout=60, what="offset committed")
+    with psycopg.connect(REPLICA_SUPER) as c:
+        got = c.execute(f"SELECT big::text, num::text, tiny::text, f::text, m::text, doc::text, doc->>'big',"
+                        f" doc->>'num', doc->'l'->>0, doc->'l'->>1, doc->>'m' FROM {table}").fetchall()
+        want = c.execute("SELECT %s::bigint::text, %s::numeric::text, %s::numeric::text, %s::float8::text,"
+                         " %s::numeric::text, %s::jsonb::text", (big, num, tiny, tiny, m, doc)).fetchone()
+    assert got == [(*want, big, num, big, num, m)], got
+    assert want[:2] == (big, num) and want[3] == "1e-30" and want[4] == m
+    assert p.stop() == 0
+    s.drop()

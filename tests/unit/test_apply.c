@@ -239,15 +239,15 @@ static void test_quoted_names(void **state)
     free(b.s);
 }
 
-/* Data errors (22, 23) go to the poison policy; the other poison SQLSTATEs
- * stay database trouble for apply; poison without SQLSTATE is the
- * dead-letter topic refusing. */
+/* Errors one row causes (22, 23, 21000, 54000) go to bisection and the
+ * poison policy; the rest is database trouble; poison without SQLSTATE is
+ * the dead-letter topic refusing. */
 static void test_error_decisions(void **state)
 {
     (void)state;
     obx_err_t e;
     const char *st[] = {"22P02", "23505", "21000", "54000", "42P01", "08006"};
-    const int data[] = {1, 1, 0, 0, 0, 0};
+    const int data[] = {1, 1, 1, 1, 0, 0}; /* 21000, 54000: one event causes them too */
     for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
         obx_err_clear(&e);
         int code;
@@ -262,6 +262,117 @@ static void test_error_decisions(void **state)
     assert_int_equal(obx_apply_err_data(&e), 0);
 }
 
+/* The span of the value at path in text, as a string ("" when none). */
+static void span_is(const char *text, const char *path, const char *want)
+{
+    cJSON *root = cJSON_ParseWithLength(text, strlen(text));
+    assert_non_null(root);
+    const cJSON *v = obx_apply_json_path(root, path);
+    const char *start = NULL;
+    size_t n = 0;
+    int rc = obx_apply_json_span(text, strlen(text), root, v, &start, &n);
+    if (!want) {
+        assert_int_equal(rc, -1);
+    } else {
+        assert_int_equal(rc, 0);
+        char got[512];
+        snprintf(got, sizeof(got), "%.*s", (int)n, start);
+        assert_string_equal(got, want);
+    }
+    cJSON_Delete(root);
+}
+
+static void test_json_span_finds_the_original_text(void **state)
+{
+    (void)state;
+    const char *doc = "\xEF\xBB\xBF { \"a\" : 9223372036854775807 ,\"s\":\"x,\\\"}]\",\"b\":{\"c\":[1, 1e-30 ,"
+                      "{\"d\":12345678901234567890.123456789012345678}],\"e\" :\t{\"f\":-0.0E+2}} ,"
+                      "\"k\\\"ey\":true, \"n\":null, \"dup\":1, \"dup\":2, \"z\": [ ] }";
+    span_is(doc, "a", "9223372036854775807");
+    span_is(doc, "s", "\"x,\\\"}]\"");
+    span_is(doc, "b.c.1", "1e-30");
+    span_is(doc, "b.c.2.d", "12345678901234567890.123456789012345678");
+    span_is(doc, "b.c.2", "{\"d\":12345678901234567890.123456789012345678}");
+    span_is(doc, "b.e", "{\"f\":-0.0E+2}");
+    span_is(doc, "b", "{\"c\":[1, 1e-30 ,{\"d\":12345678901234567890.123456789012345678}],\"e\" :\t{\"f\":-0.0E+2}}");
+    span_is(doc, "n", "null");
+    span_is(doc, "dup", "1"); /* the member cJSON returns: the first */
+    span_is(doc, "z", "[ ]");
+    span_is("[10,[20,30],\"]\",40]", "3", "40");
+    span_is("{\"a\":1}", "missing", NULL);
+    /* Text that is not the parsed tree: not found, never a wrong span. */
+    cJSON *root = cJSON_Parse("{\"a\":1}");
+    const char *st;
+    size_t n;
+    assert_int_equal(obx_apply_json_span("[1]", 3, root, root->child, &st, &n), -1);
+    cJSON_Delete(root);
+}
+
+static void test_json_number_ok(void **state)
+{
+    (void)state;
+    const char *ok[] = {"0", "-0", "12", "1.5", "-1.25e-30", "1E+5", "12345678901234567890.123456789012345678"};
+    const char *bad[] = {"01", "1.", "+1", ".5", "1e", "-", "1e+", "00", "1.5.5", ""};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) assert_true(obx_apply_json_number_ok(ok[i], strlen(ok[i]), 0));
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) assert_false(obx_apply_json_number_ok(bad[i], strlen(bad[i]), 0));
+    assert_true(obx_apply_json_number_ok("-9223372036854775808", 20, 1));
+    assert_false(obx_apply_json_number_ok("1.0", 3, 1));
+    assert_false(obx_apply_json_number_ok("1e3", 3, 1));
+    assert_true(obx_apply_json_text_ok("{\"a\":[1,-2.5e3,\"01\"]}", 21));
+    assert_false(obx_apply_json_text_ok("{\"a\":01}", 8));
+    assert_false(obx_apply_json_text_ok("\"a\nb\"", 5));
+}
+
+/* Converts the value at path of doc with its original text. */
+static void conv_raw(const char *doc, const char *path, obx_col_kind_t kind, const char *want, const char *err_has)
+{
+    cJSON *root = cJSON_Parse(doc);
+    assert_non_null(root);
+    const cJSON *v = obx_apply_json_path(root, path);
+    const char *raw = NULL;
+    size_t n = 0;
+    assert_int_equal(obx_apply_json_span(doc, strlen(doc), root, v, &raw, &n), 0);
+    char *out = NULL, err[256] = "";
+    int rc = obx_apply_json_to_text_raw(v, raw, n, kind, &out, err, sizeof(err));
+    if (err_has) {
+        assert_int_equal(rc, -1);
+        assert_non_null(strstr(err, err_has));
+    } else {
+        assert_int_equal(rc, 0);
+        assert_string_equal(out, want);
+    }
+    free(out);
+    cJSON_Delete(root);
+}
+
+static void test_numbers_keep_every_digit(void **state)
+{
+    (void)state;
+    const char *doc = "{\"big\":9223372036854775807,\"min\":-9223372036854775808,\"num\":12345678901234567890.123456789012345678,"
+                      "\"tiny\":1e-30,\"m\":12345678901234567.89,\"lead\":01,\"one\":1.0,\"half\":1.5,\"s\":\"7\","
+                      "\"doc\":{\"big\": 9223372036854775807, \"l\":[1e-30, 12345678901234567890.123456789012345678]},"
+                      "\"odd\":{\"x\":01}}";
+    conv_raw(doc, "big", OBX_COL_INT, "9223372036854775807", NULL);
+    conv_raw(doc, "min", OBX_COL_INT, "-9223372036854775808", NULL);
+    conv_raw(doc, "num", OBX_COL_NUMERIC, "12345678901234567890.123456789012345678", NULL);
+    conv_raw(doc, "m", OBX_COL_NUMERIC, "12345678901234567.89", NULL);
+    conv_raw(doc, "tiny", OBX_COL_NUMERIC, "1e-30", NULL);
+    conv_raw(doc, "tiny", OBX_COL_FLOAT, "1e-30", NULL);
+    conv_raw(doc, "big", OBX_COL_NUMERIC, "9223372036854775807", NULL);
+    conv_raw(doc, "doc", OBX_COL_JSON, "{\"big\": 9223372036854775807, \"l\":[1e-30, 12345678901234567890.123456789012345678]}",
+             NULL);
+    conv_raw(doc, "doc.l", OBX_COL_JSON, "[1e-30, 12345678901234567890.123456789012345678]", NULL);
+    /* Not JSON's grammar (cJSON is lenient): cJSON's value, as before. */
+    conv_raw(doc, "lead", OBX_COL_INT, "1", NULL);
+    conv_raw(doc, "lead", OBX_COL_NUMERIC, "1", NULL);
+    conv_raw(doc, "odd", OBX_COL_JSON, "{\"x\":1}", NULL);
+    /* The integer rules stay: 1.0 is 1, 1.5 is no integer. */
+    conv_raw(doc, "one", OBX_COL_INT, "1", NULL);
+    conv_raw(doc, "half", OBX_COL_INT, NULL, "expected an integer, got 1.5");
+    conv_raw(doc, "s", OBX_COL_INT, "7", NULL);
+    conv_raw(doc, "s", OBX_COL_NUMERIC, "7", NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -270,6 +381,8 @@ int main(void)
         cmocka_unit_test(test_array_literal),   cmocka_unit_test(test_dedupe_keeps_the_newest_version_per_key),
         cmocka_unit_test(test_format_ts),       cmocka_unit_test(test_validate),
         cmocka_unit_test(test_quoted_names),    cmocka_unit_test(test_error_decisions),
+        cmocka_unit_test(test_json_span_finds_the_original_text), cmocka_unit_test(test_json_number_ok),
+        cmocka_unit_test(test_numbers_keep_every_digit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
