@@ -176,11 +176,16 @@ def test_signal_row_starts_a_snapshot_inside_the_running_relay(harness):
     make_table(table, 3_000)
     with pg() as c:
         c.execute(SIGNALS_DDL)
+        # A table from before signals counted attempts (deploy/sql/outbox.sql's upgrade line).
+        c.execute("ALTER TABLE outboxd_signals ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0")
     port = free_port()
-    p = harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}")
+    # Signals carry no SQL: the payload shape and the tables a signal may
+    # name come from the configuration.
+    p = harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}", OUTBOXD_SNAPSHOT_PAYLOAD_SQL=PAYLOAD_SQL,
+                      OUTBOXD_SIGNAL_ALLOWED_TABLES=table)
     with pg() as c:
         sid = c.execute("INSERT INTO outboxd_signals(type, data) VALUES ('snapshot', %s) RETURNING id",
-                        (json.dumps({"table": table, "aggregate_type": "athlete", "payload_sql": PAYLOAD_SQL,
+                        (json.dumps({"table": table, "aggregate_type": "athlete",
                                      "name": harness.table + "_sig", "restart": True, "page_size": 500}),)).fetchone()[0]
         wait_until(lambda: c.execute("SELECT status FROM outboxd_signals WHERE id = %s", (sid,)).fetchone()[0] == "done",
                    timeout=60, what="signal done")
