@@ -98,7 +98,7 @@ static const obx_opt_t opts[] = {
      "Table (in outbox.schema) whose INSERTs, read from the slot in commit order, start a snapshot inside `outboxd run`: `INSERT INTO outboxd_signals(type, data) VALUES ('snapshot', '{\"table\": \"athletes\", \"filter\": {\"column\": \"country\", \"op\": \"=\", \"value\": \"GB\"}}')`. A signal carries no SQL (docs/snapshot.md). Only its owner should be able to INSERT (`outboxd doctor` checks). Empty disables."},
     /* signal.allowed_tables: src/relay/signals.c */
     {"signal.allowed_tables", T_STR, S(signal_allowed_tables), "", 0, 0, 0,
-     "Comma-separated tables a signal may name in its `table` member, each written exactly as the signal writes it ([schema.]table, as in snapshot.table). Empty: only snapshot.table. Payload shape, version column and SQL come from snapshot.* only, never from a signal."},
+     "Comma-separated tables a signal may name in its `table` member besides snapshot.table (always allowed), each written exactly as the signal writes it ([schema.]table, as in snapshot.table). Empty: only snapshot.table. Payload shape, version column and any SQL come from snapshot.* only, never from a signal."},
     /* apply.*: `outboxd apply`, the replica side (src/apply.c, docs/apply.md). It needs none of pg.* or slot.*. */
     {"apply.conninfo", T_STR, S(apply_conninfo), "", 0, 0, 0,
      "`outboxd apply`: libpq connection string of the replica (consumer's) database. The role needs SELECT, INSERT, UPDATE on apply.table (and DELETE, plus the tombstone table, with apply.delete_types). Required for apply."},
