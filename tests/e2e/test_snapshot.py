@@ -226,3 +226,21 @@ def test_sigterm_while_kafka_is_unreachable_ends_within_the_shutdown_timeout(har
     assert row == (None, 0, "interrupted"), row
     with pg() as c:
         c.execute(f"DROP TABLE {table}")
+
+
+def test_snapshot_event_ids_stay_unique_for_long_keys(harness):
+    """Event ids are never cut: two 400-byte keys that differ only at the end
+    (and a long checkpoint name) give two ids, each holding its whole key."""
+    table = harness.table + "_src"
+    with pg() as c:
+        c.execute(f"DROP TABLE IF EXISTS {table}")
+        c.execute(f"CREATE TABLE {table} (id text PRIMARY KEY, status text NOT NULL, version bigint)")
+        c.execute(f"INSERT INTO {table} SELECT repeat('k', 399) || g, 'active', 1 FROM generate_series(1, 3) g")
+    name = harness.table + "_" + "n" * 200
+    r = snapshot(harness, table, "--name", name, "--restart")
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = harness.consume(["athlete"])
+    ids = sorted(e["event_id"] for e in events)
+    assert ids == [f"snapshot:{name}:{'k' * 399}{g}:1" for g in (1, 2, 3)], ids
+    with pg() as c:
+        c.execute(f"DROP TABLE {table}")
