@@ -23,14 +23,21 @@ CREATE TABLE IF NOT EXISTS outbox (
 -- Signals: an INSERT here (read from the slot, in commit order with the
 -- stream) starts a snapshot inside the running relay, e.g.
 --   INSERT INTO outboxd_signals(type, data)
---   VALUES ('snapshot', '{"table": "athletes", "where": "country_code = ''GB''"}');
--- outboxd updates status (pending, running, done, failed, interrupted, rejected).
+--   VALUES ('snapshot', '{"table": "athletes",
+--                         "filter": {"column": "country_code", "op": "=", "value": "GB"}}');
+-- data carries no SQL (docs/snapshot.md); only snapshot.table and
+-- signal.allowed_tables may be named. outboxd updates status (pending,
+-- running, done, failed, interrupted, rejected, ignored) and counts attempts:
+-- a signal whose snapshot was cut short by a crash 3 times is marked failed.
+-- Only the owner should be able to INSERT here (outboxd doctor warns).
+-- Upgrading an older table: ALTER TABLE outboxd_signals ADD COLUMN attempts integer NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS outboxd_signals (
     id         bigserial   PRIMARY KEY,
     type       text        NOT NULL,
     data       jsonb       NOT NULL DEFAULT '{}',
     status     text        NOT NULL DEFAULT 'pending',
     detail     text,
+    attempts   integer     NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );

@@ -97,7 +97,10 @@ static const obx_opt_t opts[] = {
      "Rows per page; each page is acked by Kafka before its checkpoint moves, so a resumed snapshot re-sends at most one page."},
     {"snapshot.rate_limit", T_INT, S(snap_rate_limit), "0", 0, 100000000, 0, "Rows per second at most (0: as fast as Kafka acks)."},
     {"signal.table", T_STR, S(signal_table), "outboxd_signals", 0, 0, 0,
-     "Table (in outbox.schema) whose INSERTs, read from the slot in commit order, start a snapshot inside `outboxd run`: `INSERT INTO outboxd_signals(type, data) VALUES ('snapshot', '{\"table\": \"athletes\", \"where\": \"...\"}')`. Empty disables."},
+     "Table (in outbox.schema) whose INSERTs, read from the slot in commit order, start a snapshot inside `outboxd run`: `INSERT INTO outboxd_signals(type, data) VALUES ('snapshot', '{\"table\": \"athletes\", \"filter\": {\"column\": \"country\", \"op\": \"=\", \"value\": \"GB\"}}')`. A signal carries no SQL (docs/snapshot.md). Only its owner should be able to INSERT (`outboxd doctor` checks). Empty disables."},
+    /* signal.allowed_tables: src/relay/signals.c */
+    {"signal.allowed_tables", T_STR, S(signal_allowed_tables), "", 0, 0, 0,
+     "Comma-separated tables a signal may name in its `table` member besides snapshot.table (always allowed), each written exactly as the signal writes it ([schema.]table, as in snapshot.table). Empty: only snapshot.table. Payload shape, version column and any SQL come from snapshot.* only, never from a signal."},
     /* apply.*: `outboxd apply`, the replica side (src/apply.c, docs/apply.md). It needs none of pg.* or slot.*. */
     {"apply.conninfo", T_STR, S(apply_conninfo), "", 0, 0, 0,
      "`outboxd apply`: libpq connection string of the replica (consumer's) database. The role needs SELECT, INSERT, UPDATE on apply.table (and DELETE, plus the tombstone table, with apply.delete_types). Required for apply."},
@@ -398,6 +401,52 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
         snprintf(errstr, errstr_size, "slot.name = \"%s\": slot names may contain only lower case letters, digits and underscores",
                  cfg->slot_name);
         return -1;
+    }
+    /* Identifier lengths (src/relay/signals.c owner): PostgreSQL keeps 63 bytes
+     * (NAMEDATALEN-1) of a name and cuts the rest with only a NOTICE, so a
+     * longer name would mean another object. Mode 0: one name as written;
+     * 1: names split at commas/spaces; 2: SQL names ([schema.]table lists,
+     * "quoted" parts, unquoted spaces ignored). */
+    {
+        const struct { const char *key, *v; int mode; } ids[] = {
+            {"slot.name", cfg->slot_name, 0}, {"outbox.schema", cfg->outbox_schema, 0},
+            {"outbox.table", cfg->outbox_table, 0}, {"outbox.column.id", cfg->col_id, 0},
+            {"outbox.column.aggregatetype", cfg->col_aggregatetype, 0},
+            {"outbox.column.aggregateid", cfg->col_aggregateid, 0}, {"outbox.column.type", cfg->col_type, 0},
+            {"outbox.column.payload", cfg->col_payload, 0},
+            {"outbox.column.aggregate_version", cfg->col_aggregate_version, 0},
+            {"outbox.column.topic", cfg->col_topic, 0}, {"outbox.column.headers", cfg->col_headers, 0},
+            {"outbox.column.occurred_at", cfg->col_occurred_at, 0}, {"signal.table", cfg->signal_table, 0},
+            {"snapshot.version_column", cfg->snap_version_column, 0}, {"snapshot.columns", cfg->snap_columns, 1},
+            {"snapshot.table", cfg->snap_table, 2}, {"signal.allowed_tables", cfg->signal_allowed_tables, 2},
+            {"apply.table", cfg->apply_table, 2}, {"apply.tombstone_table", cfg->apply_tombstone_table, 2},
+            {"apply.key_column", cfg->apply_key_column, 0}, {"apply.column.source_version", cfg->apply_col_version, 0},
+            {"apply.column.source_updated_at", cfg->apply_col_source_updated_at, 0},
+            {"apply.column.replicated_at", cfg->apply_col_replicated_at, 0},
+        };
+        for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+            size_t part = 0, longest = 0;
+            int m = ids[i].mode, quoted = 0;
+            for (const char *p = ids[i].v;; p++) {
+                if (!*p || (m == 1 && (*p == ',' || *p == ' ')) || (m == 2 && !quoted && (*p == '.' || *p == ','))) {
+                    longest = part > longest ? part : longest;
+                    part = 0;
+                    if (!*p) break;
+                } else if (m == 2 && *p == '"') {
+                    if (quoted && p[1] == '"') part++, p++;
+                    else quoted = !quoted;
+                } else if (!(m == 2 && !quoted && *p == ' ')) {
+                    part++;
+                }
+            }
+            if (longest > 63) {
+                snprintf(errstr, errstr_size,
+                         "%s = \"%.70s...\": a name of %zu bytes; PostgreSQL names are at most 63 bytes "
+                         "(NAMEDATALEN-1) and it would cut this one, naming another object: use a shorter name",
+                         ids[i].key, ids[i].v, longest);
+                return -1;
+            }
+        }
     }
     obx_log_level_t lvl;
     obx_log_format_t fmt;

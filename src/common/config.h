@@ -47,6 +47,7 @@ typedef struct obx_config_s {
     char *snap_columns, *snap_payload_sql, *snap_event_type;
     int snap_page_size, snap_rate_limit;
     char *signal_table;
+    char *signal_allowed_tables; /* signal.allowed_tables (src/relay/signals.c) */
     /* apply.* (outboxd apply, the replica side: src/apply.c) */
     char *apply_conninfo, *apply_topics, *apply_group, *apply_table, *apply_key_column, *apply_columns;
     char *apply_event_types, *apply_delete_types, *apply_tombstone_table;

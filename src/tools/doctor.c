@@ -157,6 +157,42 @@ static void check_outbox(doc_t *d, const obx_config_t *cfg, PGconn *c)
     obx_relset_destroy(rs);
 }
 
+/* Whoever may INSERT into the signal table starts snapshots as outboxd's
+ * role: only its owner (and superusers, who may do anything) should. */
+static void check_signals(doc_t *d, const obx_config_t *cfg, PGconn *c)
+{
+    if (!*cfg->signal_table) return;
+    char what[1400], fix[1400];
+    char *qt = obx_pg_quote_qualified(cfg->outbox_schema, cfg->signal_table);
+    obx_err_t err;
+    const char *p[1] = {qt};
+    PGresult *r = qt ? obx_pg_exec(c,
+                                   "SELECT t.relowner::regrole::text, (SELECT string_agg(quote_ident(r.rolname), ', '"
+                                   " ORDER BY r.rolname) FROM pg_roles r WHERE r.oid <> t.relowner AND NOT r.rolsuper"
+                                   " AND r.rolname !~ '^pg_' AND has_table_privilege(r.oid, t.oid, 'INSERT'))"
+                                   " FROM pg_class t WHERE t.oid = to_regclass($1)", 1, p, &err)
+                     : NULL;
+    if (!r) {
+        report(d, 0, 1, "signal table privileges", qt ? err.msg : "out of memory");
+    } else if (PQntuples(r) == 0) {
+        snprintf(what, sizeof(what), "signal table %s does not exist: signals are off", qt);
+        report(d, 1, 0, what, NULL);
+    } else if (PQgetisnull(r, 0, 1)) {
+        snprintf(what, sizeof(what), "signal table %s: only its owner %s (and superusers) may INSERT", qt,
+                 PQgetvalue(r, 0, 0));
+        report(d, 1, 0, what, NULL);
+    } else {
+        snprintf(what, sizeof(what), "signal table %s: roles other than its owner %s may INSERT (%s); a signal "
+                 "starts a snapshot of the tables in snapshot.table and signal.allowed_tables as outboxd's role", qt,
+                 PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+        snprintf(fix, sizeof(fix), "REVOKE INSERT ON %s FROM %s; (and check role memberships: a member of the owner "
+                 "role may INSERT too)", qt, PQgetvalue(r, 0, 1));
+        report(d, 0, 1, what, fix);
+    }
+    PQclear(r);
+    free(qt);
+}
+
 static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
     char what[64];
@@ -167,6 +203,7 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     check_plugin(d, c);
     check_slot(d, cfg, c);
     check_outbox(d, cfg, c);
+    check_signals(d, cfg, c);
 }
 
 /* Does the broker create topics on first write? 1, 0, or -1 unknown. */

@@ -7,10 +7,12 @@
  * obx_snapshot_run(). */
 #include "snapshot.h"
 
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "clock.h"
 #include "envelope.h"
@@ -64,10 +66,16 @@ typedef struct {
     PGconn *c;
     obx_producer_t *prod;
     snap_dr_t dr;
-    char schema[128], table[128], key[128], ktype[128], topic[256];
+    char *schema, *table, *key, *ktype; /* from the catalog */
+    char topic[256];       /* a valid topic is at most 249 bytes */
     char *qt;              /* "schema"."table" */
     char *ckpt;            /* "outbox_schema"."outboxd_snapshots" */
-    char *page_sql;        /* one keyset page; $1 = last key or NULL */
+    char *page_sql;        /* one keyset page; $1 = last key or NULL, $2.. the filter values */
+    char *count_sql;       /* the rows to do; $1.. the filter values */
+    const char *params[1 + OBX_SNAPSHOT_MAX_FILTERS]; /* [0] last key, then the filter values */
+    int n_values;          /* filter values in params[1..] */
+    char *eid;             /* event id of the row being sent, grown as needed */
+    size_t eid_cap;
     char *last_key;        /* newest checkpointed key; NULL = start */
     int ckpt_open;         /* the checkpoint row says 'running' */
     long estimate, done_rows, sent;
@@ -107,6 +115,58 @@ static int oom(obx_err_t *err)
     obx_err_clear(err);
     obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_FAIL, "out of memory");
     return -1;
+}
+
+/* printf into a malloc'd string sized to fit: SQL is never cut short.
+ * NULL on allocation failure. */
+__attribute__((format(printf, 1, 2))) static char *sqlf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *q = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (q) {
+        va_start(ap, fmt);
+        vsnprintf(q, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    return q;
+}
+
+const char *obx_snapshot_filter_op(const char *op, int *takes_value)
+{
+    static const struct { const char *name, *sql; int value; } ops[] = {
+        {"=", "=", 1}, {"<>", "<>", 1}, {"!=", "<>", 1}, {"<", "<", 1}, {"<=", "<=", 1}, {">", ">", 1},
+        {">=", ">=", 1}, {"like", "LIKE", 1}, {"not like", "NOT LIKE", 1}, {"is null", "IS NULL", 0},
+        {"is not null", "IS NOT NULL", 0},
+    };
+    for (size_t i = 0; op && i < sizeof(ops) / sizeof(ops[0]); i++)
+        if (!strcasecmp(op, ops[i].name) || !strcmp(op, ops[i].sql)) {
+            if (takes_value) *takes_value = ops[i].value;
+            return ops[i].sql;
+        }
+    return NULL;
+}
+
+/* The filter as a predicate prefix, each term followed by " AND ": the
+ * operator's where, then t."column" <op> $n with n from first_param.
+ * Malloc'd ("" without a filter); NULL on allocation failure. */
+static char *filter_prefix(const obx_snapshot_opts_t *o, int first_param)
+{
+    char *out = o->where ? sqlf("(%s) AND ", o->where) : strdup("");
+    int n = first_param;
+    for (size_t i = 0; out && i < o->n_filters; i++) {
+        int takes_value = 0;
+        const char *op = obx_snapshot_filter_op(o->filters[i].op, &takes_value);
+        char *col = obx_pg_quote_ident(o->filters[i].column), *more = NULL;
+        if (col && takes_value) more = sqlf("%st.%s %s $%d AND ", out, col, op, n++);
+        else if (col) more = sqlf("%st.%s %s AND ", out, col, op);
+        free(col);
+        free(out);
+        out = more;
+    }
+    return out;
 }
 
 /* Payload expression over alias t: an SQL expression, a column list (each
@@ -167,6 +227,16 @@ static int check_opts(const obx_snapshot_opts_t *o, obx_err_t *err)
     else if (o->page_size <= 0)
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "page size %ld: use a positive number of rows per page",
                     o->page_size);
+    else if (o->n_filters > OBX_SNAPSHOT_MAX_FILTERS)
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "%zu filter terms: at most %d", o->n_filters,
+                    OBX_SNAPSHOT_MAX_FILTERS);
+    for (size_t i = 0; err->cls == OBX_ERR_NONE && i < o->n_filters; i++) {
+        int takes_value = 0;
+        const obx_snapshot_filter_t *f = &o->filters[i];
+        if (!f->column || !*f->column || !obx_snapshot_filter_op(f->op, &takes_value) || takes_value != !!f->value)
+            obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "filter term %zu: needs a column, a known op and a value "
+                        "exactly when the op takes one", i + 1);
+    }
     return err->cls == OBX_ERR_NONE ? 0 : -1;
 }
 
@@ -187,8 +257,10 @@ static int snap_describe(snap_t *s, obx_err_t *err)
                     o->table, why);
         return -1;
     }
-    snprintf(s->schema, sizeof(s->schema), "%s", PQgetvalue(r, 0, 0));
-    snprintf(s->table, sizeof(s->table), "%s", PQgetvalue(r, 0, 1));
+    if (!(s->schema = strdup(PQgetvalue(r, 0, 0))) || !(s->table = strdup(PQgetvalue(r, 0, 1)))) {
+        PQclear(r);
+        return oom(err);
+    }
     obx_err_clear(err);
     if (PQgetisnull(r, 0, 2))
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
@@ -202,11 +274,11 @@ static int snap_describe(snap_t *s, obx_err_t *err)
         PQclear(r);
         return -1;
     }
-    snprintf(s->ktype, sizeof(s->ktype), "%s", PQgetvalue(r, 0, 3));
-    snprintf(s->key, sizeof(s->key), "%s", PQgetvalue(r, 0, 4));
+    s->ktype = strdup(PQgetvalue(r, 0, 3));
+    s->key = strdup(PQgetvalue(r, 0, 4));
     s->estimate = atol(PQgetvalue(r, 0, 5));
     PQclear(r);
-    if (!(s->qt = obx_pg_quote_qualified(s->schema, s->table))) return oom(err);
+    if (!s->ktype || !s->key || !(s->qt = obx_pg_quote_qualified(s->schema, s->table))) return oom(err);
 
     const char *p2[3] = {s->schema, s->table, o->version_column};
     r = obx_pg_exec(s->c, VERSION_COLUMN_SQL, 3, p2, err);
@@ -227,19 +299,16 @@ static int snap_describe(snap_t *s, obx_err_t *err)
  * estimate otherwise. */
 static int snap_count(snap_t *s, obx_err_t *err)
 {
-    const char *w = s->o->where;
-    if (!w && s->estimate >= 10000) return 0;
-    size_t cap = 64 + strlen(s->qt) + (w ? strlen(w) : 0);
-    char *sql = malloc(cap);
-    if (!sql) return oom(err);
-    snprintf(sql, cap, "SELECT count(*) FROM %s t%s%s%s", s->qt, w ? " WHERE (" : "", w ? w : "", w ? ")" : "");
-    PGresult *r = obx_pg_exec(s->c, sql, 0, NULL, err);
-    free(sql);
+    const obx_snapshot_opts_t *o = s->o;
+    if (!o->where && !o->n_filters && s->estimate >= 10000) return 0;
+    PGresult *r = obx_pg_exec(s->c, s->count_sql, s->n_values, s->params + 1, err);
     if (!r) {
         char why[sizeof(err->msg)];
         memcpy(why, err->msg, sizeof(why));
         obx_err_clear(err);
-        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "snapshot.where = \"%s\" on %s: %.600s", w ? w : "", s->qt, why);
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG, "%s = \"%.300s\" on %s: %.600s",
+                    o->where ? "snapshot.where" : "filter", o->where ? o->where : o->filter_desc ? o->filter_desc : "",
+                    s->qt, why);
         return -1;
     }
     s->estimate = atol(PQgetvalue(r, 0, 0));
@@ -247,30 +316,28 @@ static int snap_count(snap_t *s, obx_err_t *err)
     return 0;
 }
 
-/* One keyset page. ktype is the server's own format_type() of the key
- * column (a type name, not an identifier), so it goes in as rendered. */
-static int snap_build_page_sql(snap_t *s, obx_err_t *err)
+/* The page and count queries and their filter values. ktype is the
+ * server's own format_type() of the key column (a type name, not an
+ * identifier), so it goes in as rendered. */
+static int snap_build_sql(snap_t *s, obx_err_t *err)
 {
     const obx_snapshot_opts_t *o = s->o;
-    const char *w = o->where;
+    for (size_t i = 0; i < o->n_filters; i++)
+        if (o->filters[i].value) s->params[1 + s->n_values++] = o->filters[i].value;
     char *vcol = obx_pg_quote_ident(o->version_column), *kcol = obx_pg_quote_ident(s->key);
-    char *pexpr = payload_expr(o);
-    int rc = -1;
-    if (vcol && kcol && pexpr) {
-        size_t cap = 1024 + strlen(pexpr) + (w ? strlen(w) : 0) + strlen(s->qt) + 3 * strlen(kcol) + strlen(vcol);
-        if ((s->page_sql = malloc(cap))) {
-            snprintf(s->page_sql, cap,
-                     "SELECT t.%s::text, t.%s::text, (%s)::text, extract(epoch FROM statement_timestamp())::float8"
-                     " FROM %s t WHERE %s%s%s($1::text IS NULL OR t.%s > $1::%s) ORDER BY t.%s LIMIT %ld",
-                     kcol, vcol, pexpr, s->qt, w ? "(" : "", w ? w : "", w ? ") AND " : "", kcol, s->ktype, kcol,
-                     o->page_size);
-            rc = 0;
-        }
+    char *pexpr = payload_expr(o), *page_w = filter_prefix(o, 2), *count_w = filter_prefix(o, 1);
+    if (vcol && kcol && pexpr && page_w && count_w) {
+        s->page_sql = sqlf("SELECT t.%s::text, t.%s::text, (%s)::text, extract(epoch FROM statement_timestamp())::float8"
+                           " FROM %s t WHERE %s($1::text IS NULL OR t.%s > $1::%s) ORDER BY t.%s LIMIT %ld",
+                           kcol, vcol, pexpr, s->qt, page_w, kcol, s->ktype, kcol, o->page_size);
+        s->count_sql = sqlf("SELECT count(*) FROM %s t WHERE %strue", s->qt, count_w);
     }
     free(vcol);
     free(kcol);
     free(pexpr);
-    return rc == 0 ? 0 : oom(err);
+    free(page_w);
+    free(count_w);
+    return s->page_sql && s->count_sql ? 0 : oom(err);
 }
 
 /* Creates the checkpoint table if needed, reads the row (resume unless it
@@ -278,10 +345,12 @@ static int snap_build_page_sql(snap_t *s, obx_err_t *err)
 static int snap_checkpoint_open(snap_t *s, obx_err_t *err)
 {
     const obx_snapshot_opts_t *o = s->o;
-    char ddl[700], q[900];
     if (!(s->ckpt = obx_pg_quote_qualified(s->cfg->outbox_schema, "outboxd_snapshots"))) return oom(err);
-    snprintf(ddl, sizeof(ddl), CHECKPOINT_DDL, s->ckpt);
-    if (obx_pg_command(s->c, ddl, err) != 0) {
+    char *q = sqlf(CHECKPOINT_DDL, s->ckpt);
+    if (!q) return oom(err);
+    int rc = obx_pg_command(s->c, q, err);
+    free(q);
+    if (rc != 0) {
         char why[sizeof(err->msg)];
         memcpy(why, err->msg, sizeof(why));
         obx_err_clear(err);
@@ -290,9 +359,10 @@ static int snap_checkpoint_open(snap_t *s, obx_err_t *err)
                     s->cfg->outbox_schema, why);
         return -1;
     }
-    snprintf(q, sizeof(q), "SELECT last_key, rows_done, status FROM %s WHERE name = $1", s->ckpt);
+    if (!(q = sqlf("SELECT last_key, rows_done, status FROM %s WHERE name = $1", s->ckpt))) return oom(err);
     const char *pn[1] = {s->name};
     PGresult *r = obx_pg_exec(s->c, q, 1, pn, err);
+    free(q);
     if (!r) return -1;
     if (PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), "done") != 0 && !o->restart) {
         if (!PQgetisnull(r, 0, 0) && !(s->last_key = strdup(PQgetvalue(r, 0, 0)))) {
@@ -307,14 +377,16 @@ static int snap_checkpoint_open(snap_t *s, obx_err_t *err)
     char est[32], done[32];
     snprintf(est, sizeof(est), "%ld", s->estimate);
     snprintf(done, sizeof(done), "%ld", s->done_rows);
-    const char *pu[7] = {s->name, s->qt, o->where, o->topic, s->last_key, done, est};
-    snprintf(q, sizeof(q),
-             "INSERT INTO %s AS s (name, source_table, filter, topic, last_key, rows_done, rows_estimated, status)"
+    const char *pu[7] = {s->name, s->qt, o->where ? o->where : o->filter_desc, o->topic, s->last_key, done, est};
+    q = sqlf("INSERT INTO %s AS s (name, source_table, filter, topic, last_key, rows_done, rows_estimated, status)"
              " VALUES ($1, $2, $3, $4, $5, $6, $7, 'running') ON CONFLICT (name) DO UPDATE SET source_table = $2,"
              " filter = $3, topic = $4, last_key = $5, rows_done = $6, rows_estimated = $7, status = 'running',"
              " error = NULL, updated_at = now()",
              s->ckpt);
-    if (!(r = obx_pg_exec(s->c, q, 7, pu, err))) return -1;
+    if (!q) return oom(err);
+    r = obx_pg_exec(s->c, q, 7, pu, err);
+    free(q);
+    if (!r) return -1;
     PQclear(r);
     s->ckpt_open = 1;
     return 0;
@@ -324,11 +396,12 @@ static int snap_checkpoint_open(snap_t *s, obx_err_t *err)
  * row then says 'running', which resumes the same way). */
 static void snap_checkpoint_status(snap_t *s, const char *status)
 {
-    char q[900];
     obx_err_t err;
-    snprintf(q, sizeof(q), "UPDATE %s SET status = $2, updated_at = now() WHERE name = $1", s->ckpt);
+    char *q = sqlf("UPDATE %s SET status = $2, updated_at = now() WHERE name = $1", s->ckpt);
     const char *p[2] = {s->name, status};
-    PGresult *r = obx_pg_exec(s->c, q, 2, p, &err);
+    PGresult *r = q ? obx_pg_exec(s->c, q, 2, p, &err) : NULL;
+    if (!q) snprintf(err.msg, sizeof(err.msg), "out of memory");
+    free(q);
     if (!r) obx_warn("snapshot", "snapshot %s: cannot mark the checkpoint %s: %s", s->name, status, err.msg);
     PQclear(r);
 }
@@ -342,11 +415,13 @@ static int snap_checkpoint_move(snap_t *s, const char *last_key, long n, obx_err
     s->last_key = k;
     s->done_rows += n;
     s->sent += n;
-    char q[900], done[32];
+    char done[32];
     snprintf(done, sizeof(done), "%ld", s->done_rows);
-    snprintf(q, sizeof(q), "UPDATE %s SET last_key = $2, rows_done = $3, updated_at = now() WHERE name = $1", s->ckpt);
+    char *q = sqlf("UPDATE %s SET last_key = $2, rows_done = $3, updated_at = now() WHERE name = $1", s->ckpt);
+    if (!q) return oom(err);
     const char *p[3] = {s->name, s->last_key, done};
     PGresult *r = obx_pg_exec(s->c, q, 3, p, err);
+    free(q);
     if (!r) return -1;
     PQclear(r);
     return 0;
@@ -364,8 +439,10 @@ static int snap_open_producer(snap_t *s, obx_err_t *err)
         return -1;
     }
     s->atype = o->aggregate_type ? o->aggregate_type : s->table;
-    if (o->topic)
+    if (o->topic && strlen(o->topic) < sizeof(s->topic))
         snprintf(s->topic, sizeof(s->topic), "%s", o->topic);
+    else if (o->topic)
+        s->topic[0] = '\0';
     else if (obx_topic_expand(s->cfg->topic_template, s->atype, s->topic, sizeof(s->topic)) != 0)
         s->topic[0] = '\0';
     if (!obx_topic_valid(s->topic)) {
@@ -383,7 +460,7 @@ static int snap_prepare(snap_t *s, obx_err_t *err)
         s->fail_event = "pg_connect";
         return -1;
     }
-    if (snap_describe(s, err) != 0 || snap_build_page_sql(s, err) != 0 || snap_count(s, err) != 0 ||
+    if (snap_describe(s, err) != 0 || snap_build_sql(s, err) != 0 || snap_count(s, err) != 0 ||
         snap_checkpoint_open(s, err) != 0 || snap_open_producer(s, err) != 0)
         return -1;
     obx_metrics_t *m = obx_metrics();
@@ -391,8 +468,9 @@ static int snap_prepare(snap_t *s, obx_err_t *err)
     atomic_store(&m->snapshot_running, 1);
     atomic_store(&m->snapshot_rows_estimated, s->estimate);
     atomic_store(&m->snapshot_rows_done, s->done_rows);
+    const char *f = s->o->where ? s->o->where : s->o->filter_desc;
     obx_info("snapshot_start", "snapshot %s of %s to %s: ~%ld rows, %ld per page%s%s", s->name, s->qt, s->topic,
-             s->estimate, s->o->page_size, s->o->where ? ", where " : "", s->o->where ? s->o->where : "");
+             s->estimate, s->o->page_size, f ? ", where " : "", f ? f : "");
     return 0;
 }
 
@@ -420,8 +498,17 @@ static int snap_check_page(snap_t *s, PGresult *r, obx_err_t *err)
  * full. 0 sent, 1 stopped while the queue stayed full, -1 err. */
 static int snap_send_row(snap_t *s, PGresult *r, int i, int64_t now_us, obx_err_t *err)
 {
-    char eid[300], perr[512];
-    snprintf(eid, sizeof(eid), "snapshot:%s:%s:%s", s->name, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+    char perr[512];
+    /* Full length, never cut: two keys sharing a long prefix stay two ids. */
+    size_t need = strlen(s->name) + (size_t)PQgetlength(r, i, 0) + (size_t)PQgetlength(r, i, 1) + 16;
+    if (need > s->eid_cap) {
+        char *e = realloc(s->eid, need);
+        if (!e) return oom(err);
+        s->eid = e;
+        s->eid_cap = need;
+    }
+    char *eid = s->eid;
+    snprintf(eid, need, "snapshot:%s:%s:%s", s->name, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
     obx_outbox_row_t row = {
         .event_id = eid, .aggregate_type = s->atype, .aggregate_id = PQgetvalue(r, i, 0),
         .event_type = s->o->event_type, .payload = (const unsigned char *)PQgetvalue(r, i, 2),
@@ -522,8 +609,8 @@ static int snap_pages(snap_t *s, obx_err_t *err)
     s->t0 = obx_mono_ms();
     for (;;) {
         if (*s->stop) return 1;
-        const char *pp[1] = {s->last_key};
-        PGresult *r = obx_pg_exec(s->c, s->page_sql, 1, pp, err);
+        s->params[0] = s->last_key;
+        PGresult *r = obx_pg_exec(s->c, s->page_sql, 1 + s->n_values, s->params, err);
         if (!r) {
             obx_err_prefix(err, "snapshot %s", s->name);
             return -1;
@@ -569,9 +656,15 @@ static void snap_free(snap_t *s)
         if (!*s->stop) obx_producer_flush(s->prod, 10000);
         obx_producer_destroy(s->prod);
     }
+    free(s->schema);
+    free(s->table);
+    free(s->key);
+    free(s->ktype);
+    free(s->eid);
     free(s->qt);
     free(s->ckpt);
     free(s->page_sql);
+    free(s->count_sql);
     free(s->last_key);
     PQfinish(s->c);
 }

@@ -14,10 +14,29 @@
 #include "config.h"
 #include "exitcodes.h"
 
+/* One structured filter term, t.<column> <op> $n: the column is quoted,
+ * the value is a parameter and the op comes from a fixed list, so nothing
+ * of it is SQL. It is what a signal may carry instead of snapshot.where. */
+typedef struct {
+    const char *column;
+    const char *op;    /* one of obx_snapshot_filter_op()'s names */
+    const char *value; /* a text parameter; NULL for "is null" / "is not null" */
+} obx_snapshot_filter_t;
+
+#define OBX_SNAPSHOT_MAX_FILTERS 8
+
+/* The SQL operator of a filter op name ("=", "<>", "!=", "<", "<=", ">",
+ * ">=", "like", "not like", "is null", "is not null"; case-insensitive), or
+ * NULL when it is not on the list. *takes_value: 0 for IS [NOT] NULL. */
+const char *obx_snapshot_filter_op(const char *op, int *takes_value);
+
 typedef struct {
     const char *name;          /* checkpoint key; default: the table name */
     const char *table;         /* [schema.]table */
-    const char *where;         /* optional SQL filter (reconcile a subset) */
+    const char *where;         /* optional SQL filter: the operator's own (CLI/config), never a signal's */
+    const obx_snapshot_filter_t *filters; /* structured filter terms, ANDed; at most OBX_SNAPSHOT_MAX_FILTERS */
+    size_t n_filters;
+    const char *filter_desc;   /* the filters as text, for the checkpoint row and the log */
     const char *topic;         /* optional topic override */
     const char *aggregate_type;/* default: the table name */
     const char *version_column;/* required */

@@ -176,11 +176,16 @@ def test_signal_row_starts_a_snapshot_inside_the_running_relay(harness):
     make_table(table, 3_000)
     with pg() as c:
         c.execute(SIGNALS_DDL)
+        # A table from before signals counted attempts (deploy/sql/outbox.sql's upgrade line).
+        c.execute("ALTER TABLE outboxd_signals ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0")
     port = free_port()
-    p = harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}")
+    # Signals carry no SQL: the payload shape and the tables a signal may
+    # name come from the configuration.
+    p = harness.start(OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}", OUTBOXD_SNAPSHOT_PAYLOAD_SQL=PAYLOAD_SQL,
+                      OUTBOXD_SIGNAL_ALLOWED_TABLES=table)
     with pg() as c:
         sid = c.execute("INSERT INTO outboxd_signals(type, data) VALUES ('snapshot', %s) RETURNING id",
-                        (json.dumps({"table": table, "aggregate_type": "athlete", "payload_sql": PAYLOAD_SQL,
+                        (json.dumps({"table": table, "aggregate_type": "athlete",
                                      "name": harness.table + "_sig", "restart": True, "page_size": 500}),)).fetchone()[0]
         wait_until(lambda: c.execute("SELECT status FROM outboxd_signals WHERE id = %s", (sid,)).fetchone()[0] == "done",
                    timeout=60, what="signal done")
@@ -219,5 +224,23 @@ def test_sigterm_while_kafka_is_unreachable_ends_within_the_shutdown_timeout(har
     with pg(RELAY_DSN) as c:
         row = c.execute("SELECT last_key, rows_done, status FROM outboxd_snapshots WHERE name = %s", (name,)).fetchone()
     assert row == (None, 0, "interrupted"), row
+    with pg() as c:
+        c.execute(f"DROP TABLE {table}")
+
+
+def test_snapshot_event_ids_stay_unique_for_long_keys(harness):
+    """Event ids are never cut: two 400-byte keys that differ only at the end
+    (and a long checkpoint name) give two ids, each holding its whole key."""
+    table = harness.table + "_src"
+    with pg() as c:
+        c.execute(f"DROP TABLE IF EXISTS {table}")
+        c.execute(f"CREATE TABLE {table} (id text PRIMARY KEY, status text NOT NULL, version bigint)")
+        c.execute(f"INSERT INTO {table} SELECT repeat('k', 399) || g, 'active', 1 FROM generate_series(1, 3) g")
+    name = harness.table + "_" + "n" * 200
+    r = snapshot(harness, table, "--name", name, "--restart")
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = harness.consume(["athlete"])
+    ids = sorted(e["event_id"] for e in events)
+    assert ids == [f"snapshot:{name}:{'k' * 399}{g}:1" for g in (1, 2, 3)], ids
     with pg() as c:
         c.execute(f"DROP TABLE {table}")

@@ -28,7 +28,7 @@ static const char *const all_keys[] = {
     "slot.poll_interval_ms", "slot.evidence_topic", "exactly_once", "exactly_once.scan_max", "poison.policy", "poison.dlq_topic",
     "snapshot.table", "snapshot.name", "snapshot.where", "snapshot.topic", "snapshot.aggregate_type",
     "snapshot.version_column", "snapshot.columns", "snapshot.payload_sql", "snapshot.event_type",
-    "snapshot.page_size", "snapshot.rate_limit", "signal.table",
+    "snapshot.page_size", "snapshot.rate_limit", "signal.table", "signal.allowed_tables",
     "log.level", "log.format",
     /* apply.* (outboxd apply) */
     "apply.conninfo", "apply.topics", "apply.group", "apply.table", "apply.key_column", "apply.columns",
@@ -349,6 +349,59 @@ static void test_validate(void **state)
     set(c, "kafka.acks", "all");
     assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
     obx_config_destroy(c);
+}
+
+/* Identifiers longer than PostgreSQL's 63 bytes (NAMEDATALEN-1) are refused
+ * naming the key; 63 bytes pass. Lists and [schema.]table are judged part
+ * by part, "quoted" parts without their quotes. */
+static void test_identifier_lengths(void **state)
+{
+    (void)state;
+    char err[512] = "", n63[64], n64[65], v[400];
+    memset(n63, 'a', 63);
+    n63[63] = '\0';
+    memset(n64, 'b', 64);
+    n64[64] = '\0';
+    static const char *const keys[] = {
+        "slot.name", "outbox.schema", "outbox.table", "outbox.column.id", "outbox.column.aggregatetype",
+        "outbox.column.aggregateid", "outbox.column.type", "outbox.column.payload",
+        "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
+        "outbox.column.occurred_at", "signal.table", "snapshot.version_column", "snapshot.columns",
+        "snapshot.table", "signal.allowed_tables", "apply.table", "apply.tombstone_table", "apply.key_column",
+        "apply.column.source_version", "apply.column.source_updated_at", "apply.column.replicated_at",
+    };
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        obx_config_t *c = cfg_new();
+        set(c, "pg.conninfo", "host=127.0.0.1");
+        set(c, "kafka.bootstrap.servers", "127.0.0.1:9092");
+        set(c, keys[i], n63);
+        if (obx_config_validate(c, err, sizeof(err)) != 0) fail_msg("%s: 63 bytes refused: %s", keys[i], err);
+        set(c, keys[i], n64);
+        validate_fails(c, keys[i], "63 bytes");
+        validate_fails(c, "64 bytes", "NAMEDATALEN");
+        obx_config_destroy(c);
+    }
+    static const struct { const char *key, *fmt; int ok; } parts[] = {
+        {"snapshot.table", "s.%s", 1},                /* each part is its own name */
+        {"snapshot.table", "\"%s\".t", 1},           /* quotes are not part of it */
+        {"snapshot.table", "\"Sales-EU\".\"x%s\"", 0},
+        {"snapshot.columns", "id, %s", 1},
+        {"snapshot.columns", "id,x%s", 0},
+        {"signal.allowed_tables", "athletes, s.%s", 1},
+        {"signal.allowed_tables", "athletes, s.x%s", 0},
+        {"signal.allowed_tables", "\"a.b\".\"%s\"", 1}, /* a dot inside quotes does not split */
+    };
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        obx_config_t *c = cfg_new();
+        set(c, "pg.conninfo", "host=127.0.0.1");
+        set(c, "kafka.bootstrap.servers", "127.0.0.1:9092");
+        snprintf(v, sizeof(v), parts[i].fmt, n63);
+        set(c, parts[i].key, v);
+        int rc = obx_config_validate(c, err, sizeof(err));
+        if (parts[i].ok && rc != 0) fail_msg("%s = %s refused: %s", parts[i].key, v, err);
+        if (!parts[i].ok) validate_fails(c, parts[i].key, "63 bytes");
+        obx_config_destroy(c);
+    }
 }
 
 static void test_conninfo_redact(void **state)
@@ -690,6 +743,7 @@ int main(void)
         cmocka_unit_test(test_load_file_errors),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_identifier_lengths),
         cmocka_unit_test(test_conninfo_redact),
         cmocka_unit_test(test_print_redacts),
         cmocka_unit_test(test_print_lists_every_key),
