@@ -117,7 +117,6 @@ int obx_relay_run(const obx_config_t *cfg, volatile sig_atomic_t *stop)
             obx_error("oom", "out of memory");
             rc = OBX_EXIT_FAIL;
         } else {
-            obx_signals_resume(p.signals);
             rc = run_sessions(&p);
         }
     }

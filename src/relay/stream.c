@@ -344,6 +344,12 @@ static int session_open(session_t *s, obx_err_t *err)
         return failed(s, "oom");
     }
     if (start_replication(s, err) != 0 || open_kafka(s, err) != 0) return -1;
+    /* Only the process that holds the slot resumes interrupted snapshots: a
+     * hot standby would run a second copy. */
+    if (!p->signals_resumed) {
+        p->signals_resumed = 1;
+        obx_signals_resume(p->signals);
+    }
     s->write_lsn = s->sent_flush = p->confirmed;
     obx_period_init(&s->progress, PROGRESS_MS);
     obx_period_touch(&s->progress, obx_mono_ms());

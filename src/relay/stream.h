@@ -25,6 +25,7 @@ typedef struct {
     obx_lsn_t confirmed;    /* highest flush LSN known confirmed; survives sessions */
     obx_txn_t *core;        /* the transaction core and its poison memory */
     obx_signals_t *signals; /* the signal table's snapshot thread */
+    int signals_resumed;    /* once, by the first session that holds the slot */
 } obx_relay_proc_t;
 
 /* Runs one session. 0: stopped on request (Kafka flushed, final status

@@ -120,6 +120,13 @@ class Harness:
             p.wait_for(r"streaming: streaming slot")
         return p
 
+    def drop_slot(self):
+        """`outboxd slot drop`: the slot and its evidence in Kafka (a slot
+        dropped with SQL alone would make the next start stop with exit 4)."""
+        out = subprocess.run([BIN, "slot", "drop"], env={**os.environ, **self.env()},
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+
     def create_slot(self):
         out = subprocess.run([BIN, "slot", "create"], env={**os.environ, **self.env()},
                              capture_output=True, text=True, timeout=30)

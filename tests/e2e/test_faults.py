@@ -255,9 +255,7 @@ def test_wal_stays_bounded_behind_an_idle_outbox(harness):
     other = f"host=127.0.0.1 port={PG_PORT} dbname=otherdb user=postgres"
     figures = {}
     for hb in ("1000", "0"):
-        with pg(RELAY_DSN) as c:
-            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                      (harness.slot,))
+        harness.drop_slot()
         p = harness.start(OUTBOXD_HEARTBEAT_INTERVAL_MS=hb)
         start_lsn = current_lsn()
         peak = 0
