@@ -249,6 +249,8 @@ def german_role():
         c.execute("GRANT app TO outboxd_de")
         c.execute("ALTER ROLE outboxd_de SET lc_messages = 'de_DE.UTF-8'")
     yield f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd_de password=outboxd_de"
+    with pg(SUPER_DSN) as c:
+        c.execute("DROP ROLE IF EXISTS outboxd_de")
 
 
 def test_german_server_messages_standby_and_lost_slot(harness, german_role):
