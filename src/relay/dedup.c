@@ -26,7 +26,8 @@ typedef struct {
     int32_t n_parts;  /* 0: topic does not exist (yet) */
     uint8_t *state;   /* per partition: PART_* */
     obx_pos_t *tail;  /* per partition: newest position of ours (PART_FOUND) */
-    rd_kafka_topic_t *rkt;
+    rd_kafka_topic_t *rkt;  /* the producer's, for the partitioner */
+    rd_kafka_topic_t *crkt; /* the read-back consumer's */
 } topic_t;
 
 struct obx_dedup_s {
@@ -101,6 +102,7 @@ static void topic_free(void *v)
     free(t->state);
     free(t->tail);
     if (t->rkt) rd_kafka_topic_destroy(t->rkt);
+    if (t->crkt) rd_kafka_topic_destroy(t->crkt);
     free(t);
 }
 
@@ -192,13 +194,18 @@ static int read_partition(obx_dedup_t *d, const char *name, topic_t *t, int32_t 
         obx_debug("dedup_tail", "%s [%d]: newest event of slot %s at commit " OBX_LSN_FMT " #%u (read in %lld ms)",
                   name, (int)p, d->slot, OBX_LSN_ARGS(t->tail[p].commit_lsn), t->tail[p].index,
                   (long long)(obx_mono_ms() - t0));
+    else
+        obx_debug("dedup_tail", "%s [%d]: no event of slot %s (read in %lld ms)", name, (int)p, d->slot,
+                  (long long)(obx_mono_ms() - t0));
     return 0;
 fail:
     t->state[p] = PART_UNREAD;
     return -1;
 }
 
-/* Partition count from the producer's metadata, waiting in ticks. */
+/* Partition count, waiting in ticks. Asked through the consumer so that
+ * it knows the partition leaders before it reads (else each first read
+ * of a topic waits for the consumer's own metadata refresh). */
 static int load_metadata(obx_dedup_t *d, const char *name, topic_t *t, char *errstr, size_t errstr_size)
 {
     int64_t deadline = obx_mono_ms() + IO_TIMEOUT_MS, step = TICK_MS;
@@ -209,7 +216,15 @@ static int load_metadata(obx_dedup_t *d, const char *name, topic_t *t, char *err
             snprintf(errstr, errstr_size, "metadata for %s: %s", name, wait < 0 ? "interrupted" : "timed out");
             return -1;
         }
-        rd_kafka_resp_err_t e = rd_kafka_metadata(d->prod, 0, t->rkt, &md, (int)wait);
+        rd_kafka_resp_err_t e = rd_kafka_metadata(d->cons, 0, t->crkt, &md, (int)wait);
+        if (!e && md->topic_cnt == 1 && md->topics[0].err &&
+            md->topics[0].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+            /* An existing topic without a leader just now: "does not
+             * exist" would skip its read-back. Ask again. */
+            rd_kafka_metadata_destroy(md);
+            obx_sleep_ms((int)wait);
+            continue;
+        }
         if (!e) break;
         if (e != RD_KAFKA_RESP_ERR__TIMED_OUT) {
             snprintf(errstr, errstr_size, "metadata for %s: %s", name, rd_kafka_err2str(e));
@@ -234,7 +249,8 @@ static topic_t *load_topic(obx_dedup_t *d, const char *name, char *errstr, size_
 {
     topic_t *t = obx_strmap_get(d->topics, name);
     if (t) return t;
-    if (!(t = calloc(1, sizeof(*t))) || !(t->rkt = rd_kafka_topic_new(d->prod, name, NULL))) {
+    if (!(t = calloc(1, sizeof(*t))) || !(t->rkt = rd_kafka_topic_new(d->prod, name, NULL)) ||
+        !(t->crkt = rd_kafka_topic_new(d->cons, name, NULL))) {
         snprintf(errstr, errstr_size, "out of memory");
         goto fail;
     }
