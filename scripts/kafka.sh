@@ -97,7 +97,7 @@ L4J
 }
 
 java_cmd() {
-    java -Xmx512m -Dlog4j.configuration="file:$LOG4J" -Dkafka.logs.dir="$LOGS" \
+    java -Xmx1g -Dlog4j.configuration="file:$LOG4J" -Dkafka.logs.dir="$LOGS" \
         -cp "$LIBS/*" "$@"
 }
 
@@ -147,7 +147,7 @@ cmd_start() {
     format_storage
     # setsid: the broker must not die with the caller's process group.
     cd "$KDIR"
-    nohup setsid java -Xmx512m -Dlog4j.configuration="file:$LOG4J" \
+    nohup setsid java -Xmx1g -Dlog4j.configuration="file:$LOG4J" \
         -Dkafka.logs.dir="$LOGS" -cp "$LIBS/*" kafka.Kafka "$PROPS" \
         >"$OUT" 2>&1 </dev/null &
     pid=$!

@@ -10,20 +10,21 @@
 #include "log.h"
 #include "lsn.h"
 #include "metrics.h"
+#include "strmap.h"
 
-
-#define TOPIC_CACHE 64
+/* Topic handles kept at most; past it the cache starts over. A handle
+ * dropped with messages in flight is safe: each message holds its own
+ * reference to the topic (rd_kafka_topic_destroy only drops the app's). */
+#define TOPIC_CACHE_MAX 16384
 
 struct obx_producer_s {
     rd_kafka_t *rk;
     obx_dr_cb_t cb;
     void *opaque;
-    struct {
-        char *name;
-        rd_kafka_topic_t *rkt;
-    } topics[TOPIC_CACHE];
-    size_t n_topics, next_evict;
+    obx_strmap_t *topics; /* name -> rd_kafka_topic_t *, owned */
 };
+
+static void topic_free(void *rkt) { rd_kafka_topic_destroy(rkt); }
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
@@ -54,8 +55,12 @@ obx_producer_t *obx_producer_new_opts(const obx_config_t *cfg, const obx_produce
     p->cb = cb;
     p->opaque = opaque;
     obx_err_t e;
-    rd_kafka_conf_t *conf = obx_kconf_new(cfg, OBX_KCONF_PRODUCER, &e);
-    if (!conf) goto fail;
+    rd_kafka_conf_t *conf = NULL;
+    if (!(p->topics = obx_strmap_new())) {
+        obx_err_set(&e, OBX_ERR_RETRIABLE, 0, "out of memory");
+        goto fail;
+    }
+    if (!(conf = obx_kconf_new(cfg, OBX_KCONF_PRODUCER, &e))) goto fail;
     if (opts->gapless) {
         /* Dedup reads partition tails after a restart: a lost message with a
          * later one written after it would be skipped, so no gaps, ever. */
@@ -72,6 +77,7 @@ obx_producer_t *obx_producer_new_opts(const obx_config_t *cfg, const obx_produce
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, errstr_size);
     if (!p->rk) {
         rd_kafka_conf_destroy(conf);
+        obx_strmap_destroy(p->topics, NULL);
         free(p);
         return NULL;
     }
@@ -79,6 +85,7 @@ obx_producer_t *obx_producer_new_opts(const obx_config_t *cfg, const obx_produce
 fail:
     snprintf(errstr, errstr_size, "%s", e.msg);
     if (conf) rd_kafka_conf_destroy(conf);
+    obx_strmap_destroy(p->topics, NULL);
     free(p);
     return NULL;
 }
@@ -90,35 +97,23 @@ void obx_producer_destroy(obx_producer_t *p)
      * which the relay treats as "not acked". */
     rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     rd_kafka_poll(p->rk, 0);
-    for (size_t i = 0; i < p->n_topics; i++) {
-        rd_kafka_topic_destroy(p->topics[i].rkt);
-        free(p->topics[i].name);
-    }
+    obx_strmap_destroy(p->topics, topic_free);
     rd_kafka_destroy(p->rk);
     free(p);
 }
 
 static rd_kafka_topic_t *topic_get(obx_producer_t *p, const char *name)
 {
-    for (size_t i = 0; i < p->n_topics; i++)
-        if (strcmp(p->topics[i].name, name) == 0) return p->topics[i].rkt;
-    size_t slot;
-    if (p->n_topics < TOPIC_CACHE) {
-        slot = p->n_topics++;
-    } else {
-        /* Round-robin eviction; in-flight messages hold their own reference. */
-        slot = p->next_evict++ % TOPIC_CACHE;
-        rd_kafka_topic_destroy(p->topics[slot].rkt);
-        free(p->topics[slot].name);
-    }
-    p->topics[slot].name = strdup(name);
-    p->topics[slot].rkt = p->topics[slot].name ? rd_kafka_topic_new(p->rk, name, NULL) : NULL;
-    if (!p->topics[slot].rkt) {
-        free(p->topics[slot].name);
-        p->topics[slot] = p->topics[--p->n_topics];
+    rd_kafka_topic_t *rkt = obx_strmap_get(p->topics, name);
+    if (rkt) return rkt;
+    /* Bounded memory for endless topic names; see TOPIC_CACHE_MAX. */
+    if (obx_strmap_count(p->topics) >= TOPIC_CACHE_MAX) obx_strmap_clear(p->topics, topic_free);
+    if (!(rkt = rd_kafka_topic_new(p->rk, name, NULL))) return NULL;
+    if (obx_strmap_put(p->topics, name, rkt) != 0) {
+        rd_kafka_topic_destroy(rkt);
         return NULL;
     }
-    return p->topics[slot].rkt;
+    return rkt;
 }
 
 struct rd_kafka_s *obx_producer_rk(obx_producer_t *p) { return p->rk; }

@@ -1,6 +1,7 @@
 #include "dedup.h"
 #include "clock.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,17 +9,25 @@
 #include "envelope.h"
 #include "kconf.h"
 #include "log.h"
+#include "strmap.h"
 #include "outboxd/v1/event.pb-c.h"
 
-#define MAX_TOPICS 256
+/* One topic's metadata, or one partition's whole read-back. */
 #define IO_TIMEOUT_MS 10000
+/* Longest wait on Kafka between two ticks. */
+#define TICK_MS 100
+/* A metadata request that did not answer in TICK_MS is asked again with
+ * twice the wait, up to this: a slow broker still gets its answer in. */
+#define METADATA_STEP_MAX_MS 2000
+
+enum { PART_UNREAD = 0, PART_NONE, PART_FOUND };
 
 typedef struct {
-    char *name;
-    int32_t n_parts;      /* 0: topic does not exist (yet) */
-    obx_pos_t *tail;      /* newest position of ours per partition */
-    int *found;
-    rd_kafka_topic_t *rkt;
+    int32_t n_parts;  /* 0: topic does not exist (yet) */
+    uint8_t *state;   /* per partition: PART_* */
+    obx_pos_t *tail;  /* per partition: newest position of ours (PART_FOUND) */
+    rd_kafka_topic_t *rkt;  /* the producer's, for the partitioner */
+    rd_kafka_topic_t *crkt; /* the read-back consumer's */
 } topic_t;
 
 struct obx_dedup_s {
@@ -26,8 +35,10 @@ struct obx_dedup_s {
     obx_partitioner_fn partitioner;
     char slot[64], database[128];
     int scan_max;
-    topic_t topics[MAX_TOPICS];
-    size_t n_topics;
+    obx_strmap_t *topics; /* name -> topic_t *, owned */
+    obx_dedup_tick_fn tick;
+    void *tick_ctx;
+    size_t parts_read;
 };
 
 obx_partitioner_fn obx_partitioner_by_name(const char *name)
@@ -42,27 +53,33 @@ obx_partitioner_fn obx_partitioner_by_name(const char *name)
 }
 
 obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const char *slot,
-                           const char *database, obx_err_t *err)
+                           const char *database, obx_dedup_tick_fn tick, void *tick_ctx, obx_err_t *err)
 {
     obx_err_clear(err);
+    rd_kafka_conf_t *conf = NULL;
     obx_dedup_t *d = calloc(1, sizeof(*d));
-    if (!d) {
+    if (!d || !(d->topics = obx_strmap_new())) {
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
-        return NULL;
+        goto fail;
     }
     d->prod = producer;
+    d->tick = tick;
+    d->tick_ctx = tick_ctx;
     d->scan_max = cfg->dedup_scan_max;
     d->partitioner = obx_partitioner_by_name(obx_config_kafka_get(cfg, "partitioner"));
     snprintf(d->slot, sizeof(d->slot), "%s", slot);
     snprintf(d->database, sizeof(d->database), "%s", database);
     /* Same brokers and security settings as the producer, same logger. */
-    rd_kafka_conf_t *conf = obx_kconf_new(cfg, OBX_KCONF_CONSUMER, err);
-    if (!conf) goto fail;
-    /* Only what the producer's idempotent writes made durable counts. */
+    if (!(conf = obx_kconf_new(cfg, OBX_KCONF_CONSUMER, err))) goto fail;
+    /* Only what the producer's idempotent writes made durable counts. A
+     * window reaching before the log start begins at the start, and the
+     * end of a partition is reported at once, not after a long poll. */
     if (obx_kconf_set(conf, "group.id", "outboxd-dedup", err) != 0 ||
         obx_kconf_set(conf, "enable.auto.commit", "false", err) != 0 ||
         obx_kconf_set(conf, "enable.partition.eof", "true", err) != 0 ||
-        obx_kconf_set(conf, "isolation.level", "read_committed", err) != 0)
+        obx_kconf_set(conf, "isolation.level", "read_committed", err) != 0 ||
+        obx_kconf_set(conf, "auto.offset.reset", "earliest", err) != 0 ||
+        obx_kconf_set(conf, "fetch.wait.max.ms", "10", err) != 0)
         goto fail;
     char kerr[512];
     d->cons = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
@@ -73,26 +90,47 @@ obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const 
     return d;
 fail:
     if (conf) rd_kafka_conf_destroy(conf);
+    if (d) obx_strmap_destroy(d->topics, NULL);
     free(d);
     return NULL;
+}
+
+static void topic_free(void *v)
+{
+    topic_t *t = v;
+    if (!t) return;
+    free(t->state);
+    free(t->tail);
+    if (t->rkt) rd_kafka_topic_destroy(t->rkt);
+    if (t->crkt) rd_kafka_topic_destroy(t->crkt);
+    free(t);
 }
 
 void obx_dedup_destroy(obx_dedup_t *d)
 {
     if (!d) return;
-    for (size_t i = 0; i < d->n_topics; i++) {
-        free(d->topics[i].name);
-        free(d->topics[i].tail);
-        free(d->topics[i].found);
-        if (d->topics[i].rkt) rd_kafka_topic_destroy(d->topics[i].rkt);
-    }
+    obx_strmap_destroy(d->topics, topic_free);
     rd_kafka_destroy(d->cons);
     free(d);
 }
 
-/* Reads [start, hi) of one partition; keeps the newest record of ours. */
-static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int64_t hi, obx_pos_t *best,
-                int *found, char *errstr, size_t errstr_size)
+size_t obx_dedup_partitions_read(const obx_dedup_t *d) { return d->parts_read; }
+
+/* The owner's tick; then how long the next wait on Kafka may be (0: the
+ * deadline passed), or -1 when the tick said stop. */
+static int64_t next_wait(obx_dedup_t *d, int64_t deadline, int64_t step)
+{
+    if (d->tick && d->tick(d->tick_ctx) != 0) return -1;
+    int64_t left = deadline - obx_mono_ms();
+    if (left <= 0) return 0;
+    return left < step ? left : step;
+}
+
+/* Reads one partition from `start` (an offset, or RD_KAFKA_OFFSET_TAIL(n))
+ * until its end, or until offset stop_at was read (-1: the end), keeping
+ * the newest record of ours. *end gets the end offset. */
+static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int64_t stop_at, int64_t deadline,
+                topic_t *t, int64_t *end, char *errstr, size_t errstr_size)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, topic, p)->offset = start;
@@ -102,98 +140,128 @@ static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int
         snprintf(errstr, errstr_size, "reading back %s [%d]: %s", topic, (int)p, rd_kafka_err2str(e));
         return -1;
     }
-    int rc = -1;
-    int64_t deadline = obx_mono_ms() + IO_TIMEOUT_MS;
-    while (obx_mono_ms() < deadline) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(d->cons, 200);
+    int rc = 1;
+    while (rc > 0) {
+        int64_t wait = next_wait(d, deadline, TICK_MS);
+        if (wait <= 0) {
+            snprintf(errstr, errstr_size, "reading back %s [%d]: %s", topic, (int)p,
+                     wait < 0 ? "interrupted" : "timed out");
+            rc = -1;
+            break;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(d->cons, (int)wait);
         if (!m) continue;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            rd_kafka_message_destroy(m);
+            *end = m->offset;
             rc = 0;
-            break;
-        }
-        if (m->err) {
+        } else if (m->err) {
             snprintf(errstr, errstr_size, "reading back %s [%d]: %s", topic, (int)p, rd_kafka_message_errstr(m));
-            rd_kafka_message_destroy(m);
-            break;
+            rc = -1;
+        } else if (m->partition == p && !strcmp(rd_kafka_topic_name(m->rkt), topic)) {
+            Outboxd__V1__Event *ev = obx_envelope_decode(m->payload, m->len);
+            if (ev && ev->source && !strcmp(ev->source->slot, d->slot) && !strcmp(ev->source->database, d->database)) {
+                obx_pos_t pos = {ev->source->commit_lsn, ev->source->index_in_txn};
+                if (t->state[p] != PART_FOUND || obx_pos_cmp(pos, t->tail[p]) > 0) t->tail[p] = pos;
+                t->state[p] = PART_FOUND;
+            }
+            obx_envelope_free(ev);
+            if (stop_at >= 0 && m->offset >= stop_at) {
+                *end = m->offset + 1;
+                rc = 0;
+            }
         }
-        Outboxd__V1__Event *ev = obx_envelope_decode(m->payload, m->len);
-        if (ev && ev->source && !strcmp(ev->source->slot, d->slot) && !strcmp(ev->source->database, d->database)) {
-            obx_pos_t pos = {ev->source->commit_lsn, ev->source->index_in_txn};
-            if (!*found || obx_pos_cmp(pos, *best) > 0) *best = pos;
-            *found = 1;
-        }
-        obx_envelope_free(ev);
-        int64_t off = m->offset;
         rd_kafka_message_destroy(m);
-        if (off >= hi - 1) {
-            rc = 0;
-            break;
-        }
     }
-    if (rc != 0 && !errstr[0]) snprintf(errstr, errstr_size, "reading back %s [%d]: timed out", topic, (int)p);
     rd_kafka_assign(d->cons, NULL);
     return rc;
 }
 
-static topic_t *load_topic(obx_dedup_t *d, const char *name, char *errstr, size_t errstr_size)
+/* The read-back of one partition, bounded by IO_TIMEOUT_MS as a whole. */
+static int read_partition(obx_dedup_t *d, const char *name, topic_t *t, int32_t p, char *errstr,
+                          size_t errstr_size)
 {
-    for (size_t i = 0; i < d->n_topics; i++)
-        if (!strcmp(d->topics[i].name, name)) return &d->topics[i];
-    if (d->n_topics == MAX_TOPICS) {
-        snprintf(errstr, errstr_size, "more than %d topics in one session", MAX_TOPICS);
-        return NULL;
-    }
-    topic_t *t = &d->topics[d->n_topics];
-    memset(t, 0, sizeof(*t));
-    t->rkt = rd_kafka_topic_new(d->prod, name, NULL);
-    t->name = strdup(name);
-    if (!t->rkt || !t->name) {
-        snprintf(errstr, errstr_size, "out of memory");
+    int64_t t0 = obx_mono_ms(), deadline = t0 + IO_TIMEOUT_MS, end = 0;
+    t->state[p] = PART_NONE;
+    /* Usually the newest record is ours (the first one read ends the scan:
+     * stop_at 0); else look further back. */
+    if (scan(d, name, p, RD_KAFKA_OFFSET_TAIL(1), 0, deadline, t, &end, errstr, errstr_size) != 0) goto fail;
+    if (t->state[p] != PART_FOUND && end > 1 && d->scan_max > 1 &&
+        scan(d, name, p, end > d->scan_max ? end - d->scan_max : 0, end - 1, deadline, t, &end, errstr,
+             errstr_size) != 0)
         goto fail;
-    }
+    d->parts_read++;
+    if (t->state[p] == PART_FOUND)
+        obx_debug("dedup_tail", "%s [%d]: newest event of slot %s at commit " OBX_LSN_FMT " #%u (read in %lld ms)",
+                  name, (int)p, d->slot, OBX_LSN_ARGS(t->tail[p].commit_lsn), t->tail[p].index,
+                  (long long)(obx_mono_ms() - t0));
+    else
+        obx_debug("dedup_tail", "%s [%d]: no event of slot %s (read in %lld ms)", name, (int)p, d->slot,
+                  (long long)(obx_mono_ms() - t0));
+    return 0;
+fail:
+    t->state[p] = PART_UNREAD;
+    return -1;
+}
+
+/* Partition count, waiting in ticks. Asked through the consumer so that
+ * it knows the partition leaders before it reads (else each first read
+ * of a topic waits for the consumer's own metadata refresh). */
+static int load_metadata(obx_dedup_t *d, const char *name, topic_t *t, char *errstr, size_t errstr_size)
+{
+    int64_t deadline = obx_mono_ms() + IO_TIMEOUT_MS, step = TICK_MS;
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(d->prod, 0, t->rkt, &md, IO_TIMEOUT_MS);
-    if (e) {
-        snprintf(errstr, errstr_size, "metadata for %s: %s", name, rd_kafka_err2str(e));
-        goto fail;
+    for (;;) {
+        int64_t wait = next_wait(d, deadline, step);
+        if (wait <= 0) {
+            snprintf(errstr, errstr_size, "metadata for %s: %s", name, wait < 0 ? "interrupted" : "timed out");
+            return -1;
+        }
+        rd_kafka_resp_err_t e = rd_kafka_metadata(d->cons, 0, t->crkt, &md, (int)wait);
+        if (!e && md->topic_cnt == 1 && md->topics[0].err &&
+            md->topics[0].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+            /* An existing topic without a leader just now: "does not
+             * exist" would skip its read-back. Ask again. */
+            rd_kafka_metadata_destroy(md);
+            obx_sleep_ms((int)wait);
+            continue;
+        }
+        if (!e) break;
+        if (e != RD_KAFKA_RESP_ERR__TIMED_OUT) {
+            snprintf(errstr, errstr_size, "metadata for %s: %s", name, rd_kafka_err2str(e));
+            return -1;
+        }
+        if ((step *= 2) > METADATA_STEP_MAX_MS) step = METADATA_STEP_MAX_MS;
     }
     if (md->topic_cnt == 1 && !md->topics[0].err) t->n_parts = md->topics[0].partition_cnt;
     rd_kafka_metadata_destroy(md);
     if (t->n_parts > 0) {
+        t->state = calloc((size_t)t->n_parts, sizeof(*t->state));
         t->tail = calloc((size_t)t->n_parts, sizeof(*t->tail));
-        t->found = calloc((size_t)t->n_parts, sizeof(*t->found));
-        if (!t->tail || !t->found) {
+        if (!t->state || !t->tail) {
             snprintf(errstr, errstr_size, "out of memory");
-            goto fail;
+            return -1;
         }
     }
-    for (int32_t p = 0; p < t->n_parts; p++) {
-        int64_t lo, hi;
-        e = rd_kafka_query_watermark_offsets(d->cons, name, p, &lo, &hi, IO_TIMEOUT_MS);
-        if (e) {
-            snprintf(errstr, errstr_size, "watermarks of %s [%d]: %s", name, (int)p, rd_kafka_err2str(e));
-            goto fail;
-        }
-        if (hi <= lo) continue;
-        /* Usually the newest record is ours; else look further back. */
-        if (scan(d, name, p, hi - 1, hi, &t->tail[p], &t->found[p], errstr, errstr_size) != 0) goto fail;
-        if (!t->found[p] && hi - lo > 1 &&
-            scan(d, name, p, hi - d->scan_max > lo ? hi - d->scan_max : lo, hi, &t->tail[p], &t->found[p], errstr,
-                 errstr_size) != 0)
-            goto fail;
-        if (t->found[p])
-            obx_debug("dedup_tail", "%s [%d]: newest event of slot %s at commit " OBX_LSN_FMT " #%u", name, (int)p,
-                      d->slot, OBX_LSN_ARGS(t->tail[p].commit_lsn), t->tail[p].index);
+    return 0;
+}
+
+static topic_t *load_topic(obx_dedup_t *d, const char *name, char *errstr, size_t errstr_size)
+{
+    topic_t *t = obx_strmap_get(d->topics, name);
+    if (t) return t;
+    if (!(t = calloc(1, sizeof(*t))) || !(t->rkt = rd_kafka_topic_new(d->prod, name, NULL)) ||
+        !(t->crkt = rd_kafka_topic_new(d->cons, name, NULL))) {
+        snprintf(errstr, errstr_size, "out of memory");
+        goto fail;
     }
-    d->n_topics++;
+    if (load_metadata(d, name, t, errstr, errstr_size) != 0) goto fail;
+    if (obx_strmap_put(d->topics, name, t) != 0) {
+        snprintf(errstr, errstr_size, "out of memory");
+        goto fail;
+    }
     return t;
 fail:
-    free(t->name);
-    free(t->tail);
-    free(t->found);
-    if (t->rkt) rd_kafka_topic_destroy(t->rkt);
-    memset(t, 0, sizeof(*t));
+    topic_free(t);
     return NULL;
 }
 
@@ -201,21 +269,22 @@ int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_
                     obx_err_t *err)
 {
     char errstr[1024] = "";
+    *partition = RD_KAFKA_PARTITION_UA;
     topic_t *t = load_topic(d, topic, errstr, sizeof(errstr));
+    if (t && t->n_parts > 0) {
+        int32_t p = d->partitioner(t->rkt, key, strlen(key), t->n_parts, NULL, NULL);
+        if (p < 0 || p >= t->n_parts) return 0;
+        *partition = p;
+        if (t->state[p] == PART_UNREAD && read_partition(d, topic, t, p, errstr, sizeof(errstr)) != 0) t = NULL;
+    }
     if (!t) {
-        /* Metadata, watermarks, read-back: all may work on the next try. */
+        /* Metadata, read-back: all may work on the next try. */
         obx_err_clear(err);
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "%s", errstr);
         return -1;
     }
-    *partition = RD_KAFKA_PARTITION_UA;
-    if (t->n_parts == 0) {
-        /* Not created yet: nothing of ours can be in it. Look again next
-         * session; within this one our writes are in order anyway. */
-        return 0;
-    }
-    *partition = d->partitioner(t->rkt, key, strlen(key), t->n_parts, NULL, NULL);
-    if (*partition < 0 || *partition >= t->n_parts) *partition = RD_KAFKA_PARTITION_UA;
+    /* n_parts 0: not created yet, nothing of ours can be in it. Look again
+     * next session; within this one our writes are in order anyway. */
     if (*partition == RD_KAFKA_PARTITION_UA) return 0;
-    return t->found[*partition] && obx_pos_cmp(pos, t->tail[*partition]) <= 0;
+    return t->state[*partition] == PART_FOUND && obx_pos_cmp(pos, t->tail[*partition]) <= 0;
 }

@@ -5,6 +5,11 @@
  * source position (commit LSN, index in transaction) is at or before that is
  * already in Kafka and is skipped.
  *
+ * The read-back is lazy, per partition: only the partition an event's key
+ * maps to, the first time the session writes to it. While it waits on
+ * Kafka it calls the owner's tick at least every TICK_MS, so the
+ * replication connection keeps sending status updates.
+ *
  * Sound because, per partition, outboxd writes in position order with an
  * idempotent, gapless producer (a failure stops the producer, so nothing
  * after a lost message lands), and only one outboxd streams a slot at a
@@ -23,20 +28,29 @@
 
 typedef struct obx_dedup_s obx_dedup_t;
 
+/* Called at least every ~100 ms while dedup waits on Kafka (slower only
+ * when the broker answers a metadata request slower than that). Nonzero
+ * stops the read-back: obx_dedup_check then returns -1. */
+typedef int (*obx_dedup_tick_fn)(void *ctx);
+
 /* producer: the session's producer (metadata, partitioner); borrowed.
- * slot/database: which records count as ours. The read-back consumer is
- * built by obx_kconf_new (all kafka.* settings, outboxd's logger). NULL
- * with err on failure. The caller owns the result (obx_dedup_destroy). */
+ * slot/database: which records count as ours. tick/tick_ctx: progress
+ * callback (tick may be NULL); kept. The read-back consumer is built by
+ * obx_kconf_new (all kafka.* settings, outboxd's logger). NULL with err on
+ * failure. The caller owns the result (obx_dedup_destroy). */
 obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const char *slot,
-                           const char *database, obx_err_t *err);
+                           const char *database, obx_dedup_tick_fn tick, void *tick_ctx, obx_err_t *err);
 void obx_dedup_destroy(obx_dedup_t *d);
 
 /* For an event about to be produced: *partition gets the partition the key
  * maps to (RD_KAFKA_PARTITION_UA if the topic does not exist yet).
  * Returns 1: already in Kafka, skip it; 0: produce it; -1: Kafka could not
- * be read (err, retriable): restart the session. */
+ * be read, or the tick said stop (err, retriable): restart the session. */
 int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int32_t *partition,
                     obx_err_t *err);
+
+/* Partitions read back so far in this session (logs, tests). */
+size_t obx_dedup_partitions_read(const obx_dedup_t *d);
 
 /* The partitioner librdkafka would use for `name` (kafka.partitioner);
  * NULL for names that ignore the key (random), which outboxd refuses. */

@@ -30,6 +30,10 @@
 #define RELATIONS_BLOCKED_MS FEEDBACK_MOVED_MS
 /* How often the confirmed position is recorded in the slot evidence topic. */
 #define EVIDENCE_MS 10000
+/* While dedup reads Kafka the server's keepalive requests go unread, so a
+ * status update goes out at least this often whatever status.interval_ms
+ * says (a wal_sender_timeout below it must not end the session). */
+#define READBACK_STATUS_MS 1000
 
 typedef struct {
     obx_relay_proc_t *p;
@@ -54,6 +58,8 @@ typedef struct {
     obx_evidence_writer_t *evidence;
     obx_lsn_t evidence_lsn;
     obx_period_t evidence_period;
+    int tick_failed;          /* a status update during the read-back failed: */
+    obx_err_t tick_err;       /* ... why; the sink reports it */
 } session_t;
 
 static void set_state(session_t *s, obx_state_t st) { atomic_store(&s->p->m->state, (int)st); }
@@ -152,6 +158,21 @@ static obx_sink_rc_t wait_for_room(session_t *s, obx_err_t *err)
     return OBX_SINK_SENT;
 }
 
+/* dedup's progress callback: acks are served and the server hears from us
+ * while the read-back waits on Kafka. A failure stops the read-back. */
+static int readback_tick(void *ctx)
+{
+    session_t *s = ctx;
+    if (s->tick_failed) return -1;
+    obx_producer_poll(s->prod, 0);
+    update_gauges(s);
+    if (send_feedback(s, obx_mono_ms() - s->last_status_ms >= READBACK_STATUS_MS, &s->tick_err) != 0) {
+        s->tick_failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
 /* The core's sink: exactly-once read-back, then librdkafka. */
 static obx_sink_rc_t sink_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
 {
@@ -160,8 +181,13 @@ static obx_sink_rc_t sink_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
     obx_sink_rc_t rc = OBX_SINK_SENT;
     if (s->dedup) {
         int d = obx_dedup_check(s->dedup, rec->topic, rec->key, rec->pos, &rec->partition, err);
+        if (s->tick_failed) {
+            *err = s->tick_err; /* the connection, not Kafka, ended it (send_feedback named it) */
+            d = -1;
+        } else if (d < 0) {
+            failed(s, "dedup");
+        }
         if (d != 0) {
-            if (d < 0) failed(s, "dedup");
             free(rec->value);
             return d < 0 ? OBX_SINK_FAILED : OBX_SINK_SKIPPED;
         }
@@ -315,7 +341,8 @@ static int open_kafka(session_t *s, obx_err_t *err)
     obx_period_init(&s->evidence_period, EVIDENCE_MS);
     obx_period_touch(&s->evidence_period, obx_mono_ms());
     if (s->cfg->exactly_once) {
-        s->dedup = obx_dedup_new(s->cfg, obx_producer_rk(s->prod), s->cfg->slot_name, s->p->pg.database, err);
+        s->dedup = obx_dedup_new(s->cfg, obx_producer_rk(s->prod), s->cfg->slot_name, s->p->pg.database,
+                                 readback_tick, s, err);
         if (!s->dedup) return failed(s, "kafka_consumer");
     }
     return 0;

@@ -17,16 +17,32 @@ from conftest import (BIN, BROKERS, PG_PORT, RELAY_DSN, ROOT, SUPER_DSN, current
 KAFKA_LIBS = os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "kafka", "libs")
 
 
-def kafka_topics(*args):
-    """Kafka's own topic tool from the broker's jars (no Python client here)."""
-    cmd = ["java", "-Xmx256m", "-cp", KAFKA_LIBS + "/*", "kafka.admin.TopicCommand",
-           "--bootstrap-server", BROKERS, *args]
+CREATE_TOPIC_JAVA = """
+import java.util.*;
+import org.apache.kafka.clients.admin.*;
+public class CreateTopic {
+    public static void main(String[] a) throws Exception {
+        Properties p = new Properties();
+        p.put("bootstrap.servers", a[0]);
+        try (Admin admin = Admin.create(p)) {
+            admin.createTopics(List.of(new NewTopic(a[1], Integer.parseInt(a[2]), (short) 1))).all().get();
+        }
+    }
+}
+"""
+
+
+def create_topic(tmp_path, name, partitions):
+    """Kafka's own AdminClient from the broker's jars (no Python client here;
+    Kafka 3.9's TopicCommand is in kafka-tools, which the broker lacks)."""
+    src = tmp_path / "CreateTopic.java"
+    src.write_text(CREATE_TOPIC_JAVA)
+    cmd = ["java", "-Xmx256m", "-cp", KAFKA_LIBS + "/*", str(src), BROKERS, name, str(partitions)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
 
 
-def insert_events(table, n, agg="order", topic=None, dsn=None, ids=None):
+def insert_events(table, n, agg="order", topic=None, dsn=None, ids=None, keys=7):
     ids = ids if ids is not None else []
     with pg(dsn) if dsn else pg() as c:
         with c.transaction():
@@ -34,7 +50,7 @@ def insert_events(table, n, agg="order", topic=None, dsn=None, ids=None):
                 eid = str(uuid.uuid4())
                 c.execute(f"INSERT INTO {table} (id, aggregatetype, aggregateid, type, payload, aggregate_version, topic)"
                           " VALUES (%s, %s, %s, 'created', %s, %s, %s)",
-                          (eid, agg, f"a{i % 7}", json.dumps({"n": i}), i, topic))
+                          (eid, agg, f"a{i % keys}", json.dumps({"n": i}), i, topic))
                 ids.append(eid)
     return ids
 
@@ -285,15 +301,17 @@ def test_german_server_messages_standby_and_lost_slot(harness, german_role):
 
 # ------------------------------------------- read-back keeps feedback flowing
 
-def test_readback_of_200_partitions_under_a_5s_wal_sender_timeout(harness):
+def test_readback_of_200_partitions_under_a_5s_wal_sender_timeout(harness, tmp_path):
     topic = f"{harness.prefix}.wide"
-    kafka_topics("--create", "--topic", topic, "--partitions", "200", "--replication-factor", "1")
+    create_topic(tmp_path, topic, 200)
     dsn = RELAY_DSN + " options='-c wal_sender_timeout=5s'"
     p = harness.start(OUTBOXD_PG_CONNINFO=dsn)
-    ids = insert_events(harness.table, 400, topic=topic)
+    # Distinct keys: every partition has a tail, and the restart reads back
+    # nearly all 200 of them (the read-back is per partition, on first write).
+    ids = insert_events(harness.table, 400, topic=topic, keys=400)
     harness.wait_confirmed(current_lsn())
     p.stop(signal.SIGKILL)
-    more = insert_events(harness.table, 50, topic=topic)
+    more = insert_events(harness.table, 1000, topic=topic, keys=1000)
     p2 = harness.start(OUTBOXD_PG_CONNINFO=dsn)
     harness.wait_confirmed(current_lsn(), timeout=180)
     time.sleep(6)
