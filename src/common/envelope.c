@@ -56,6 +56,7 @@ int obx_envelope_encode(const obx_outbox_row_t *row, const obx_source_t *src,
     sp.schema = (char *)(src->schema ? src->schema : "");
     sp.table = (char *)(src->table ? src->table : "");
     sp.slot = (char *)(src->slot ? src->slot : "");
+    sp.system_id = (char *)(src->system_id ? src->system_id : "");
     ev.source = &sp;
 
     size_t n = outboxd__v1__event__get_packed_size(&ev);
@@ -155,6 +156,7 @@ char *obx_envelope_to_json(const struct Outboxd__V1__Event *ev, const char *topi
         cJSON_AddStringToObject(s, "schema", ev->source->schema);
         cJSON_AddStringToObject(s, "table", ev->source->table);
         cJSON_AddStringToObject(s, "slot", ev->source->slot);
+        cJSON_AddStringToObject(s, "system_id", ev->source->system_id);
     }
     char *out = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);

@@ -14,6 +14,7 @@ typedef struct {
     uint32_t xid;
     int64_t commit_time_us;
     const char *database, *schema, *table, *slot;
+    const char *system_id; /* the producer cluster's system identifier */
 } obx_source_t;
 
 /* Encodes into a new malloc'd buffer (*out, *out_len) that the caller owns

@@ -33,7 +33,7 @@ typedef struct {
 struct obx_dedup_s {
     rd_kafka_t *prod, *cons;
     obx_partitioner_fn partitioner;
-    char slot[64], database[128];
+    char slot[64], database[128], system_id[32];
     int scan_max;
     obx_strmap_t *topics; /* name -> topic_t *, owned */
     obx_dedup_tick_fn tick;
@@ -53,7 +53,7 @@ obx_partitioner_fn obx_partitioner_by_name(const char *name)
 }
 
 obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const char *slot,
-                           const char *database, obx_dedup_tick_fn tick, void *tick_ctx, obx_err_t *err)
+                           const char *database, const char *system_id, obx_dedup_tick_fn tick, void *tick_ctx, obx_err_t *err)
 {
     obx_err_clear(err);
     rd_kafka_conf_t *conf = NULL;
@@ -69,6 +69,7 @@ obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const 
     d->partitioner = obx_partitioner_by_name(obx_config_kafka_get(cfg, "partitioner"));
     snprintf(d->slot, sizeof(d->slot), "%s", slot);
     snprintf(d->database, sizeof(d->database), "%s", database);
+    snprintf(d->system_id, sizeof(d->system_id), "%s", system_id ? system_id : "");
     /* Same brokers and security settings as the producer, same logger. */
     if (!(conf = obx_kconf_new(cfg, OBX_KCONF_CONSUMER, err))) goto fail;
     /* Only what the producer's idempotent writes made durable counts. A
@@ -159,7 +160,8 @@ static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int
             rc = -1;
         } else if (m->partition == p && !strcmp(rd_kafka_topic_name(m->rkt), topic)) {
             Outboxd__V1__Event *ev = obx_envelope_decode(m->payload, m->len);
-            if (ev && ev->source && !strcmp(ev->source->slot, d->slot) && !strcmp(ev->source->database, d->database)) {
+            if (ev && ev->source && !strcmp(ev->source->slot, d->slot) && !strcmp(ev->source->database, d->database) &&
+                *d->system_id && !strcmp(ev->source->system_id, d->system_id)) {
                 obx_pos_t pos = {ev->source->commit_lsn, ev->source->index_in_txn};
                 if (t->state[p] != PART_FOUND || obx_pos_cmp(pos, t->tail[p]) > 0) t->tail[p] = pos;
                 t->state[p] = PART_FOUND;

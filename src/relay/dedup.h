@@ -34,12 +34,16 @@ typedef struct obx_dedup_s obx_dedup_t;
 typedef int (*obx_dedup_tick_fn)(void *ctx);
 
 /* producer: the session's producer (metadata, partitioner); borrowed.
- * slot/database: which records count as ours. tick/tick_ctx: progress
+ * slot/database/system_id: which records count as ours: positions are only
+ * comparable within one cluster, so a record of another server with the
+ * same database and slot names is never taken for ours (a record without a
+ * system id, from an older outboxd, neither: duplicates, never loss). tick/tick_ctx: progress
  * callback (tick may be NULL); kept. The read-back consumer is built by
  * obx_kconf_new (all kafka.* settings, outboxd's logger). NULL with err on
  * failure. The caller owns the result (obx_dedup_destroy). */
 obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const char *slot,
-                           const char *database, obx_dedup_tick_fn tick, void *tick_ctx, obx_err_t *err);
+                           const char *database, const char *system_id, obx_dedup_tick_fn tick, void *tick_ctx,
+                           obx_err_t *err);
 void obx_dedup_destroy(obx_dedup_t *d);
 
 /* For an event about to be produced: *partition gets the partition the key

@@ -111,7 +111,7 @@ int obx_relay_run(const obx_config_t *cfg, volatile sig_atomic_t *stop)
     else if (rc == 0) {
         obx_info("preflight_ok", "PostgreSQL %d, database %s, outbox %s.%s, slot %s", p.pg.server_version, p.pg.database,
                  cfg->outbox_schema, cfg->outbox_table, cfg->slot_name);
-        p.core = obx_txn_new(cfg, p.pg.database, p.m);
+        p.core = obx_txn_new(cfg, p.pg.database, p.pg.sysid, p.m);
         p.signals = obx_signals_new(cfg, stop);
         if (!p.core || !p.signals) {
             obx_error("oom", "out of memory");

@@ -342,7 +342,7 @@ static int open_kafka(session_t *s, obx_err_t *err)
     obx_period_touch(&s->evidence_period, obx_mono_ms());
     if (s->cfg->exactly_once) {
         s->dedup = obx_dedup_new(s->cfg, obx_producer_rk(s->prod), s->cfg->slot_name, s->p->pg.database,
-                                 readback_tick, s, err);
+                                 s->p->pg.sysid, readback_tick, s, err);
         if (!s->dedup) return failed(s, "kafka_consumer");
     }
     return 0;

@@ -26,7 +26,7 @@ typedef struct {
 struct obx_txn_s {
     /* process lifetime */
     const obx_config_t *cfg;
-    const char *database;
+    const char *database, *system_id;
     obx_metrics_t *m;
     int dead_letter; /* poison.policy = dead-letter */
     poison_t *poison;
@@ -50,12 +50,13 @@ struct obx_txn_s {
     char fail_desc[1024], fail_reason[256];
 };
 
-obx_txn_t *obx_txn_new(const obx_config_t *cfg, const char *database, obx_metrics_t *m)
+obx_txn_t *obx_txn_new(const obx_config_t *cfg, const char *database, const char *system_id, obx_metrics_t *m)
 {
     obx_txn_t *t = calloc(1, sizeof(*t));
     if (!t) return NULL;
     t->cfg = cfg;
     t->database = database;
+    t->system_id = system_id;
     t->m = m;
     t->dead_letter = strcmp(cfg->poison_policy, "dead-letter") == 0;
     return t;
@@ -272,7 +273,7 @@ static obx_source_t source_of(const obx_txn_t *t, const obx_w2j_change_t *chg)
         .index_in_txn = t->index, .xid = t->xid, .commit_time_us = t->time_us,
         /* The outbox's identity, also for a row of one of its partitions. */
         .database = t->database, .schema = t->cfg->outbox_schema, .table = t->cfg->outbox_table,
-        .slot = t->cfg->slot_name,
+        .slot = t->cfg->slot_name, .system_id = t->system_id,
     };
     (void)chg;
     return src;

@@ -60,9 +60,9 @@ typedef struct {
 struct obx_relset_s;
 typedef struct obx_txn_s obx_txn_t;
 
-/* cfg and database (names the source in envelopes) are borrowed for the
+/* cfg, database and system_id (name the source in envelopes) are borrowed for the
  * core's life; m receives the counters. NULL on allocation failure. */
-obx_txn_t *obx_txn_new(const obx_config_t *cfg, const char *database, obx_metrics_t *m);
+obx_txn_t *obx_txn_new(const obx_config_t *cfg, const char *database, const char *system_id, obx_metrics_t *m);
 void obx_txn_destroy(obx_txn_t *t);
 
 /* The relations that are the outbox (the table and its leaf partitions),

@@ -373,3 +373,35 @@ def test_one_million_rows_in_one_transaction_once_each(harness):
                           ids_path, "--idle-exit-ms", "10000"], capture_output=True, text=True, timeout=900)
     os.unlink(ids_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+# --------------------------------- two servers, same database and slot names
+
+def test_two_servers_with_the_same_names_share_a_topic_without_loss(harness):
+    """Two producer clusters (shards, or an old and a new server), both with
+    database app and the same slot name, write to the same topics: LSNs of
+    different servers are not comparable, so the read-back must not take one
+    server's records for the other's. The shared server is far ahead in WAL;
+    the fresh one publishes after it, with lower positions."""
+    pair("reset")
+    try:
+        from conftest import OUTBOX_DDL
+        a = harness.start()
+        ids_a = insert_events(harness.table, 10)
+        harness.wait_confirmed(current_lsn())
+        assert a.stop() == 0
+        dsn_b = f"host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=app password=app"
+        with psycopg.connect(dsn_b, autocommit=True) as c:
+            c.execute(f"DROP TABLE IF EXISTS {harness.table}")
+            c.execute(OUTBOX_DDL.format(t=harness.table))
+        relay_b = f"host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=outboxd password=outboxd"
+        b = harness.start(OUTBOXD_PG_CONNINFO=relay_b)
+        ids_b = insert_events(harness.table, 10, dsn=dsn_b)
+        time.sleep(4)
+        assert b.stop() == 0
+        assert " 0 skipped as already in Kafka" in b.log(), b.log()
+        events = harness.consume(["order"])
+        assert sorted(e["event_id"] for e in events) == sorted(ids_a + ids_b)
+        assert len({e["source"]["system_id"] for e in events}) == 2
+    finally:
+        pair("down")

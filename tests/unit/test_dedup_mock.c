@@ -60,7 +60,8 @@ static void produce(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, u
     row.payload_len = 2;
     row.payload_kind = OBX_PAYLOAD_JSON;
     obx_source_t src = {.commit_lsn = lsn, .commit_end_lsn = lsn + 1, .change_lsn = lsn, .index_in_txn = index,
-                        .database = "d", .schema = "public", .table = "outbox", .slot = "s"};
+                        .database = "d", .schema = "public", .table = "outbox", .slot = "s",
+                        .system_id = "42"};
     uint8_t *buf = NULL;
     size_t len = 0;
     char err[256];
@@ -130,7 +131,7 @@ static int on_tick(void *ctx)
 static obx_dedup_t *mk_dedup(fixture_t *f, tick_t *t)
 {
     obx_err_t err;
-    obx_dedup_t *d = obx_dedup_new(f->dcfg, (rd_kafka_t *)obx_producer_rk(f->prod), "s", "d", on_tick, t, &err);
+    obx_dedup_t *d = obx_dedup_new(f->dcfg, (rd_kafka_t *)obx_producer_rk(f->prod), "s", "d", "42", on_tick, t, &err);
     if (!d) fail_msg("dedup: %s", err.msg);
     return d;
 }

@@ -112,7 +112,7 @@ static fx_t *make(const char *policy)
     assert_non_null(f->m);
     char e[256];
     assert_int_equal(obx_config_set(f->cfg, "poison.policy", policy, "test", e, sizeof(e)), 0);
-    f->t = obx_txn_new(f->cfg, "appdb", f->m);
+    f->t = obx_txn_new(f->cfg, "appdb", "7000000000000000001", f->m);
     assert_non_null(f->t);
     session(f, START);
     return f;
