@@ -17,6 +17,8 @@ struct obx_aux_s {
     obx_period_t heartbeat, slot_poll, reconnect;
 };
 
+static void local_commits(obx_aux_t *a);
+
 obx_aux_t *obx_aux_new(const obx_config_t *cfg, obx_metrics_t *m, obx_err_t *err)
 {
     obx_aux_t *a = calloc(1, sizeof(*a));
@@ -35,6 +37,7 @@ obx_aux_t *obx_aux_new(const obx_config_t *cfg, obx_metrics_t *m, obx_err_t *err
         free(a);
         return NULL;
     }
+    local_commits(a);
     return a;
 }
 
@@ -46,6 +49,15 @@ void obx_aux_destroy(obx_aux_t *a)
 }
 
 PGconn *obx_aux_conn(obx_aux_t *a) { return a->conn; }
+
+/* The heartbeat needs no synchronous standby: with one unreachable, a
+ * waiting heartbeat would stall the relay's loop, which runs it. */
+static void local_commits(obx_aux_t *a)
+{
+    obx_err_t e;
+    if (a->conn && obx_pg_command(a->conn, "SET synchronous_commit = local", &e) != 0)
+        obx_warn("aux", "SET synchronous_commit = local: %s", e.msg);
+}
 
 static void heartbeat(obx_aux_t *a)
 {
@@ -106,6 +118,7 @@ int obx_aux_tick(obx_aux_t *a, obx_lsn_t confirmed, obx_err_t *err)
             obx_warn("pg_connect", "heartbeat/slot connection: %s", err->msg);
             return 0;
         }
+        local_commits(a);
     }
     if (a->cfg->heartbeat_interval_ms > 0 && obx_period_due(&a->heartbeat, now)) heartbeat(a);
     if (obx_period_due(&a->slot_poll, now)) return poll_slot(a, confirmed, err);

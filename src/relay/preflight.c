@@ -214,26 +214,73 @@ int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_si
     return 0;
 }
 
-int obx_outbox_relations(PGconn *conn, const obx_config_t *cfg, obx_relset_t *out, obx_lsn_t *fence, obx_err_t *err)
+int obx_wal_mark(PGconn *conn, obx_wal_mark_t *m, obx_err_t *err)
 {
-    /* The position first, the catalog after (a later snapshot): every
-     * partition whose DDL committed before *fence is in the answer. */
+    /* The position first, the running transactions after (their own
+     * statement). Each holds the lock on its own id until it has ended for
+     * every snapshot: also one waiting for a synchronous standby, whose
+     * commit is already in the WAL (and which txid snapshots may place at or
+     * above their xmax, so their lists miss it). */
     PGresult *r = obx_pg_exec(conn, "SELECT pg_current_wal_lsn()::text", 0, NULL, err);
     if (!r) return -1;
-    int bad = obx_lsn_parse(PQgetvalue(r, 0, 0), fence) != 0;
+    int bad = obx_lsn_parse(PQgetvalue(r, 0, 0), &m->lsn) != 0;
     PQclear(r);
+    if (bad) {
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "cannot read the WAL position");
+        return -1;
+    }
+    r = obx_pg_exec(conn,
+                    "SELECT coalesce(array_agg(transactionid)::text, '{}') FROM pg_locks"
+                    " WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted",
+                    0, NULL, err);
+    if (!r) return -1;
+    free(m->xids);
+    m->xids = strdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (!m->xids) {
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+int obx_wal_mark_done(PGconn *conn, const obx_wal_mark_t *m, int *done, obx_err_t *err)
+{
+    if (!m->xids || !strcmp(m->xids, "{}")) {
+        *done = 1;
+        return 0;
+    }
+    const char *p[1] = {m->xids};
+    PGresult *r = obx_pg_exec(conn,
+                              "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'transactionid'"
+                              " AND mode = 'ExclusiveLock' AND granted AND transactionid = ANY($1::xid[]))",
+                              1, p, err);
+    if (!r) return -1;
+    *done = !strcmp(PQgetvalue(r, 0, 0), "t");
+    PQclear(r);
+    return 0;
+}
+
+void obx_wal_mark_clear(obx_wal_mark_t *m)
+{
+    free(m->xids);
+    m->xids = NULL;
+    m->lsn = 0;
+}
+
+int obx_outbox_relations(PGconn *conn, const obx_config_t *cfg, obx_relset_t *out, obx_err_t *err)
+{
     char *qname = obx_pg_quote_qualified(cfg->outbox_schema, cfg->outbox_table);
-    if (bad || !qname) {
-        free(qname);
-        obx_err_set(err, OBX_ERR_RETRIABLE, 0, bad ? "pg_current_wal_lsn() gave no LSN" : "out of memory");
+    if (!qname) {
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return -1;
     }
     const char *p[1] = {qname};
-    r = obx_pg_exec(conn,
-                    "SELECT n.nspname, c.relname FROM pg_partition_tree(to_regclass($1)) t"
-                    " JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE t.isleaf",
-                    1, p, err);
+    PGresult *r = obx_pg_exec(conn,
+                              "SELECT n.nspname, c.relname FROM pg_partition_tree(to_regclass($1)) t"
+                              " JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace"
+                              " WHERE t.isleaf",
+                              1, p, err);
     free(qname);
     if (!r) return -1;
     obx_relset_t *rs = obx_relset_new();

@@ -49,10 +49,21 @@ int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_si
 /* Only the database name and the system identifier (the slot evidence key). */
 int obx_pg_identity(PGconn *conn, obx_pg_info_t *info, obx_err_t *err);
 
-/* The relations that are the outbox: the table and, when partitioned, every
- * leaf partition (any schema). *fence is a WAL position read before the
- * catalog: no partition created or attached before it is missing. Replaces
- * out's members. 0, or -1 with err. */
-int obx_outbox_relations(PGconn *conn, const obx_config_t *cfg, obx_relset_t *out, obx_lsn_t *fence, obx_err_t *err);
+/* A WAL position and the transactions running just after it was read.
+ * Once they have all ended for every snapshot (obx_wal_mark_done), each
+ * one that committed before lsn is visible: a catalog read then misses no
+ * partition created before lsn. The caller frees xids (obx_wal_mark_clear). */
+typedef struct {
+    obx_lsn_t lsn;
+    char *xids; /* text array of xids, e.g. "{750,751}" */
+} obx_wal_mark_t;
+
+int obx_wal_mark(PGconn *conn, obx_wal_mark_t *m, obx_err_t *err);
+int obx_wal_mark_done(PGconn *conn, const obx_wal_mark_t *m, int *done, obx_err_t *err);
+void obx_wal_mark_clear(obx_wal_mark_t *m);
+
+/* The relations that are the outbox now: the table and, when partitioned,
+ * every leaf partition (any schema). Replaces out's members. 0, or -1. */
+int obx_outbox_relations(PGconn *conn, const obx_config_t *cfg, obx_relset_t *out, obx_err_t *err);
 
 #endif

@@ -113,7 +113,8 @@ int obx_relay_run(const obx_config_t *cfg, volatile sig_atomic_t *stop)
                  cfg->outbox_schema, cfg->outbox_table, cfg->slot_name);
         p.core = obx_txn_new(cfg, p.pg.database, p.pg.sysid, p.m);
         p.signals = obx_signals_new(cfg, stop);
-        if (!p.core || !p.signals) {
+        p.rels = obx_relset_new();
+        if (!p.core || !p.signals || !p.rels) {
             obx_error("oom", "out of memory");
             rc = OBX_EXIT_FAIL;
         } else {
@@ -122,6 +123,7 @@ int obx_relay_run(const obx_config_t *cfg, volatile sig_atomic_t *stop)
     }
     obx_signals_destroy(p.signals); /* joins a snapshot: it saw *stop and checkpointed */
     obx_txn_destroy(p.core);
+    obx_relset_destroy(p.rels);
     obx_status_http_stop(http);
     return rc;
 }

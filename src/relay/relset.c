@@ -7,6 +7,7 @@
 
 typedef struct {
     char *schema, *table;
+    uint64_t gone_at; /* 0: in the partition tree now */
 } rel_t;
 
 struct obx_relset_s {
@@ -51,7 +52,24 @@ static int find(const obx_relset_t *rs, const char *schema, const char *table)
 
 int obx_relset_add(obx_relset_t *rs, const char *schema, const char *table)
 {
-    if (find(rs, schema, table) >= 0) return 0;
+    return obx_relset_add_gone(rs, schema, table, 0);
+}
+
+void obx_relset_get(const obx_relset_t *rs, size_t i, const char **schema, const char **table, uint64_t *gone_at)
+{
+    *schema = rs->v[i].schema;
+    *table = rs->v[i].table;
+    *gone_at = rs->v[i].gone_at;
+}
+
+int obx_relset_add_gone(obx_relset_t *rs, const char *schema, const char *table, uint64_t gone_at)
+{
+    int i = find(rs, schema, table);
+    if (i >= 0) {
+        /* Present wins over gone; of two gone marks the later one. */
+        if (rs->v[i].gone_at && (!gone_at || gone_at > rs->v[i].gone_at)) rs->v[i].gone_at = gone_at;
+        return 0;
+    }
     if (rs->n == rs->cap) {
         size_t cap = rs->cap ? rs->cap * 2 : 4;
         rel_t *v = realloc(rs->v, cap * sizeof(*v));
@@ -59,7 +77,7 @@ int obx_relset_add(obx_relset_t *rs, const char *schema, const char *table)
         rs->v = v;
         rs->cap = cap;
     }
-    rel_t r = {strdup(schema), strdup(table)};
+    rel_t r = {strdup(schema), strdup(table), gone_at};
     if (!r.schema || !r.table) {
         free(r.schema);
         free(r.table);
@@ -88,7 +106,7 @@ int obx_relset_assign(obx_relset_t *dst, const obx_relset_t *src)
 {
     obx_relset_t tmp = {0};
     for (size_t i = 0; i < src->n; i++)
-        if (obx_relset_add(&tmp, src->v[i].schema, src->v[i].table) != 0) {
+        if (obx_relset_add_gone(&tmp, src->v[i].schema, src->v[i].table, src->v[i].gone_at) != 0) {
             clear(&tmp);
             free(tmp.v);
             return -1;
@@ -124,4 +142,22 @@ char *obx_relset_add_tables(const obx_relset_t *rs, const char *extra_schema, co
         o += strlen(o);
     }
     return out;
+}
+
+int obx_relset_merge(obx_relset_t *out, const obx_relset_t *now, const obx_relset_t *before, uint64_t gone_at,
+                     uint64_t confirmed)
+{
+    obx_relset_t tmp = {0};
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < now->n; i++) rc = obx_relset_add(&tmp, now->v[i].schema, now->v[i].table);
+    for (size_t i = 0; rc == 0 && before && i < before->n; i++) {
+        const rel_t *r = &before->v[i];
+        if (find(now, r->schema, r->table) >= 0) continue;
+        uint64_t at = r->gone_at ? r->gone_at : gone_at;
+        if (at > confirmed) rc = obx_relset_add_gone(&tmp, r->schema, r->table, at);
+    }
+    if (rc == 0) rc = obx_relset_assign(out, &tmp);
+    clear(&tmp);
+    free(tmp.v);
+    return rc;
 }

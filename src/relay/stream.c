@@ -51,9 +51,11 @@ typedef struct {
     const char *event;        /* log token of the failure, when known */
     /* The outbox's relations (table + leaf partitions) in wal2json's filter,
      * and the fence: no partition committed before it is missing there. */
-    obx_relset_t *rels;
+    obx_relset_t *rels;       /* p->rels, borrowed */
     obx_lsn_t fence;
     obx_period_t rel_check;
+    obx_wal_mark_t mark;      /* the fence-to-be, once its transactions ended */
+    int mark_pending;
     /* Kafka-kept evidence that this slot has published (evidence.h). */
     obx_evidence_writer_t *evidence;
     obx_lsn_t evidence_lsn;
@@ -348,21 +350,14 @@ static int open_kafka(session_t *s, obx_err_t *err)
     return 0;
 }
 
+static int load_relations(session_t *s, obx_err_t *err);
+
 static int session_open(session_t *s, obx_err_t *err)
 {
     obx_relay_proc_t *p = s->p;
     if (!(s->aux = obx_aux_new(s->cfg, p->m, err))) return failed(s, "pg_connect");
-    if (!(s->rels = obx_relset_new())) {
-        obx_err_clear(err);
-        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
-        return failed(s, "oom");
-    }
-    if (obx_outbox_relations(obx_aux_conn(s->aux), s->cfg, s->rels, &s->fence, err) != 0) return failed(s, "pg_query");
-    obx_txn_set_outbox(p->core, s->rels);
-    obx_period_init(&s->rel_check, RELATIONS_MS);
-    obx_period_touch(&s->rel_check, obx_mono_ms());
     if (check_slot(s, err) != 0) return -1;
-    if (s->fence < p->confirmed) s->fence = p->confirmed;
+    if (load_relations(s, err) != 0) return -1;
     if (!(s->repl = obx_repl_connect(s->cfg->pg_conninfo, err))) return failed(s, "pg_connect");
     obx_txn_sink_t sink = {.ctx = s, .produce = sink_produce, .start_signal = sink_signal};
     if (obx_txn_session_start(p->core, p->confirmed, sink) != 0) {
@@ -422,6 +417,29 @@ static int process_message(session_t *s, const obx_repl_msg_t *m, obx_w2j_change
     return obx_txn_change(s->p->core, chg, err);
 }
 
+/* The filter at session start: the partition tree now, plus relations that
+ * left it while their rows may still be unconfirmed (carried in p->rels).
+ * Nothing past the confirmed LSN is confirmable until a mark completes. */
+static int load_relations(session_t *s, obx_err_t *err)
+{
+    PGconn *c = obx_aux_conn(s->aux);
+    obx_relset_t *now = obx_relset_new();
+    int rc = -1;
+    if (!now) obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+    else if (obx_wal_mark(c, &s->mark, err) == 0 && obx_outbox_relations(c, s->cfg, now, err) == 0 &&
+             obx_relset_merge(s->p->rels, now, s->p->rels, s->mark.lsn, s->p->confirmed) == 0)
+        rc = 0;
+    obx_relset_destroy(now);
+    if (rc != 0) return failed(s, "pg_query");
+    s->rels = s->p->rels;
+    obx_txn_set_outbox(s->p->core, s->rels);
+    s->fence = s->p->confirmed;
+    s->mark_pending = 1;
+    obx_period_init(&s->rel_check, RELATIONS_MS);
+    obx_period_touch(&s->rel_check, obx_mono_ms());
+    return 0;
+}
+
 /* Re-reads the outbox's partitions. Unchanged: the fence moves to the new
  * position. Changed (a partition created, attached or detached): the
  * session restarts from the confirmed LSN with the new filter, so the new
@@ -436,24 +454,37 @@ static int check_relations(session_t *s, int force, obx_err_t *err)
         obx_period_touch(&s->rel_check, now_ms);
     else if (!obx_period_due(&s->rel_check, now_ms))
         return 0;
-    obx_relset_t *now = obx_relset_new();
-    obx_lsn_t fence;
     obx_err_t e;
+    int done = 0;
+    if (!s->mark_pending) {
+        s->mark_pending = obx_wal_mark(c, &s->mark, &e) == 0;
+        if (!force || !s->mark_pending) return 0;
+    }
+    /* Transactions running at the mark may still commit partitions (one
+     * waiting for a synchronous standby already has its commit in the WAL). */
+    if (obx_wal_mark_done(c, &s->mark, &done, &e) != 0 || !done) return 0;
+    obx_relset_t *now = obx_relset_new(), *next = obx_relset_new();
     int rc = 0;
-    if (!now || obx_outbox_relations(c, s->cfg, now, &fence, &e) != 0) {
-        obx_debug("outbox_relations", "%s", now ? e.msg : "out of memory"); /* the fence waits */
-    } else if (obx_relset_equal(now, s->rels)) {
-        if (fence > s->fence) s->fence = fence;
+    if (!now || !next || obx_outbox_relations(c, s->cfg, now, &e) != 0 ||
+        obx_relset_merge(next, now, s->rels, s->mark.lsn, s->p->confirmed) != 0) {
+        obx_debug("outbox_relations", "%s", now && next ? e.msg : "out of memory"); /* the fence waits */
+    } else if (obx_relset_equal(next, s->rels)) {
+        if (s->mark.lsn > s->fence) s->fence = s->mark.lsn;
+        s->mark_pending = 0;
     } else {
-        obx_err_clear(err);
-        obx_err_set(err, OBX_ERR_RETRIABLE, 0,
-                    "the partitions of outbox %s.%s changed (%zu relations now, %zu before): restarting the stream "
-                    "from " OBX_LSN_FMT " to relay the new ones",
-                    s->cfg->outbox_schema, s->cfg->outbox_table, obx_relset_count(now), obx_relset_count(s->rels),
-                    OBX_LSN_ARGS(s->sent_flush));
-        rc = failed(s, "outbox_partitions");
+        size_t before = obx_relset_count(s->rels);
+        if (obx_relset_assign(s->p->rels, next) == 0) {
+            obx_err_clear(err);
+            obx_err_set(err, OBX_ERR_RETRIABLE, 0,
+                        "the partitions of outbox %s.%s changed (%zu relations in the filter now, %zu before): "
+                        "restarting the stream from " OBX_LSN_FMT " with the new filter",
+                        s->cfg->outbox_schema, s->cfg->outbox_table, obx_relset_count(next), before,
+                        OBX_LSN_ARGS(s->sent_flush));
+            rc = failed(s, "outbox_partitions");
+        }
     }
     obx_relset_destroy(now);
+    obx_relset_destroy(next);
     return rc;
 }
 
@@ -546,7 +577,7 @@ static void session_close(session_t *s, int final)
     obx_aux_destroy(s->aux);
     obx_txn_session_end(s->p->core);
     obx_txn_set_outbox(s->p->core, NULL);
-    obx_relset_destroy(s->rels);
+    obx_wal_mark_clear(&s->mark);
     atomic_store(&s->p->m->pg_connected, 0);
     atomic_store(&s->p->m->kafka_brokers_up, 0);
 }

@@ -26,6 +26,9 @@ typedef struct {
     obx_txn_t *core;        /* the transaction core and its poison memory */
     obx_signals_t *signals; /* the signal table's snapshot thread */
     int signals_resumed;    /* once, by the first session that holds the slot */
+    /* The outbox's relations in the filter: the partition tree plus leaves
+     * that left it while their rows may be unconfirmed (relset.h). */
+    struct obx_relset_s *rels;
 } obx_relay_proc_t;
 
 /* Runs one session. 0: stopped on request (Kafka flushed, final status

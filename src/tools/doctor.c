@@ -143,9 +143,8 @@ static void check_outbox(doc_t *d, const obx_config_t *cfg, PGconn *c)
     report(d, info.has_version_col, 1, what, "add aggregate_version bigint so consumers can drop stale events");
     /* Logical decoding names leaf partitions: the relay reads them all. */
     obx_relset_t *rs = obx_relset_new();
-    obx_lsn_t fence;
     obx_err_t e;
-    if (rs && obx_outbox_relations(c, cfg, rs, &fence, &e) == 0) {
+    if (rs && obx_outbox_relations(c, cfg, rs, &e) == 0) {
         size_t n = obx_relset_count(rs) - 1;
         if (n) snprintf(what, sizeof(what), "partitioned outbox: %zu leaf partitions, each relayed as %s.%s (new ones "
                         "are picked up while running)", n, cfg->outbox_schema, cfg->outbox_table);

@@ -405,3 +405,76 @@ def test_two_servers_with_the_same_names_share_a_topic_without_loss(harness):
         assert len({e["source"]["system_id"] for e in events}) == 2
     finally:
         pair("down")
+
+
+def test_partition_detached_while_the_relay_is_behind(partitioned):
+    """Rows of a leaf, then the leaf detached while the relay still works
+    through a backlog: the leaf stays in the filter until the slot is past
+    the detach, so its rows arrive."""
+    h = partitioned
+    p = h.start()
+    with pg() as c:
+        c.execute(f"INSERT INTO {h.table} (aggregatetype, aggregateid, type, payload, occurred_at)"
+                  " SELECT 'backlog', 'k' || (g % 100), 'created', '{}', '2020-01-01' FROM generate_series(1, 60000) g")
+    ids = []
+    with pg() as c:
+        with c.transaction():
+            for i in range(10):
+                eid = str(uuid.uuid4())
+                c.execute(f"INSERT INTO {h.table} (id, aggregatetype, aggregateid, type, payload, occurred_at)"
+                          " VALUES (%s, 'gone', %s, 'created', '{}', '2030-01-01')", (eid, f"g{i}"))
+                ids.append(eid)
+        c.execute(f'ALTER TABLE {h.table} DETACH PARTITION archive."Leaf_{h.table}_Now"')
+    h.wait_confirmed(current_lsn(), timeout=180)
+    assert p.stop() == 0
+    assert sorted(e["event_id"] for e in h.consume(["gone"])) == sorted(ids)
+
+
+def test_partition_committed_behind_a_waiting_synchronous_standby(harness):
+    """A transaction that creates a partition and writes to it has its commit
+    in the WAL while it waits for a synchronous standby, invisible to the
+    catalog: the relay must not confirm past it. Released, its rows arrive."""
+    import threading
+    pair("reset")
+    try:
+        dsn = f"host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=app password=app"
+        sup = f"host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=postgres"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(PARTITIONED_DDL.format(t=harness.table))
+            c.execute(f"CREATE TABLE {harness.table}_a PARTITION OF {harness.table} FOR VALUES FROM ('2000-01-01') TO ('2026-01-01')")
+        relay = f"host=127.0.0.1 port={PRIMARY_PORT} dbname=app user=outboxd password=outboxd"
+        p = harness.start(OUTBOXD_PG_CONNINFO=relay, OUTBOXD_HEARTBEAT_INTERVAL_MS="200")
+        with psycopg.connect(sup, autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+            c.execute("SELECT pg_reload_conf()")
+        ids = [str(uuid.uuid4()) for _ in range(10)]
+        pid = []
+
+        def writer():
+            with psycopg.connect(dsn, autocommit=True) as w:
+                pid.append(w.execute("SELECT pg_backend_pid()").fetchone()[0])
+                w.execute("SET synchronous_commit = on")
+                with w.transaction():
+                    w.execute(f"CREATE TABLE {harness.table}_b PARTITION OF {harness.table}"
+                              " FOR VALUES FROM ('2026-01-01') TO ('2100-01-01')")
+                    for eid in ids:
+                        w.execute(f"INSERT INTO {harness.table} (id, aggregatetype, aggregateid, type, payload)"
+                                  " VALUES (%s, 'sync', 'k', 'created', '{}')", (eid,))
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        time.sleep(4)  # its commit record is in the WAL; heartbeats go on behind it
+        with psycopg.connect(sup, autocommit=True) as c:
+            c.execute("SELECT pg_cancel_backend(%s)", (pid[0],))  # the commit is kept locally
+            c.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            c.execute("SELECT pg_reload_conf()")
+        t.join(30)
+        with psycopg.connect(sup, autocommit=True) as c:
+            assert c.execute(f"SELECT count(*) FROM {harness.table}_b").fetchone()[0] == 10
+            end = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            wait_until(lambda: c.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                                         " WHERE slot_name = %s", (end, harness.slot)).fetchone()[0],
+                       timeout=60, what="confirmed")
+        assert p.stop() == 0
+        assert sorted(e["event_id"] for e in harness.consume(["sync"])) == sorted(ids), p.log()
+    finally:
+        pair("down")

@@ -597,6 +597,40 @@ static void test_relset_add_tables_option(void **state)
     obx_relset_destroy(b);
 }
 
+/* Leaves that left the partition tree stay in the filter until the slot is
+ * confirmed past the point they left: their earlier rows are decoded under
+ * their old names. */
+static void test_relset_merge_keeps_gone_leaves_until_confirmed(void **state)
+{
+    (void)state;
+    obx_relset_t *before = obx_relset_new(), *now = obx_relset_new(), *out = obx_relset_new();
+    assert_int_equal(obx_relset_add(before, "public", "outbox"), 0);
+    assert_int_equal(obx_relset_add(before, "public", "outbox_b"), 0);
+    assert_int_equal(obx_relset_add(now, "public", "outbox"), 0);
+    assert_int_equal(obx_relset_add(now, "public", "outbox_c"), 0);
+    assert_int_equal(obx_relset_merge(out, now, before, 0x5000, 0x4000), 0);
+    assert_int_equal(obx_relset_count(out), 3);
+    assert_true(obx_relset_has(out, "public", "outbox_b"));
+    const char *sc, *tb;
+    uint64_t gone = 0;
+    for (size_t i = 0; i < obx_relset_count(out); i++) {
+        obx_relset_get(out, i, &sc, &tb, &gone);
+        if (!strcmp(tb, "outbox_b")) break;
+    }
+    assert_int_equal(gone, 0x5000);
+    /* A later check keeps its first gone_at; once confirmed past it, it goes. */
+    obx_relset_t *again = obx_relset_new();
+    assert_int_equal(obx_relset_merge(again, now, out, 0x9000, 0x4fff), 0);
+    assert_true(obx_relset_has(again, "public", "outbox_b"));
+    assert_int_equal(obx_relset_merge(again, now, out, 0x9000, 0x5000), 0);
+    assert_false(obx_relset_has(again, "public", "outbox_b"));
+    assert_int_equal(obx_relset_count(again), 2);
+    obx_relset_destroy(before);
+    obx_relset_destroy(now);
+    obx_relset_destroy(out);
+    obx_relset_destroy(again);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -619,6 +653,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_foreign_message_halts_heartbeat_does_not, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_partition_rows_relayed_under_the_parent, setup_halt, teardown),
         cmocka_unit_test(test_relset_add_tables_option),
+        cmocka_unit_test(test_relset_merge_keeps_gone_leaves_until_confirmed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
