@@ -127,10 +127,17 @@ struct obx_apply_s {
     char dlq_err[256];
 };
 
-/* An error one row causes (a poison SQLSTATE: class 22, 23, 21000, 54000,
- * see obx_pg_classify): bisect to that event, then its poison policy.
- * Other errors of the upsert mean the database is down. */
+/* The server answered with an error (a SQLSTATE other than class 08,
+ * 53 and 57P01-57P03): bisect to the event responsible, then its poison
+ * policy, whatever the class (a trigger's P0001, RLS's 42501, XX000).
+ * Errors without SQLSTATE mean the database is down: retry with backoff. */
 int obx_apply_err_data(const obx_err_t *e);
+/* obx_apply_err_data and the connection still up. */
+int obx_apply_err_row(obx_apply_t *a, const obx_err_t *e);
+/* 40001, 40P01, 55P03, 57014: a single event is tried again
+ * OBX_APPLY_TRANSIENT_TRIES times before its poison policy. */
+#define OBX_APPLY_TRANSIENT_TRIES 3
+int obx_apply_err_transient(const obx_err_t *e);
 /* The dead-letter topic refused for good: apply stops (exit 3). */
 int obx_apply_err_halt(const obx_err_t *e);
 

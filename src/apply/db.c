@@ -454,11 +454,25 @@ void obx_apply_db_close(obx_apply_t *a)
     atomic_store(&a->m->pg_connected, 0);
 }
 
+/* Server NOTICEs and WARNINGs go through the logger (its format, its
+ * secret scrubbing), never raw to stderr; the level comes from the
+ * non-localized severity, not from the text. */
+static void notice(void *arg, const PGresult *r)
+{
+    (void)arg;
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(r));
+    obx_chomp(msg);
+    obx_log(sev && !strcmp(sev, "WARNING") ? OBX_LOG_WARN : OBX_LOG_INFO, "pg_notice", "replica database: %s", msg);
+}
+
 int obx_apply_db_open(obx_apply_t *a, obx_err_t *err)
 {
     if (a->db) PQfinish(a->db);
     a->db = obx_pg_connect(a->cfg->apply_conninfo, "apply.conninfo", OBX_PG_NORMAL, err);
     if (!a->db) return -1;
+    PQsetNoticeReceiver(a->db, notice, NULL);
     /* Timestamps go in and come out as UTC, whatever the server's default.
      * Operators find apply's sessions as outboxd-apply unless conninfo
      * names them (obx_pg_connect's fallback name is the relay's). */

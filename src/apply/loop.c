@@ -186,7 +186,7 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
     obx_err_t err;
     size_t halt_at = n;
     int rc = a->write(a, n, &st, &err);
-    if (rc && obx_apply_err_data(&err)) {
+    if (rc && obx_apply_err_row(a, &err)) {
         obx_err_t ignore;
         if (PQtransactionStatus(a->db) != PQTRANS_IDLE) obx_pg_command(a->db, "ROLLBACK", &ignore);
         obx_warn("data_error", "SQLSTATE %s: %s; nothing of the batch committed; finding the events the database "

@@ -13,14 +13,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "kconf.h"
 #include "log.h"
 #include "pg.h"
 
 int obx_apply_err_data(const obx_err_t *e)
 {
-    /* obx_pg_classify: 22, 23, 21000, 54000 with the connection alive. */
-    return e->cls == OBX_ERR_POISON && e->sqlstate[0];
+    /* The server answered with an error: whatever its class, the batch is
+     * bisected to the event responsible. Only connection-level trouble
+     * (no SQLSTATE, class 08, 57P01-57P03 shutdown, class 53 resources)
+     * means the database is down. */
+    const char *st = e->sqlstate;
+    if (!st[0]) return 0;
+    if (!strncmp(st, "08", 2) || !strncmp(st, "53", 2)) return 0;
+    if (!strcmp(st, "57P01") || !strcmp(st, "57P02") || !strcmp(st, "57P03")) return 0;
+    return 1;
+}
+
+int obx_apply_err_row(obx_apply_t *a, const obx_err_t *e)
+{
+    return obx_apply_err_data(e) && a->db && PQstatus(a->db) == CONNECTION_OK;
+}
+
+int obx_apply_err_transient(const obx_err_t *e)
+{
+    const char *st = e->sqlstate;
+    return !strcmp(st, "40001") || !strcmp(st, "40P01") || !strcmp(st, "55P03") || !strcmp(st, "57014");
 }
 
 int obx_apply_err_halt(const obx_err_t *e)
@@ -282,9 +301,21 @@ static int bisect(obx_apply_t *a, size_t lo, size_t hi, obx_apply_stats_t *st, s
         stats_add(st, &one);
         return 0;
     }
-    if (!obx_apply_err_data(err)) return -1;
+    if (!obx_apply_err_row(a, err)) return -1;
     if (hi - lo == 1) {
         obx_apply_entry_t *e = &a->batch[lo];
+        /* Serialization, deadlock, lock or statement timeout: the same
+         * event may pass on its own a moment later, a few times at most. */
+        for (int t = 0; t < OBX_APPLY_TRANSIENT_TRIES && obx_apply_err_transient(err); t++) {
+            if (obx_sleep_unless(100 << t, 50, a->stop, NULL, NULL)) return -1;
+            memset(&one, 0, sizeof(one));
+            one.n_lags = st->n_lags;
+            if (write_range(a, lo, hi, 0, &one, err) == 0) {
+                stats_add(st, &one);
+                return 0;
+            }
+            if (!obx_apply_err_row(a, err)) return -1;
+        }
         obx_apply_poison(e, "the replica database refused it (SQLSTATE %s): %s", err->sqlstate, err->msg);
         if (!a->dead_letter) *halt_at = lo;
         return 0;

@@ -377,6 +377,59 @@ int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t err
     return 0;
 }
 
+/* Identifier lengths (src/relay/signals.c owner): PostgreSQL keeps 63 bytes
+ * (NAMEDATALEN-1) of a name and cuts the rest with only a NOTICE, so a
+ * longer name would mean another object. Mode 0: one name as written;
+ * 1: names split at commas/spaces; 2: SQL names ([schema.]table lists,
+ * "quoted" parts, unquoted spaces ignored); 3: apply.columns, the column
+ * of each "column:path" item. */
+int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_size)
+{
+    const struct { const char *key, *v; int mode; } ids[] = {
+        {"slot.name", cfg->slot_name, 0}, {"outbox.schema", cfg->outbox_schema, 0},
+        {"outbox.table", cfg->outbox_table, 0}, {"outbox.column.id", cfg->col_id, 0},
+        {"outbox.column.aggregatetype", cfg->col_aggregatetype, 0},
+        {"outbox.column.aggregateid", cfg->col_aggregateid, 0}, {"outbox.column.type", cfg->col_type, 0},
+        {"outbox.column.payload", cfg->col_payload, 0},
+        {"outbox.column.aggregate_version", cfg->col_aggregate_version, 0},
+        {"outbox.column.topic", cfg->col_topic, 0}, {"outbox.column.headers", cfg->col_headers, 0},
+        {"outbox.column.occurred_at", cfg->col_occurred_at, 0}, {"signal.table", cfg->signal_table, 0},
+        {"snapshot.version_column", cfg->snap_version_column, 0}, {"snapshot.columns", cfg->snap_columns, 1},
+        {"snapshot.table", cfg->snap_table, 2}, {"signal.allowed_tables", cfg->signal_allowed_tables, 2},
+        {"apply.table", cfg->apply_table, 2}, {"apply.tombstone_table", cfg->apply_tombstone_table, 2},
+        {"apply.key_column", cfg->apply_key_column, 0}, {"apply.column.source_version", cfg->apply_col_version, 0},
+        {"apply.column.source_updated_at", cfg->apply_col_source_updated_at, 0},
+        {"apply.column.replicated_at", cfg->apply_col_replicated_at, 0}, {"apply.columns", cfg->apply_columns, 3},
+    };
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        size_t part = 0, longest = 0;
+        int m = ids[i].mode, quoted = 0, skip = 0;
+        for (const char *p = ids[i].v ? ids[i].v : "";; p++) {
+            if (skip && *p && *p != ',') continue; /* a path of apply.columns */
+            if (!*p || (m == 1 && (*p == ',' || *p == ' ')) || (m == 2 && !quoted && (*p == '.' || *p == ',')) ||
+                (m == 3 && (*p == ',' || *p == ':'))) {
+                longest = part > longest ? part : longest;
+                part = 0;
+                skip = m == 3 && *p == ':';
+                if (!*p) break;
+            } else if (m == 2 && *p == '"') {
+                if (quoted && p[1] == '"') part++, p++;
+                else quoted = !quoted;
+            } else if (!(m >= 2 && !quoted && *p == ' ')) {
+                part++;
+            }
+        }
+        if (longest > 63) {
+            snprintf(errstr, errstr_size,
+                     "%s = \"%.70s...\": a name of %zu bytes; PostgreSQL names are at most 63 bytes "
+                     "(NAMEDATALEN-1) and it would cut this one, naming another object: use a shorter name",
+                     ids[i].key, ids[i].v, longest);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size)
 {
     obx_config_t *c = (obx_config_t *)cfg;
@@ -402,52 +455,7 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
                  cfg->slot_name);
         return -1;
     }
-    /* Identifier lengths (src/relay/signals.c owner): PostgreSQL keeps 63 bytes
-     * (NAMEDATALEN-1) of a name and cuts the rest with only a NOTICE, so a
-     * longer name would mean another object. Mode 0: one name as written;
-     * 1: names split at commas/spaces; 2: SQL names ([schema.]table lists,
-     * "quoted" parts, unquoted spaces ignored). */
-    {
-        const struct { const char *key, *v; int mode; } ids[] = {
-            {"slot.name", cfg->slot_name, 0}, {"outbox.schema", cfg->outbox_schema, 0},
-            {"outbox.table", cfg->outbox_table, 0}, {"outbox.column.id", cfg->col_id, 0},
-            {"outbox.column.aggregatetype", cfg->col_aggregatetype, 0},
-            {"outbox.column.aggregateid", cfg->col_aggregateid, 0}, {"outbox.column.type", cfg->col_type, 0},
-            {"outbox.column.payload", cfg->col_payload, 0},
-            {"outbox.column.aggregate_version", cfg->col_aggregate_version, 0},
-            {"outbox.column.topic", cfg->col_topic, 0}, {"outbox.column.headers", cfg->col_headers, 0},
-            {"outbox.column.occurred_at", cfg->col_occurred_at, 0}, {"signal.table", cfg->signal_table, 0},
-            {"snapshot.version_column", cfg->snap_version_column, 0}, {"snapshot.columns", cfg->snap_columns, 1},
-            {"snapshot.table", cfg->snap_table, 2}, {"signal.allowed_tables", cfg->signal_allowed_tables, 2},
-            {"apply.table", cfg->apply_table, 2}, {"apply.tombstone_table", cfg->apply_tombstone_table, 2},
-            {"apply.key_column", cfg->apply_key_column, 0}, {"apply.column.source_version", cfg->apply_col_version, 0},
-            {"apply.column.source_updated_at", cfg->apply_col_source_updated_at, 0},
-            {"apply.column.replicated_at", cfg->apply_col_replicated_at, 0},
-        };
-        for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
-            size_t part = 0, longest = 0;
-            int m = ids[i].mode, quoted = 0;
-            for (const char *p = ids[i].v;; p++) {
-                if (!*p || (m == 1 && (*p == ',' || *p == ' ')) || (m == 2 && !quoted && (*p == '.' || *p == ','))) {
-                    longest = part > longest ? part : longest;
-                    part = 0;
-                    if (!*p) break;
-                } else if (m == 2 && *p == '"') {
-                    if (quoted && p[1] == '"') part++, p++;
-                    else quoted = !quoted;
-                } else if (!(m == 2 && !quoted && *p == ' ')) {
-                    part++;
-                }
-            }
-            if (longest > 63) {
-                snprintf(errstr, errstr_size,
-                         "%s = \"%.70s...\": a name of %zu bytes; PostgreSQL names are at most 63 bytes "
-                         "(NAMEDATALEN-1) and it would cut this one, naming another object: use a shorter name",
-                         ids[i].key, ids[i].v, longest);
-                return -1;
-            }
-        }
-    }
+    if (obx_config_check_names(cfg, errstr, errstr_size) != 0) return -1;
     obx_log_level_t lvl;
     obx_log_format_t fmt;
     if (obx_log_level_parse(cfg->log_level, &lvl) != 0) {

@@ -72,6 +72,9 @@ int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size
 int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t errstr_size);
 /* Required keys present, values in range, kafka.* accepted by librdkafka. */
 int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size);
+/* Refuses identifier keys longer than PostgreSQL's 63 bytes, naming the
+ * key (called by obx_config_validate and obx_apply_validate). 0 or -1. */
+int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_size);
 
 /* The partition key rule (key column, partitioner) is part of the event
  * schema: refuses (-1, errstr) a change of it that keeps the same topic

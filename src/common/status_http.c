@@ -1,6 +1,8 @@
 #include "status_http.h"
 
 #include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -8,6 +10,9 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "clock.h"
+#include "err.h"
+#include "log.h"
 #include "metrics.h"
 
 struct obx_status_http_s {
@@ -66,6 +71,29 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     return reply(c, code, ctype, body, len);
 }
 
+/* libmicrohttpd's own messages ("Server reached connection limit", one per
+ * refused connection) go through the logger at debug level, at most one
+ * line a second with a count of the ones left out: never raw to stderr,
+ * where a flood of refused probes would bury the JSON log. */
+static atomic_llong mhd_last_ms;
+static atomic_ulong mhd_dropped;
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    int64_t now = obx_mono_ms();
+    long long last = atomic_load(&mhd_last_ms);
+    if ((last && now - last < 1000) || !atomic_compare_exchange_strong(&mhd_last_ms, &last, (long long)now)) {
+        atomic_fetch_add(&mhd_dropped, 1);
+        return;
+    }
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    obx_chomp(msg);
+    unsigned long dropped = atomic_exchange(&mhd_dropped, 0);
+    obx_debug("status_http", "%s (%lu similar messages in the last second not shown)", msg, dropped);
+}
+
 /* Room for OBX_STATUS_MAX_CONNECTIONS sockets beside PostgreSQL's and
  * librdkafka's: a low soft RLIMIT_NOFILE (1024 in many shells) would make
  * accept() fail before MHD's own limit applies. */
@@ -107,7 +135,8 @@ obx_status_http_t *obx_status_http_start(const char *listen, char *errstr, size_
                             NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sin,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)OBX_STATUS_IDLE_TIMEOUT_S,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)OBX_STATUS_MAX_CONNECTIONS,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)OBX_STATUS_MAX_PER_IP, MHD_OPTION_END);
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)OBX_STATUS_MAX_PER_IP,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!h->d) {
         snprintf(errstr, errstr_size, "status.listen = \"%s\": cannot listen (address in use or not local?)", listen);
         free(h);

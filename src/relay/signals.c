@@ -45,6 +45,7 @@ typedef struct {
     char *values[OBX_SNAPSHOT_MAX_FILTERS]; /* filter values printed from JSON numbers/booleans */
     obx_snapshot_filter_t filters[OBX_SNAPSHOT_MAX_FILTERS];
     obx_snapshot_opts_t opts;
+    int topic_given; /* the signal named a topic: refused */
 } snap_job_t;
 
 obx_signals_t *obx_signals_new(const obx_config_t *cfg, volatile sig_atomic_t *stop)
@@ -259,7 +260,7 @@ static int filter_member(snap_job_t *j, const cJSON *v, char *why, size_t n)
 /* One member of the signal's data over the configured options. */
 static int job_member(snap_job_t *j, const cJSON *v, char *why, size_t n)
 {
-    static const char *const strings[] = {"table", "topic", "name", "aggregate_type", "event_type"};
+    static const char *const strings[] = {"table", "name", "aggregate_type", "event_type"};
     obx_snapshot_opts_t *o = &j->opts;
     const char *k = v->string;
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
@@ -268,8 +269,14 @@ static int job_member(snap_job_t *j, const cJSON *v, char *why, size_t n)
             snprintf(why, n, "\"%s\" must be a non-empty string of at most %d bytes", k, MAX_STRING);
             return -1;
         }
-        const char **dst[] = {&o->table, &o->topic, &o->name, &o->aggregate_type, &o->event_type};
+        const char **dst[] = {&o->table, &o->name, &o->aggregate_type, &o->event_type};
         *dst[i] = v->valuestring;
+        return 0;
+    }
+    if (!strcmp(k, "topic")) {
+        /* Refused in job_parse, after the table: a signal must not
+         * choose where rows go (outboxd.slots, another service's topic). */
+        j->topic_given = 1;
         return 0;
     }
     if (!strcmp(k, "filter")) return filter_member(j, v, why, n);
@@ -284,7 +291,7 @@ static int job_member(snap_job_t *j, const cJSON *v, char *why, size_t n)
                  "come from snapshot.* in the configuration, and a filter is "
                  "\"filter\": {\"column\": ..., \"op\": ..., \"value\": ...}", k);
     else
-        snprintf(why, n, "unknown or mistyped member \"%.60s\" (known: table, filter, topic, name, aggregate_type, "
+        snprintf(why, n, "unknown or mistyped member \"%.60s\" (known: table, filter, name, aggregate_type, "
                  "event_type, page_size, rate_limit, restart)", k);
     return -1;
 }
@@ -316,8 +323,13 @@ static int job_parse(const obx_config_t *cfg, snap_job_t *j, char *why, size_t n
         snprintf(why, n, "page_size %ld: use a positive number of rows per page", j->opts.page_size);
         return -1;
     }
+    if (j->topic_given) {
+        snprintf(why, n, "\"topic\" is not accepted from a signal: the topic comes from the configuration "
+                 "(snapshot.topic, or the outbox topic rules from aggregate_type)");
+        return -1;
+    }
     if (j->opts.topic && !obx_topic_valid(j->opts.topic)) {
-        snprintf(why, n, "\"topic\" is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)");
+        snprintf(why, n, "snapshot.topic is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)");
         return -1;
     }
     return 0;

@@ -779,6 +779,20 @@ def test_configuration_and_replica_table_errors_are_named(harness):
     s.drop()
 
 
+def test_apply_names_longer_than_63_bytes_are_refused(harness):
+    """PostgreSQL would cut a 66-byte name to 63 with a NOTICE and write into
+    another table: apply refuses it before connecting, naming the key."""
+    s = Scenario(harness)
+    base = s.apply_env("g-long")
+    for key, value in (("OUTBOXD_APPLY_TABLE", "t" * 66), ("OUTBOXD_APPLY_KEY_COLUMN", "k" * 64),
+                       ("OUTBOXD_APPLY_COLUMNS", "c" * 64 + ":name")):
+        r = _apply_fails({**base, key: value})
+        name = key[len("OUTBOXD_"):].lower().replace("_", ".", 1)
+        assert r.returncode == 2 and name in r.stderr and "63 bytes" in r.stderr, (key, r.stderr)
+        assert "NOTICE" not in r.stderr, r.stderr
+    s.drop()
+
+
 # --- issue 12: errors one event causes, keys equal for the key's type, numbers ---
 GOOD = {"name": "n", "country": "GB", "score": 1, "active": True, "rating": 1.5, "attrs": {"a": 1},
         "address": {"city": "c"}, "updatedAt": "2026-01-01T00:00:00+00:00"}
@@ -887,6 +901,31 @@ def test_apply_row_error_ends_in_poison_policy(harness, sqlstate):
 
     _isolate_case(harness, s, bad, sqlstate)
     s.drop()
+
+
+@pytest.mark.parametrize("sqlstate", ["P0001", "XX000", "55P03"])
+def test_apply_any_row_error_ends_in_poison_policy(harness, sqlstate):
+    """Whatever the class of the error the server answers for one row (a
+    trigger raising P0001 or XX000; 55P03 after a few tries), the batch is
+    bisected to that event and its poison policy follows: never an endless
+    pg_lost loop that blocks every other event."""
+    s = Scenario(harness)
+    with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
+        c.execute(f"CREATE OR REPLACE FUNCTION {s.rep}_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                  f" IF NEW.name = 'boom' THEN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = 'boom row';"
+                  " END IF; RETURN NEW; END $$")
+        c.execute(f"CREATE TRIGGER {s.rep}_boom BEFORE INSERT OR UPDATE ON {s.rep}"
+                  f" FOR EACH ROW EXECUTE FUNCTION {s.rep}_trg()")
+
+    def bad(keys):
+        k = next(keys)
+        _emit_raw(harness, k, json.dumps({**GOOD, "name": "boom"}))
+        return k
+
+    _isolate_case(harness, s, bad, sqlstate)
+    s.drop()
+    with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
+        c.execute(f"DROP FUNCTION IF EXISTS {s.rep}_trg() CASCADE")
 
 
 def _typed_replica(table, key_type, cols):

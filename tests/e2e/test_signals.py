@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, OUTBOX_DDL, RELAY_DSN, SUPER_DSN, current_lsn, pg, wait_until
+from conftest import BIN, BROKERS, OUTBOX_DDL, RELAY_DSN, SUPER_DSN, current_lsn, pg, wait_until
 
 PAYLOAD_SQL = "jsonb_build_object('id', t.id, 'status', t.status, 'version', t.version)"
 _SQL = open(os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "sql", "outbox.sql")).read()
@@ -83,7 +83,7 @@ def test_signals_carrying_sql_or_bad_values_fail_once_and_publish_nothing(harnes
         ({"rate_limit": -1}, "snapshot.rate_limit"),
         ({"table": s.secret, "topic": x}, "is not allowed for signals"),
         ({"table": f"(SELECT * FROM {s.secret})"}, "is not allowed for signals"),
-        ({"topic": "x; DROP TABLE y"}, "not a valid Kafka topic"),
+        ({"topic": "x; DROP TABLE y"}, '"topic" is not accepted'),
         ({"filter": {"column": "id", "op": "= 'r1' OR true OR id =", "value": "r1"}}, "filter term 1"),
         ({"filter": {"column": "id", "op": "is null", "value": "r1"}}, "filter term 1"),
         ({"filter": {"column": "id", "op": "=", "value": ["a"]}}, "filter term 1"),
@@ -98,7 +98,7 @@ def test_signals_carrying_sql_or_bad_values_fail_once_and_publish_nothing(harnes
         status, detail, attempts, _ = s.wait(sid, "failed", "done")
         assert status == "failed" and why in detail and attempts == 1, (sid, status, detail, attempts, why)
     # A quoted column that does not exist fails in the server, never as SQL.
-    sid = s.send({"filter": {"column": 'id" IS NOT NULL OR "id', "op": "=", "value": "r1"}, "topic": x})
+    sid = s.send({"filter": {"column": 'id" IS NOT NULL OR "id', "op": "=", "value": "r1"}})
     status, detail, attempts, _ = s.wait(sid, "failed", "done")
     assert status == "failed" and attempts == 1, (status, detail)
     assert re.search(r"does not exist", p.log()), p.log()[-3000:]
@@ -189,6 +189,28 @@ def test_a_signal_that_keeps_stopping_the_relay_gives_up_after_3_attempts(harnes
     assert p.stop() == 0
     assert s.row(sid) == (status, detail, attempts, at)
     assert "resuming" not in p.log() and "gave up" not in p.log()
+    s.drop()
+
+
+def test_a_signal_naming_a_topic_fails_once_and_publishes_nothing(harness):
+    """The topic comes from the configuration, like the payload: a signal
+    that names one (outboxd's own outboxd.slots, another service's live
+    topic) is marked failed once and publishes nothing anywhere."""
+    s = Signals(harness, rows=50)
+    live = harness.prefix + ".other"
+    p = harness.start(**s.env())
+    slots = harness.prefix + ".slots"  # this relay's slot evidence topic (outboxd.slots by default)
+    ids = [s.send({"table": s.src, "name": harness.table + "_t1", "topic": slots}),
+           s.send({"name": harness.table + "_t2", "topic": live, "page_size": 5})]
+    for sid in ids:
+        status, detail, attempts, _ = s.wait(sid, "failed", "done")
+        assert status == "failed" and '"topic" is not accepted' in detail and attempts == 1, (status, detail)
+    harness.wait_confirmed(current_lsn())
+    assert p.stop() == 0
+    assert harness.consume(["other", "athlete"], idle_ms=3000) == []
+    out = subprocess.run(["kcat", "-C", "-b", BROKERS, "-t", slots, "-e", "-q", "-f", "%k\n"],
+                         capture_output=True, text=True, timeout=60)
+    assert "r1" not in out.stdout.split(), out.stdout[-2000:]
     s.drop()
 
 

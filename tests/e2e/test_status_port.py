@@ -121,3 +121,34 @@ def test_idle_connections_are_closed_after_the_timeout(harness):
             _close(own)
     finally:
         _close(socks)
+
+
+def test_refused_connections_write_no_raw_line_to_stderr(harness):
+    """libmicrohttpd's "Server reached connection limit" goes through the
+    logger (debug, at most a line a second): in JSON mode, 50 connections
+    refused by the per-address limit leave no non-JSON line on stderr."""
+    import json
+    port = free_port()
+    p = harness.start(wait=False, OUTBOXD_STATUS_LISTEN=f"127.0.0.1:{port}", OUTBOXD_LOG_FORMAT="json",
+                      OUTBOXD_LOG_LEVEL="debug")
+    p.wait_for(r'"event":"streaming"')
+    assert http_get(port, "/healthz")[0] == 200
+    socks = _open_idle(port, ["127.0.0.203"] * 58)
+    try:
+        closed = sum(_closed_by_server(s, 0.2) for s in socks[8:])
+        assert closed > 0, "the per-address limit closed nothing"
+        _assert_probes_fast(port, n=2)
+    finally:
+        _close(socks)
+    assert p.stop() == 0
+    raw = []
+    mhd = 0
+    for line in p.log().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raw.append(line)
+            continue
+        mhd += rec.get("event") == "status_http"
+    assert raw == [], raw[:5]
+    assert mhd <= 5, mhd

@@ -239,15 +239,16 @@ static void test_quoted_names(void **state)
     free(b.s);
 }
 
-/* Errors one row causes (22, 23, 21000, 54000) go to bisection and the
- * poison policy; the rest is database trouble; poison without SQLSTATE is
- * the dead-letter topic refusing. */
+/* Every error the server answers with goes to bisection and the poison
+ * policy; connection-level trouble (no SQLSTATE, 08, 53, 57P01-57P03) is
+ * the database being down; poison without SQLSTATE is the dead-letter
+ * topic refusing. */
 static void test_error_decisions(void **state)
 {
     (void)state;
     obx_err_t e;
-    const char *st[] = {"22P02", "23505", "21000", "54000", "42P01", "08006"};
-    const int data[] = {1, 1, 1, 1, 0, 0}; /* 21000, 54000: one event causes them too */
+    const char *st[] = {"22P02", "23505", "21000", "54000", "42P01", "08006", "P0001", "XX000", "42501", "57P01", "53300"};
+    const int data[] = {1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0};
     for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
         obx_err_clear(&e);
         int code;
