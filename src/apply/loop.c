@@ -178,6 +178,17 @@ static size_t read_batch(obx_apply_t *a, int *cut)
     return n;
 }
 
+/* A missing table or column, a type or privilege that changed, the wrong
+ * database: SQLSTATE classes 42 (but 42501, also a row-level security
+ * check on one row), 3D, 3F, 0A and 28. */
+static int replica_changed(const obx_err_t *e)
+{
+    const char *st = e->sqlstate;
+    if (!st[0]) return 0;
+    if (!strncmp(st, "42", 2)) return strcmp(st, "42501") != 0;
+    return !strncmp(st, "3D", 2) || !strncmp(st, "3F", 2) || !strncmp(st, "0A", 2) || !strncmp(st, "28", 2);
+}
+
 /* Writes and acknowledges one batch of n (+ cut) events. 0 to go on, or an
  * exit code. */
 static int apply_batch(obx_apply_t *a, size_t n, int cut)
@@ -186,6 +197,16 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
     obx_err_t err;
     size_t halt_at = n;
     int rc = a->write(a, n, &st, &err);
+    if (rc && replica_changed(&err)) {
+        /* Not one event's fault: every event would fail the same way, and
+         * a dead-letter policy would empty the topic into the DLQ. */
+        obx_error("replica_schema", "the replica refuses every write (SQLSTATE %s: %s): its table, columns or "
+                  "privileges no longer match apply.*; nothing of the batch is committed. Fix the replica or the "
+                  "configuration and restart", err.sqlstate, err.msg);
+        obx_apply_batch_free(a, n + (size_t)cut);
+        set_state(a, OBX_STATE_HALTED);
+        return OBX_EXIT_CONFIG;
+    }
     if (rc && obx_apply_err_row(a, &err)) {
         obx_err_t ignore;
         if (PQtransactionStatus(a->db) != PQTRANS_IDLE) obx_pg_command(a->db, "ROLLBACK", &ignore);
