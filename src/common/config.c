@@ -456,6 +456,11 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
         return -1;
     }
     if (obx_config_check_names(cfg, errstr, errstr_size) != 0) return -1;
+    if (!*cfg->slot_evidence_topic) {
+        /* Without it a vanished slot could be replaced silently. */
+        snprintf(errstr, errstr_size, "slot.evidence_topic is empty: set a Kafka topic name (default outboxd.slots)");
+        return -1;
+    }
     obx_log_level_t lvl;
     obx_log_format_t fmt;
     if (obx_log_level_parse(cfg->log_level, &lvl) != 0) {
