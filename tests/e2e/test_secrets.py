@@ -133,7 +133,12 @@ def test_no_command_prints_a_secret(harness, tmp_path):
                                                              "OUTBOXD_LOG_LEVEL": "debug"}),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: http_get(port, "/readyz")[0] == 200, timeout=60, what="relay ready")
+        def ready():
+            try:
+                return http_get(port, "/readyz")[0] == 200
+            except OSError:  # not listening yet (URLError is an OSError)
+                return False
+        wait_until(ready, timeout=60, what="relay ready")
         with pg() as c:
             c.execute(f"INSERT INTO {harness.table}(aggregatetype, aggregateid, type, payload) "
                       f"VALUES ('athlete', 'a1', 'Created', '{{}}')")
