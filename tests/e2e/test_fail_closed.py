@@ -462,8 +462,12 @@ def test_partition_committed_behind_a_waiting_synchronous_standby(harness):
                                   " VALUES (%s, 'sync', 'k', 'created', '{}')", (eid,))
         t = threading.Thread(target=writer, daemon=True)
         t.start()
-        time.sleep(4)  # its commit record is in the WAL; heartbeats go on behind it
         with psycopg.connect(sup, autocommit=True) as c:
+            # Its commit record is in the WAL once it waits for the standby.
+            wait_until(lambda: c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                                         " AND pid = %s", (pid[0] if pid else 0,)).fetchone()[0] == 1,
+                       timeout=60, what="the writer waiting for the synchronous standby")
+            time.sleep(3)  # heartbeats commit behind it meanwhile
             c.execute("SELECT pg_cancel_backend(%s)", (pid[0],))  # the commit is kept locally
             c.execute("ALTER SYSTEM RESET synchronous_standby_names")
             c.execute("SELECT pg_reload_conf()")
