@@ -172,7 +172,8 @@ def test_vanished_slot_stops_with_exit_4_not_a_new_slot(harness):
 # -------------------------------------------- failover to a physical standby
 
 PAIR_DIR = os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "failover")
-PRIMARY_PORT = int(os.environ.get("OBX_PG_FAILOVER_PORT", "55440"))
+# Below the ephemeral port range (32768-60999): a client socket cannot hold it.
+PRIMARY_PORT = int(os.environ.get("OBX_PG_FAILOVER_PORT", "31440"))
 STANDBY_PORT = PRIMARY_PORT + 1
 
 
