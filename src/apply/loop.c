@@ -179,14 +179,11 @@ static size_t read_batch(obx_apply_t *a, int *cut)
 }
 
 /* A missing table or column, a type or privilege that changed, the wrong
- * database: SQLSTATE classes 42 (but 42501, also a row-level security
- * check on one row), 3D, 3F, 0A and 28. */
+ * database: what obx_pg_classify calls fatal, but 42501, which is also a
+ * row-level security check on one row. */
 static int replica_changed(const obx_err_t *e)
 {
-    const char *st = e->sqlstate;
-    if (!st[0]) return 0;
-    if (!strncmp(st, "42", 2)) return strcmp(st, "42501") != 0;
-    return !strncmp(st, "3D", 2) || !strncmp(st, "3F", 2) || !strncmp(st, "0A", 2) || !strncmp(st, "28", 2);
+    return e->cls == OBX_ERR_FATAL && e->sqlstate[0] && strcmp(e->sqlstate, "42501") != 0;
 }
 
 /* Writes and acknowledges one batch of n (+ cut) events. 0 to go on, or an

@@ -37,7 +37,8 @@ obx_err_class_t obx_pg_classify(const char *st, int connection_ok, int *exit_cod
         *exit_code = OBX_EXIT_POISON;
         return OBX_ERR_POISON;
     }
-    if (!strncmp(st, "28", 2) || !strncmp(st, "3D", 2) || !strncmp(st, "42", 2) || !strncmp(st, "0A", 2)) {
+    if (!strncmp(st, "28", 2) || !strncmp(st, "3D", 2) || !strncmp(st, "3F", 2) || !strncmp(st, "42", 2) ||
+        !strncmp(st, "0A", 2)) {
         *exit_code = OBX_EXIT_CONFIG;
         return OBX_ERR_FATAL;
     }

@@ -39,7 +39,7 @@ void obx_pg_error(obx_err_t *err, PGconn *c, const PGresult *r);
  * connection, shutdown, resources, lock and serialization failures are
  * retriable; data exceptions and integrity violations (22, 23), 21000 and
  * 54000 belong to a row (poison); authorization, unknown objects, syntax
- * and feature errors (28, 3D, 42, 0A) need an operator (fatal, exit 2). */
+ * and feature errors (28, 3D, 3F, 42, 0A) need an operator (fatal, exit 2). */
 obx_err_class_t obx_pg_classify(const char *sqlstate, int connection_ok, int *exit_code);
 
 /* SQLSTATEs outboxd acts on (PostgreSQL's errcodes.txt). */

@@ -997,3 +997,28 @@ def test_apply_numbers_reach_postgres_as_their_original_text(harness):
     assert want[:2] == (big, num) and want[3] == "1e-30" and want[4] == m
     assert p.stop() == 0
     s.drop()
+
+
+def test_apply_stops_when_the_replica_schema_changes_under_it(harness):
+    """A column dropped under a running apply is no event's fault: apply stops
+    with exit 2 naming the SQLSTATE, commits no offset past what it applied,
+    and dead-letters nothing (the policy would otherwise empty the topic)."""
+    s = Scenario(harness)
+    keys = _p0_keys("schema")
+    harness.start()
+    g1, g2 = next(keys), next(keys)
+    _emit_raw(harness, g1, json.dumps(GOOD))
+    harness.wait_confirmed(current_lsn())
+    dlq = harness.prefix + ".dlq"
+    p = s.start_apply("g-schema", OUTBOXD_APPLY_POISON_POLICY="dead-letter", OUTBOXD_APPLY_POISON_DLQ_TOPIC=dlq)
+    wait_until(lambda: {r[0] for r in s.replica(cols="id")} == {g1}, timeout=60, what="first event applied")
+    wait_until(lambda: committed_offsets("g-schema", s.topic)[0] == 1, timeout=30, what="its offset committed")
+    with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
+        c.execute(f"ALTER TABLE {s.rep} DROP COLUMN country")
+    _emit_raw(harness, g2, json.dumps(GOOD), version=2)
+    assert p.proc.wait(60) == 2, p.log()
+    p.reader.join(5)
+    assert "replica_schema" in p.log() and "42703" in p.log(), p.log()
+    assert committed_offsets("g-schema", s.topic)[0] == 1
+    assert "dead_letter" not in p.log(), p.log()
+    s.drop()
