@@ -2,8 +2,9 @@
  * truth for the file format, environment overrides, --print-config and
  * docs/configuration.md.
  *
- * Sources, later wins: built-in defaults, the file (`key = value` lines,
- * `#` comments), then environment variables OUTBOXD_<KEY> with dots as
+ * Sources, later wins: built-in defaults, the file (`key = value` lines;
+ * `#` at the start of a line or after whitespace starts a comment, a value
+ * in double quotes keeps its ` #` and its outer spaces), then environment variables OUTBOXD_<KEY> with dots as
  * underscores (pg.conninfo -> OUTBOXD_PG_CONNINFO). librdkafka properties
  * pass through under `kafka.` (file) or OUTBOXD_KAFKA_<PROP> (env, underscores
  * become dots: OUTBOXD_KAFKA_BOOTSTRAP_SERVERS -> kafka.bootstrap.servers). */
@@ -72,6 +73,16 @@ int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size
 int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t errstr_size);
 /* Required keys present, values in range, kafka.* accepted by librdkafka. */
 int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size);
+/* Values beyond type and range (config_check.c): topic.template (known
+ * placeholders, a legal topic for a sample aggregate type), topic names,
+ * status.listen. Called by obx_config_validate. 0 or -1 with errstr. */
+int obx_config_check_values(const obx_config_t *cfg, char *errstr, size_t errstr_size);
+int obx_config_check_template(const char *tmpl, char *errstr, size_t errstr_size);
+/* KEY=VALUE lines read like the environment (config-check --env-file). */
+int obx_config_load_env_file(obx_config_t *cfg, const char *path, char *errstr, size_t errstr_size);
+/* log.format from the file and OUTBOXD_LOG_FORMAT, before loading: an
+ * obx_log_format_t (OBX_LOG_AUTO when unset or unreadable). */
+int obx_config_peek_log_format(const char *path, char **envp);
 /* Refuses identifier keys longer than PostgreSQL's 63 bytes, naming the
  * key (called by obx_config_validate and obx_apply_validate). 0 or -1. */
 int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_size);

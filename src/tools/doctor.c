@@ -104,7 +104,8 @@ static void check_slot(doc_t *d, const obx_config_t *cfg, PGconn *c)
     if (!s.exists) {
         snprintf(what, sizeof(what), "slot %s does not exist%s", cfg->slot_name,
                  cfg->slot_create ? " (outboxd run creates it; events before that are not captured)" : "");
-        report(d, cfg->slot_create, 1, what, "outboxd slot create (or set slot.create = true)");
+        /* With slot.create = false, run stops on it with exit 4. */
+        report(d, cfg->slot_create, 0, what, "outboxd slot create (or set slot.create = true)");
         return;
     }
     snprintf(what, sizeof(what), "slot %s uses plugin %s", cfg->slot_name, s.plugin);
@@ -197,7 +198,10 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     char what[64];
     int ver = PQserverVersion(c);
     snprintf(what, sizeof(what), "server version %d.%d", ver / 10000, ver % 10000);
-    report(d, ver >= 100000, 0, what, "upgrade to PostgreSQL 10 or newer");
+    /* 13: pg_replication_slots.wal_status/safe_wal_size and max_slot_wal_keep_size. */
+    report(d, ver >= 130000, 0, what, "upgrade PostgreSQL to 13 or newer (outboxd reads wal_status and "
+           "max_slot_wal_keep_size, new in 13)");
+    if (ver < 130000) return;
     if (check_settings(d, c) != 0) return;
     check_plugin(d, c);
     check_slot(d, cfg, c);
@@ -255,8 +259,11 @@ static void check_topics(doc_t *d, const obx_config_t *cfg, rd_kafka_t *rk, cons
     report(d, n > 0 || autocreate == 1, 0, what,
            "create the topics for each aggregate type (with the partition count you will keep: it is part of the key rule) or enable auto.create.topics.enable");
     if (!strcmp(cfg->poison_policy, "dead-letter")) {
+        /* Listed from metadata (never auto-created by asking); auto-creation
+         * would give it the broker's default partitions and retention. */
         snprintf(what, sizeof(what), "dead-letter topic %s exists", cfg->dlq_topic);
-        report(d, dlq || autocreate == 1, 0, what, "create it");
+        report(d, dlq, 0, what, "create it with the retention you need to inspect poison rows "
+               "(kafka-topics.sh --create --topic <poison.dlq_topic>)");
     }
 }
 
@@ -288,8 +295,12 @@ static void check_kafka(doc_t *d, const obx_config_t *cfg)
 int obx_doctor_run(const obx_config_t *cfg, FILE *out)
 {
     doc_t d = {.out = out};
-    char red[1024];
+    char red[1024], cerr[1024], cwhat[1200];
     obx_err_t err;
+    /* The same checks as `outboxd run` at start (exit 2 there). */
+    int valid = obx_config_validate(cfg, cerr, sizeof(cerr)) == 0;
+    snprintf(cwhat, sizeof(cwhat), "configuration is valid%s%s", valid ? "" : ": ", valid ? "" : cerr);
+    report(&d, valid, 0, cwhat, "fix the key named above (outboxd run would exit 2)");
     obx_conninfo_redact(cfg->pg_conninfo, red, sizeof(red));
     PGconn *c = obx_pg_connect(cfg->pg_conninfo, "pg.conninfo", OBX_PG_NORMAL, &err);
     char what[2200];
