@@ -220,9 +220,7 @@ static int cmd_slot(cli_t *cli, obx_config_t *cfg)
     }
     size_t i = 0;
     while (i < sizeof(verbs) / sizeof(verbs[0]) && strcmp(verbs[i].verb, cli->verb) != 0) i++;
-    if (i == sizeof(verbs) / sizeof(verbs[0]))
-        return usage_error("slot", "unknown slot verb \"%s\": use status, create or drop", cli->verb);
-    if (cli->yes && strcmp(cli->verb, "drop") != 0) return usage_error("slot", "--yes is for slot drop only%s", "");
+    if (i == sizeof(verbs) / sizeof(verbs[0])) return OBX_EXIT_USAGE; /* main.c checked the verb */
     if (!strcmp(cli->verb, "drop") && !confirm_drop(cli, cfg)) return OBX_EXIT_USAGE;
     obx_log_set_context("slot", cfg->slot_name);
     obx_err_t err;
@@ -545,8 +543,11 @@ int main(int argc, char **argv)
         }
         cli.verb = argv[2];
         first = 3;
+        if (strcmp(cli.verb, "status") && strcmp(cli.verb, "create") && strcmp(cli.verb, "drop"))
+            return usage_error("slot", "unknown slot verb \"%s\": use status, create or drop", cli.verb);
     }
     if ((rc = parse_options(&cli, argc, argv, first)) >= 0) return rc;
+    if (cli.yes && strcmp(cli.verb, "drop") != 0) return usage_error("slot", "--yes is for slot drop only%s", "");
     install_signals();
     obx_config_t *cfg = load_config(cli.config_path);
     rc = apply_sets(&cli, cfg);
