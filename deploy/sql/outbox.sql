@@ -56,3 +56,18 @@ CREATE TABLE IF NOT EXISTS outboxd_snapshots (
     started_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
+
+-- The relay's role (docs/security.md has the whole list): it reads the outbox's
+-- columns at start, updates signal rows' status, and keeps snapshot
+-- checkpoints. Snapshots also need SELECT on each source table, e.g.
+--   GRANT SELECT ON athletes TO outboxd;
+-- The role itself: CREATE ROLE outboxd LOGIN REPLICATION PASSWORD '...';
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outboxd') THEN
+        GRANT SELECT ON outbox TO outboxd;
+        GRANT SELECT, UPDATE ON outboxd_signals TO outboxd;
+        GRANT SELECT, INSERT, UPDATE ON outboxd_snapshots TO outboxd;
+    END IF;
+END
+$$;
