@@ -111,6 +111,9 @@ def test_connecting_state_while_postgres_is_down(harness):
         wait_until(lambda: metric(http_get(port, "/metrics")[1], "outboxd_restarts_total") > first["restarts"],
                    timeout=15, what="restarts rising")
         assert metric(http_get(port, "/metrics")[1], "outboxd_state", state="connecting") == 1
+        version = re.search(r"project\(outboxd VERSION ([0-9.]+)", open(os.path.join(ROOT, "CMakeLists.txt")).read())[1]
+        assert first["version"] == version
+        assert metric(http_get(port, "/metrics")[1], "outboxd_build_info", version=version) == 1
         assert p.stop() == 0
 
 
@@ -214,3 +217,30 @@ def test_doctor_verdicts_match_run(harness):
     assert f"FAIL  dead-letter topic {harness.prefix}.dlq exists" in r.stdout
     r = run(["doctor"], harness.env(OUTBOXD_TOPIC_TEMPLATE="x.${aggregate_type}"))
     assert r.returncode == 1 and "FAIL  configuration is valid: topic.template" in r.stdout, r.stdout
+
+
+def test_supported_versions_table_matches_the_test_stack():
+    """README's supported-versions table names, as "tested in CI", what this
+    stack runs: the PostgreSQL server, the Kafka jars, outboxd's librdkafka."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme[readme.index("## Supported versions"):]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] not in ("component", "---"):
+            rows[cells[0]] = cells
+    assert set(rows) == {"PostgreSQL", "Kafka", "librdkafka"}, rows
+    with pg() as c:
+        major = c.execute("SHOW server_version_num").fetchone()[0]
+    assert rows["PostgreSQL"][2] == str(int(major) // 10000), (rows["PostgreSQL"], major)
+    assert rows["PostgreSQL"][2] in rows["PostgreSQL"][1]
+    libs = os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "kafka", "libs")
+    jars = [re.match(r"kafka_2\.13-(\d+\.\d+)\.\d+\.jar$", f) for f in os.listdir(libs)]
+    kafka = {m[1] for m in jars if m}
+    pom = re.search(r"<artifactId>kafka_2\.13</artifactId>\s*<version>(\d+\.\d+)", open(
+        os.path.join(ROOT, "deploy", "kafka", "pom.xml")).read())[1]
+    assert kafka == {pom} == {rows["Kafka"][2]}, (kafka, pom, rows["Kafka"])
+    rdk = re.search(r"librdkafka (\S+?),", run(["-V"]).stdout)[1]
+    assert rows["librdkafka"][2] == rdk, (rows["librdkafka"], rdk)
