@@ -79,7 +79,7 @@ def main(mode):
     m = http_get(port, "/metrics")[1]
     skipped = metric(m, "outboxd_events_skipped_duplicate_total", slot=h.slot)
     published = metric(m, "outboxd_events_published_total", slot=h.slot)
-    fallbacks = metric(m, "outboxd_exactly_once_fallback_total", slot=h.slot)
+    fallbacks = metric(m, "outboxd_exactly_once_fallback_total", slot=h.slot) or 0
     p.stop(signal.SIGTERM)
     lines = [l for l in p.log().splitlines() if "dedup_tail" in l]
     print("\n".join(lines))
