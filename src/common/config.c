@@ -71,7 +71,7 @@ static const obx_opt_t opts[] = {
     {"slot.evidence_topic", T_STR, S(slot_evidence_topic), "outboxd.slots", 0, 0, 0,
      "Compacted Kafka topic where the relay records, per server, database and slot, that the slot has published and how far it has confirmed. A missing slot with such a record stops the relay (exit 4) instead of silently creating a new slot that would skip what was committed meanwhile; `outboxd slot create` is the explicit way forward. Must not be empty."},
     {"exactly_once", T_BOOL, S(exactly_once), "true", 0, 0, 0,
-     "After a restart or reconnect, read back the tail of each partition written to and skip events already there, so a crash re-sends nothing. Requires that outboxd is the only writer of its (topic, key) records from this slot; see docs/guarantees.md. `false` gives plain at-least-once."},
+     "After a restart or reconnect, read back each partition written to (from the commit time of the replay window on) and skip events already there, so a crash re-sends nothing. Requires that outboxd is the only writer of its (topic, key) records from this slot; see docs/guarantees.md. `false` gives plain at-least-once."},
     {"exactly_once.scan_max", T_INT, S(dedup_scan_max), "1000", 1, 1000000, 0,
      "Fallback only (a broker that cannot look up offsets by time): records read back per partition when looking for this slot's newest event. Normally the read-back starts at the commit time of the replay window's first transaction and has no record budget (docs/guarantees.md)."},
     {"exactly_once.clock_skew_ms", T_INT, S(dedup_clock_skew_ms), "60000", 0, 86400000, 0,
