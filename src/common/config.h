@@ -41,6 +41,7 @@ typedef struct obx_config_s {
     char *slot_evidence_topic;
     int exactly_once;
     int dedup_scan_max;
+    int dedup_clock_skew_ms;
     char *poison_policy;
     char *dlq_topic;
     /* snapshot.* (outboxd snapshot, and snapshots started by a signal) */

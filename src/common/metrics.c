@@ -268,6 +268,7 @@ void obx_metrics_render_prometheus(FILE *out)
     COUNTER("events_acked_total", "Outbox events acknowledged by the broker (acks=all).", events_acked);
     COUNTER("events_failed_total", "Delivery failures reported by the producer (not acked; re-sent or halted).", events_failed);
     COUNTER("events_skipped_duplicate_total", "Re-decoded events already found in Kafka and not sent again (exactly-once).", events_skipped_duplicate);
+    COUNTER("exactly_once_fallback_total", "Partition read-backs that could not start at the replay window's commit time (broker without a time index, records deleted): the replay window may be sent again.", exactly_once_fallbacks);
     COUNTER("events_dead_lettered_total", "Poison rows published to the dead-letter topic.", events_dead_lettered);
     COUNTER("changes_ignored_total", "Updates, deletes and other changes of the outbox table that are not events.", events_ignored);
     COUNTER("transactions_total", "Transactions with at least one outbox event.", transactions);

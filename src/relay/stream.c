@@ -182,7 +182,7 @@ static obx_sink_rc_t sink_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
     char e[1024];
     obx_sink_rc_t rc = OBX_SINK_SENT;
     if (s->dedup) {
-        int d = obx_dedup_check(s->dedup, rec->topic, rec->key, rec->pos, &rec->partition, err);
+        int d = obx_dedup_check(s->dedup, rec->topic, rec->key, rec->pos, rec->commit_time_us, &rec->partition, err);
         if (s->tick_failed) {
             *err = s->tick_err; /* the connection, not Kafka, ended it (send_feedback named it) */
             d = -1;

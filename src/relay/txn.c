@@ -299,7 +299,8 @@ static int dead_letter(obx_txn_t *t, const obx_w2j_change_t *chg, const char *re
     }
     row.payload_kind = OBX_PAYLOAD_TEXT; /* as text, exactly as wal2json gave it */
     obx_source_t src = source_of(t, chg);
-    obx_record_t rec = {.topic = c->dlq_topic, .dead_letter = 1, .pos = {t->lsn, t->index}};
+    obx_record_t rec = {.topic = c->dlq_topic, .dead_letter = 1, .pos = {t->lsn, t->index},
+                        .commit_time_us = t->time_us};
     char e[512];
     if (obx_envelope_encode(&row, &src, &rec.value, &rec.value_len, e, sizeof(e)) != 0) {
         set_err(err, OBX_ERR_POISON, OBX_EXIT_POISON, "cannot encode dead letter: %s", e);
@@ -349,7 +350,7 @@ static int on_insert(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
                  id && id->value ? id->value : "NULL", OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), t->xid, e);
         return halt_poison(t, what, err);
     }
-    obx_record_t rec = {.topic = row.topic, .key = row.aggregate_id, .pos = pos};
+    obx_record_t rec = {.topic = row.topic, .key = row.aggregate_id, .pos = pos, .commit_time_us = t->time_us};
     if (pi >= 0) {
         rc = dead_letter(t, chg, t->poison[pi].reason, row.topic, 1, err);
     } else if (encode_row(t, chg, &row, &hdrs, &rec, e, sizeof(e)) != 0) {

@@ -26,7 +26,7 @@ static const char *const all_keys[] = {
     "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
     "outbox.column.occurred_at", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
     "reconnect.backoff_max_ms", "poll.batch", "status.listen", "heartbeat.interval_ms", "standby.retry_ms",
-    "slot.poll_interval_ms", "slot.evidence_topic", "exactly_once", "exactly_once.scan_max", "poison.policy", "poison.dlq_topic",
+    "slot.poll_interval_ms", "slot.evidence_topic", "exactly_once", "exactly_once.scan_max", "exactly_once.clock_skew_ms", "poison.policy", "poison.dlq_topic",
     "snapshot.table", "snapshot.name", "snapshot.where", "snapshot.topic", "snapshot.aggregate_type",
     "snapshot.version_column", "snapshot.columns", "snapshot.payload_sql", "snapshot.event_type",
     "snapshot.page_size", "snapshot.rate_limit", "signal.table", "signal.allowed_tables",
