@@ -1079,6 +1079,8 @@ def test_mistake_is_caught(check, what, mutate):
 APPLY_MUTATIONS = [
     (check_env, "unknown apply key", lambda b: configmap(b)["data"].update(OUTBOXD_APPLY_TABLES="x")),
     (check_env, "bad apply int", lambda b: configmap(b)["data"].update(OUTBOXD_APPLY_BATCH_MAX="0")),
+    (check_configmap_has_no_secrets, "replica password in the ConfigMap",
+     lambda b: configmap(b)["data"].update(OUTBOXD_APPLY_CONNINFO="host=db password=hunter2")),
     (check_image, "args run the relay", lambda b: container(b).update(args=["run"])),
     (check_deployment, "one replica", lambda b: deployment(b)["spec"].update(replicas=1)),
     (check_deployment, "container named as the relay's", lambda b: container(b).update(name="outboxd")),
