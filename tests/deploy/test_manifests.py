@@ -37,6 +37,7 @@ OUTBOXD_BIN = Path(os.environ.get("OUTBOXD_BIN", ROOT / "build" / "outboxd"))
 REQUIRED_ALERTS = {
     "OutboxdSourceAgeHigh", "OutboxdNoAcks", "OutboxdRetainedWALHigh", "OutboxdSlotWALAtRisk",
     "OutboxdSlotLost", "OutboxdNotReady", "OutboxdHalted", "OutboxdRestartsHigh",
+    "OutboxdApplySourceAgeHigh", "OutboxdApplyHalted", "OutboxdApplyNotApplying",
 }
 # Labels Prometheus (Operator) attaches to every scraped series.
 TARGET_LABELS = {"namespace", "pod", "service", "job", "instance", "endpoint", "container"}
@@ -837,6 +838,46 @@ def check_apps_apart(b):
     return problems
 
 
+def outboxd_selectors(expr):
+    """(metric, label matchers text) of every outboxd_* selector in expr."""
+    return re.findall(r"\b(outboxd_[a-zA-Z0-9_]+)\s*(?:\{([^}]*)\})?", expr)
+
+
+def check_scopes(b):
+    """The relay's alerts and panels select slot series, apply's group series:
+    apply pods export outboxd_state etc. too, with group and no slot, and a
+    selector without the scope would mix the two (a halted apply paging as a
+    halted relay)."""
+    problems = []
+    scope = {"outboxd": 'slot!=""', "outboxd-apply": 'group!=""'}
+    for g in one(b, "PrometheusRule")["spec"]["groups"]:
+        want = scope.get(g["name"])
+        if want is None:
+            problems.append(f"PrometheusRule: group {g['name']} is neither outboxd nor outboxd-apply")
+            continue
+        for r in g["rules"]:
+            for name, matchers in outboxd_selectors(r["expr"]):
+                if want not in re.sub(r"\s", "", matchers or ""):
+                    problems.append(f"{r.get('alert')}: {name} without {want} (group {g['name']})")
+    for p in dashboard_panels(b["dashboard"]):
+        for t in p.get("targets") or []:
+            for name, matchers in outboxd_selectors(t.get("expr") or ""):
+                m = re.sub(r"\s", "", matchers or "")
+                if name == "outboxd_build_info":
+                    continue
+                if name.startswith("outboxd_apply_") and 'group=~"$group"' not in m:
+                    problems.append(f"dashboard {p.get('title')!r}: {name} without group=~\"$group\"")
+                elif 'slot=~"$slot"' not in m and 'group=~"$group"' not in m:
+                    problems.append(f"dashboard {p.get('title')!r}: {name} selects neither $slot nor $group")
+    variables = {v.get("name"): v for v in b["dashboard"].get("templating", {}).get("list", [])}
+    for v in ("slot", "group"):
+        # Grafana's own All value would be a regex of the values found; ".+"
+        # keeps series without the label (the other program's) out.
+        if variables.get(v, {}).get("allValue") != ".+":
+            problems.append(f"dashboard: variable {v} needs allValue .+")
+    return problems
+
+
 def check_docs(b):
     problems = []
     text = (ROOT / "docs" / "metrics.md").read_text()
@@ -873,7 +914,7 @@ def link_problems(doc):
 CHECKS = [check_env, check_configmap_has_no_secrets, check_status_listen, check_probes,
           check_termination_grace, check_deployment, check_image, check_dockerfile_packages,
           check_service, check_pdb, check_servicemonitor, check_prometheusrule, check_dashboard,
-          check_kustomization, check_compose, check_docs, check_apps_apart]
+          check_kustomization, check_compose, check_docs, check_apps_apart, check_scopes]
 # The same checks of the apply Deployment and what belongs to it.
 APPLY_CHECKS = [check_env, check_configmap_has_no_secrets, check_status_listen, check_probes,
                 check_termination_grace, check_deployment, check_image, check_service, check_pdb,
@@ -1034,6 +1075,19 @@ MUTATIONS = [
     (check_prometheusrule, "no severity", lambda b: _rule(b, "OutboxdNotReady")["labels"].clear()),
     (check_prometheusrule, "required alert missing",
      lambda b: one(b, "PrometheusRule")["spec"]["groups"][0]["rules"].remove(_rule(b, "OutboxdSlotLost"))),
+    (check_scopes, "relay alert without slot scope",
+     lambda b: _rule(b, "OutboxdHalted").update(
+         expr='max by (namespace, pod, slot) (max_over_time(outboxd_state{state="halted"}[15m])) == 1')),
+    (check_scopes, "apply alert without group scope",
+     lambda b: _rule(b, "OutboxdApplyHalted").update(
+         expr='max by (namespace, pod, group) (max_over_time(outboxd_state{state="halted"}[15m])) == 1')),
+    (check_scopes, "apply panel without $group",
+     lambda b: next(p for p in dashboard_panels(b["dashboard"]) if p.get("id") == 23)["targets"][0].update(
+         expr="max by (group, pod) (outboxd_apply_source_age_seconds)")),
+    (check_scopes, "relay panel without $slot",
+     lambda b: _first_target(b).update(expr="max by (pod, state) (outboxd_state) == 1")),
+    (check_scopes, "group variable All matches the relay",
+     lambda b: [v.update(allValue=None) for v in b["dashboard"]["templating"]["list"] if v["name"] == "group"]),
     (check_dashboard, "wrong metric name",
      lambda b: _first_target(b).update(expr='max by (pod) (outboxd_status{slot=~"$slot"})')),
     (check_dashboard, "panel without target",
