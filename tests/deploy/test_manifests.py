@@ -888,7 +888,7 @@ def check_docs(b):
         for v in values:
             if f"`{v}`" not in text:
                 problems.append(f"docs/metrics.md does not explain {label} value {v}")
-    for doc in ("docs/metrics.md", "docs/kubernetes.md"):
+    for doc in ("docs/metrics.md", "docs/kubernetes.md", "docs/operations.md", "docs/security.md"):
         problems += link_problems(doc)
     return problems
 

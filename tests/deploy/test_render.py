@@ -52,7 +52,7 @@ def by_kind(docs, kind):
 
 
 def test_there_are_overlays_to_render():
-    assert {"secured", "secured-mtls", "relay-only", "without-prometheus-operator"} <= set(OVERLAYS)
+    assert {"secured", "secured-mtls", "relay-only", "apply-only", "without-prometheus-operator"} <= set(OVERLAYS)
 
 
 def test_base_renders():
@@ -68,6 +68,12 @@ def test_overlay_renders(overlay):
     if overlay == "relay-only":
         assert got == Counter({k: 1 for k in BASE_KINDS})
         assert all(d["metadata"]["labels"]["app.kubernetes.io/name"] == "outboxd" for d in docs)
+    elif overlay == "apply-only":
+        assert got == Counter({k: 1 for k in BASE_KINDS})
+        assert all(d["metadata"]["labels"]["app.kubernetes.io/name"] == "outboxd-apply"
+                   for d in docs if d["kind"] != "PrometheusRule")
+        rule = by_kind(docs, "PrometheusRule")["outboxd"]
+        assert [g["name"] for g in rule["spec"]["groups"]] == ["outboxd-apply"]
     elif overlay == "without-prometheus-operator":
         assert got == BASE_KINDS - Counter({"ServiceMonitor": 2, "PrometheusRule": 1})
         assert not [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
