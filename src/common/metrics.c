@@ -212,8 +212,11 @@ static void render_apply_prometheus(FILE *out)
     char reason[256];
     GAUGE("ready", "1 when /readyz passes.", "%d", obx_metrics_ready(reason, sizeof(reason)));
     GAUGE("start_time_seconds", "Process start, Unix seconds.", "%.3f", (double)atomic_load(&m->started_us) / 1e6);
-    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\noutboxd_build_info{version=\"%s\"} 1\n",
-            OBX_VERSION);
+    /* group: every apply series names its consumer group, so the relay's
+     * alerts (which select slot!="") never match an apply pod. */
+    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\n"
+                 "outboxd_build_info{group=\"%s\",version=\"%s\"} 1\n",
+            m->apply_group, OBX_VERSION);
 }
 
 static void render_apply_json(FILE *out)
@@ -310,8 +313,9 @@ void obx_metrics_render_prometheus(FILE *out)
           (long long)atomic_load(&m->snapshot_rows_estimated));
     GAUGE("snapshot_rows_per_second", "Rate of the current (or last) snapshot.", "%.1f",
           (double)atomic_load(&m->snapshot_rows_per_s_milli) / 1000.0);
-    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\noutboxd_build_info{version=\"%s\"} 1\n",
-            OBX_VERSION);
+    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\n"
+                 "outboxd_build_info{slot=\"%s\",version=\"%s\"} 1\n",
+            m->slot, OBX_VERSION);
 }
 
 void obx_metrics_render_json(FILE *out)
