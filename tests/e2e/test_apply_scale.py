@@ -210,10 +210,11 @@ def test_apply_rate_of_1_2_and_3_processes(harness, tmp_path):
     s.create(n, per_txn=5000)
     harness.wait_confirmed(current_lsn(), timeout=300)
     rates = {}
-    for k in (1, 2, 3):
-        table = f"{s.rep}_p{k}"
+    # Both orders: the first run also warms the broker's page cache and the database.
+    for r, k in enumerate((1, 2, 3, 3, 2, 1)):
+        table = f"{s.rep}_r{r}"
         s.make_replica(table)
-        group = f"g-rate{k}-" + harness.prefix.rsplit(".", 1)[1]
+        group = f"g-rate{r}-" + harness.prefix.rsplit(".", 1)[1]
         t0 = time.time()
         procs = [s.start_apply(group, wait=False, OUTBOXD_APPLY_TABLE=table) for _ in range(k)]
         with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
@@ -222,11 +223,13 @@ def test_apply_rate_of_1_2_and_3_processes(harness, tmp_path):
             wall = time.time() - t0
             lo, hi = c.execute(f"""SELECT percentile_disc(0.05) WITHIN GROUP (ORDER BY replicated_at),
                 percentile_disc(0.95) WITHIN GROUP (ORDER BY replicated_at) FROM {table}""").fetchone()
-        rates[k] = (round(n / wall), round(0.9 * n / max((hi - lo).total_seconds(), 1e-3)))
+        rates.setdefault(k, []).append((round(n / wall), round(0.9 * n / max((hi - lo).total_seconds(), 1e-3))))
         s.wait_converged(table)
         for p in procs:
             assert p.stop() == 0
-        record("apply rate by processes", processes=k, events=n, rows_per_s_wall=rates[k][0],
-               rows_per_s_p5_p95=rates[k][1], load=os.getloadavg()[0])
+        record("apply rate by processes", processes=k, events=n, rows_per_s_wall=rates[k][-1][0],
+               rows_per_s_p5_p95=rates[k][-1][1], load=os.getloadavg()[0])
+        with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
+            c.execute(f"DROP TABLE {table}, {table}_tombstones")
     print(rates)
     s.drop()
