@@ -171,6 +171,14 @@ static int64_t apply_part_lag(const obx_apply_part_metrics_t *p, int64_t *hi_out
     return hi > c ? hi - c : 0;
 }
 
+/* Partitions assigned to this process (issue 16: several processes share a group). */
+static int apply_owned(obx_metrics_t *m)
+{
+    int n = atomic_load(&m->apply_n_parts), owned = 0;
+    for (int i = 0; i < n; i++) owned += atomic_load(&m->apply_parts[i].assigned) != 0;
+    return owned;
+}
+
 static void render_apply_prometheus(FILE *out)
 {
     obx_metrics_t *m = &g_metrics;
@@ -203,6 +211,7 @@ static void render_apply_prometheus(FILE *out)
         fprintf(out, "outboxd_apply_consumer_lag_messages{group=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n", m->apply_group,
                 p->topic, (int)p->partition, (long long)apply_part_lag(p, &hi));
     }
+    GAUGE("apply_partitions_owned", "Partitions this process owns in its consumer group now.", "%d", apply_owned(m));
     fprintf(out, "# HELP outboxd_state The process's state (1 for the current one).\n# TYPE outboxd_state gauge\n");
     int st = atomic_load(&m->state);
     for (int i = 0; i <= OBX_STATE_HALTED; i++)
@@ -232,7 +241,7 @@ static void render_apply_json(FILE *out)
             "\"source_age_seconds\":%.3f,\"replicated_age_seconds\":%.3f,"
             "\"events\":{\"applied\":%llu,\"stale_ignored\":%llu,\"superseded\":%llu,\"skipped\":%llu,\"dead_lettered\":%llu,\"failed\":%llu},"
             "\"batches\":%llu,\"db_errors\":%llu,\"offset_commits\":%llu,\"offset_commit_failures\":%llu,"
-            "\"apply_lag\":{\"count\":%llu,\"mean_seconds\":%.6f},\"partitions\":[",
+            "\"apply_lag\":{\"count\":%llu,\"mean_seconds\":%.6f},\"partitions_owned\":%d,\"partitions\":[",
             OBX_VERSION, m->apply_group, obx_state_name((obx_state_t)atomic_load(&m->state)), ready ? "true" : "false", reason,
             obx_metrics_live(30000) ? "true" : "false", atomic_load(&m->pg_connected) ? "true" : "false",
             atomic_load(&m->kafka_brokers_up), age_s(atomic_load(&m->apply_newest_source_us), now),
@@ -242,7 +251,7 @@ static void render_apply_json(FILE *out)
             (unsigned long long)atomic_load(&m->apply_failed), (unsigned long long)atomic_load(&m->apply_batches),
             (unsigned long long)atomic_load(&m->apply_db_errors), (unsigned long long)atomic_load(&m->apply_offset_commits),
             (unsigned long long)atomic_load(&m->apply_offset_commit_failures), (unsigned long long)lc,
-            lc ? (double)atomic_load(&m->apply_lag.sum_us) / 1e6 / (double)lc : 0.0);
+            lc ? (double)atomic_load(&m->apply_lag.sum_us) / 1e6 / (double)lc : 0.0, apply_owned(m));
     int n = atomic_load(&m->apply_n_parts), first = 1;
     for (int i = 0; i < n; i++) {
         const obx_apply_part_metrics_t *p = &m->apply_parts[i];
