@@ -35,5 +35,40 @@ python3 -m pytest -q -p no:cacheprovider tests/deploy
 echo "== services"
 scripts/services.sh up
 
-echo "== end-to-end tests (real PostgreSQL 15 + wal2json, real Kafka)"
-python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
+# The end-to-end suite runs in two lanes, each against a stack of its own
+# (PostgreSQL + Kafka), so that a test that stops a broker, restarts
+# PostgreSQL or changes a server setting never disturbs the other lane. Most
+# tests wait on the services rather than compute, so two lanes on two cores
+# take about two thirds of the time of one. OBX_E2E_LANES=1 runs one lane.
+# Lane B takes the files listed here; lane A every other file, so a new test
+# file is never left out.
+LANE_B="test_fail_closed.py test_apply.py test_apply_scale.py test_eos_chaos.py"
+lane_b_env() {
+    export OBX_RUN_DIR=${OBX_RUN_DIR_B:-/tmp/outboxd-run-b} OBX_PG_PORT=30432 OBX_KAFKA_PORT=30092 \
+        OBX_KAFKA_CONTROLLER_PORT=30093 OBX_KAFKA_PROXY_PORT=30094 OBX_KAFKA_PROXY_ADV_PORT=30095 \
+        OBX_KAFKA_SASL_PORT=30096 OBX_KAFKA_SSL_PORT=30097 OBX_PG_FAILOVER_PORT=30440
+}
+files_a=() files_b=()
+for f in tests/e2e/test_*.py; do
+    case " $LANE_B " in *" $(basename "$f") "*) files_b+=("$f") ;; *) files_a+=("$f") ;; esac
+done
+if [ "${OBX_E2E_LANES:-2}" = 1 ]; then
+    echo "== end-to-end tests (real PostgreSQL 15 + wal2json, real Kafka), one lane"
+    python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
+else
+    # Lane B's Kafka reuses lane A's jars rather than fetching them again.
+    a_dir=${OBX_RUN_DIR:-/tmp/outboxd-run}
+    (lane_b_env; mkdir -p "$OBX_RUN_DIR/kafka"
+     [ -e "$OBX_RUN_DIR/kafka/libs" ] || cp -r "$a_dir/kafka/libs" "$OBX_RUN_DIR/kafka/"
+     scripts/services.sh up)
+    echo "== end-to-end tests (real PostgreSQL 15 + wal2json, real Kafka), two lanes"
+    lane_b_log=$(mktemp)
+    (lane_b_env; python3 -m pytest -q -p no:cacheprovider "${files_b[@]}" "$@") >"$lane_b_log" 2>&1 &
+    lane_b=$!
+    rc_a=0; python3 -m pytest -q -p no:cacheprovider "${files_a[@]}" "$@" || rc_a=$?
+    rc_b=0; wait "$lane_b" || rc_b=$?
+    echo "== lane B (${files_b[*]})"
+    cat "$lane_b_log"; rm -f "$lane_b_log"
+    echo "== lanes: A exit $rc_a, B exit $rc_b"
+    [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ]
+fi
