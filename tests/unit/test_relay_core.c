@@ -14,6 +14,7 @@
 #include "envelope.h"
 #include "outboxd/v1/event.pb-c.h"
 #include "relset.h"
+#include "trace.h"
 #include "metrics.h"
 #include "txn.h"
 #include "wal2json.h"
@@ -783,6 +784,33 @@ static void test_tracingspancontext_column(void **state)
     obx_envelope_free(ev);
 }
 
+/* traceparent: the trace id of a valid one, nothing of an invalid one. */
+static void test_traceparent_trace_id(void **state)
+{
+    (void)state;
+    char id[OBX_TRACE_ID_LEN + 1];
+    const char *ok = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    assert_int_equal(obx_trace_id(ok, strlen(ok), id), 1);
+    assert_string_equal(id, "0af7651916cd43dd8448eb211c80319c");
+    const char *later = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-later";
+    assert_int_equal(obx_trace_id(later, strlen(later), id), 1);
+    const char *bad[] = {
+        "", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x", /* 00 has nothing after the flags */
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",     /* upper case */
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",     /* zero trace id */
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",     /* zero parent id */
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",     /* version ff */
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",        /* short */
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+        "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(obx_trace_id(bad[i], strlen(bad[i]), id), 0);
+        assert_string_equal(id, "");
+    }
+    assert_int_equal(obx_trace_id(ok, 54, id), 0); /* length, not NUL, ends it */
+}
+
 /* A partitioned outbox: rows of any leaf, in any schema, are the outbox's
  * events, under the parent's name. */
 static void test_partition_rows_relayed_under_the_parent(void **state)
@@ -901,6 +929,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_message_malformed_content, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_message_malformed_dead_lettered, setup_dlq, teardown),
         cmocka_unit_test_setup_teardown(test_tracingspancontext_column, setup_halt, teardown),
+        cmocka_unit_test(test_traceparent_trace_id),
         cmocka_unit_test_setup_teardown(test_partition_rows_relayed_under_the_parent, setup_halt, teardown),
         cmocka_unit_test(test_relset_add_tables_option),
         cmocka_unit_test(test_relset_merge_keeps_gone_leaves_until_confirmed),
