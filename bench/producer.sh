@@ -22,14 +22,15 @@ T=bench_pout
 D=bench_pdomain
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-q() { "$PGBIN/psql" -X "$1" -qAt -v ON_ERROR_STOP=1 -c "$2"; }
+q() { PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X "$1" -qAt -v ON_ERROR_STOP=1 -c "$2"; }
 
 setup() {
     q "$APP" "DROP TABLE IF EXISTS $T, $D"
-    "$PGBIN/psql" -X "$APP" -qAt -v ON_ERROR_STOP=1 \
+    PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X "$APP" -qAt -v ON_ERROR_STOP=1 \
         -c "$(sed "s/CREATE TABLE IF NOT EXISTS outbox (/CREATE TABLE $T (/" deploy/sql/outbox.sql)" >/dev/null
     q "$APP" "CREATE TABLE $D (id int PRIMARY KEY, balance bigint NOT NULL, version bigint NOT NULL);
-              INSERT INTO $D SELECT g, 0, 0 FROM generate_series(1, 10000) g; VACUUM ANALYZE $D"
+              INSERT INTO $D SELECT g, 0, 0 FROM generate_series(1, 10000) g"
+    q "$APP" "VACUUM ANALYZE $D"
 }
 
 PAYLOAD="jsonb_build_object('id', :aid, 'balance', :delta, 'note', repeat('x', 200))"
@@ -47,7 +48,7 @@ cat >"$TMP/rowdel.sql" <<SQL
 BEGIN;
 UPDATE $D SET balance = balance + :delta, version = version + 1 WHERE id = :aid;
 INSERT INTO $T (aggregatetype, aggregateid, type, payload, aggregate_version) VALUES ('account', :aid, 'BalanceChanged', $PAYLOAD, 1) RETURNING id AS eid \gset
-DELETE FROM $T WHERE id = :'eid';
+DELETE FROM $T WHERE id = ':eid'::uuid;
 END;
 SQL
 cat >"$TMP/emit.sql" <<SQL
