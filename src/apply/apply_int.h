@@ -66,6 +66,7 @@ typedef struct {
     char *src_ts; /* timestamptz text */
     char **vals;  /* n_maps values, NULL = SQL NULL */
     char *reason; /* OBX_EV_POISON */
+    char trace_id[33]; /* from a valid traceparent header, for logs; "" none */
     int dead;     /* published to the dead-letter topic */
 } obx_apply_entry_t;
 

@@ -36,12 +36,13 @@ static void log_poison(obx_apply_t *a, const obx_apply_entry_t *e)
     const rd_kafka_message_t *m = e->msg;
     const char *topic = rd_kafka_topic_name(m->rkt);
     obx_error("poison_event",
-              "topic %s partition %d offset %lld: %s. outboxd apply stops here (exit 3) without committing this offset: "
+              "topic %s partition %d offset %lld (trace id %s): %s. outboxd apply stops here (exit 3) without committing this offset: "
               "everything before it is applied and committed, nothing after it in this partition is applied. Fix the "
               "producer or apply.columns and restart, or set apply.poison.policy = dead-letter; to skip it on purpose, "
               "with outboxd apply stopped: kafka-consumer-groups.sh --bootstrap-server %s --group %s --reset-offsets "
               "--topic %s:%d --to-offset %lld --execute",
-              topic, (int)m->partition, (long long)m->offset, e->reason ? e->reason : "poison",
+              topic, (int)m->partition, (long long)m->offset, e->trace_id[0] ? e->trace_id : "none",
+              e->reason ? e->reason : "poison",
               obx_config_kafka_get(a->cfg, "bootstrap.servers"), a->cfg->apply_group, topic, (int)m->partition,
               (long long)m->offset + 1);
 }
@@ -193,6 +194,21 @@ static int replica_changed(const obx_err_t *e)
     return e->cls == OBX_ERR_FATAL && e->sqlstate[0] && strcmp(e->sqlstate, "42501") != 0;
 }
 
+/* Debug, one line per event written (poison ones log a warning or error
+ * where they are handled): its trace id joins the relay's trace. */
+static void log_applied(const obx_apply_t *a, size_t n)
+{
+    static const char *const kinds[] = {"upsert", "delete", "skipped (apply.event_types)"};
+    if (!obx_log_enabled(OBX_LOG_DEBUG)) return;
+    for (size_t i = 0; i < n; i++) {
+        const obx_apply_entry_t *e = &a->batch[i];
+        if (e->kind == OBX_EV_POISON) continue;
+        obx_debug("applied", "%s [%d] offset %lld: key %s version %lld %s (trace id %s)",
+                  rd_kafka_topic_name(e->msg->rkt), (int)e->msg->partition, (long long)e->msg->offset,
+                  e->key ? e->key : "?", (long long)e->version, kinds[e->kind], e->trace_id[0] ? e->trace_id : "none");
+    }
+}
+
 /* Writes and acknowledges one batch of n (+ cut) events. 0 to go on, or an
  * exit code. */
 static int apply_batch(obx_apply_t *a, size_t n, int cut)
@@ -234,6 +250,7 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
         return 0;
     }
     account(a, &st);
+    log_applied(a, halt_at);
     obx_apply_commit_offsets(a, halt_at);
     if (halt_at < n || cut) {
         log_poison(a, &a->batch[halt_at]);

@@ -50,6 +50,10 @@ static const obx_opt_t opts[] = {
      "Optional json/jsonb column holding an object; each member becomes an envelope header and a Kafka header."},
     {"outbox.column.occurred_at", T_STR, S(col_occurred_at), "occurred_at", 0, 0, 0,
      "Optional timestamptz column copied to the envelope's `occurred_at_us`."},
+    {"outbox.column.tracingspancontext", T_STR, S(col_tracingspancontext), "tracingspancontext", 0, 0, 0,
+     "Optional text column in Debezium's format (java.util.Properties text, e.g. `traceparent=00-...`): its `traceparent` and `tracestate` become Kafka headers, unchanged, unless the headers column already has them (docs/envelope.md)."},
+    {"outbox.message_prefix", T_STR, S(outbox_message_prefix), "outboxd.event", 0, 0, 0,
+     "Prefix of the transactional logical messages that `outbox_emit()` writes (deploy/sql/outbox.sql, which reads the same name from the PostgreSQL setting `outboxd.message_prefix`): each becomes an event exactly like an outbox row. A non-transactional message with this prefix is poison (poison.policy); messages with other prefixes are ignored. No commas, spaces or backslashes, not `outboxd`."},
     {"topic.template", T_STR, S(topic_template), "outbox.event.${aggregatetype}", 0, 0, 0,
      "Topic for rows whose topic column is NULL. `${aggregatetype}` is replaced by the row's aggregate type (Debezium's EventRouter default)."},
     {"status.interval_ms", T_INT, S(status_interval_ms), "10000", 100, 10000, 0,
@@ -413,6 +417,7 @@ int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_
         {"outbox.column.aggregate_version", cfg->col_aggregate_version, 0},
         {"outbox.column.topic", cfg->col_topic, 0}, {"outbox.column.headers", cfg->col_headers, 0},
         {"outbox.column.occurred_at", cfg->col_occurred_at, 0}, {"signal.table", cfg->signal_table, 0},
+        {"outbox.column.tracingspancontext", cfg->col_tracingspancontext, 0},
         {"snapshot.version_column", cfg->snap_version_column, 0}, {"snapshot.columns", cfg->snap_columns, 1},
         {"snapshot.table", cfg->snap_table, 2}, {"signal.allowed_tables", cfg->signal_allowed_tables, 2},
         {"apply.table", cfg->apply_table, 2}, {"apply.tombstone_table", cfg->apply_tombstone_table, 2},
@@ -475,6 +480,14 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
         return -1;
     }
     if (obx_config_check_names(cfg, errstr, errstr_size) != 0) return -1;
+    const char *mp = cfg->outbox_message_prefix;
+    if (!*mp || strpbrk(mp, ", \t\r\n\\") || !strcmp(mp, "outboxd")) {
+        /* wal2json's add-msg-prefixes splits at commas and spaces and keeps
+         * backslashes; "outboxd" is the heartbeat's. */
+        snprintf(errstr, errstr_size, "outbox.message_prefix = \"%.100s\": use a non-empty prefix without commas, "
+                 "spaces or backslashes, other than the heartbeat's \"outboxd\" (default outboxd.event)", mp);
+        return -1;
+    }
     if (!*cfg->slot_evidence_topic) {
         /* Without it a vanished slot could be replaced silently. */
         snprintf(errstr, errstr_size, "slot.evidence_topic is empty: set a Kafka topic name (default outboxd.slots)");

@@ -29,6 +29,8 @@ typedef struct obx_config_s {
     char *outbox_table;
     char *col_id, *col_aggregatetype, *col_aggregateid, *col_type, *col_payload;
     char *col_aggregate_version, *col_topic, *col_headers, *col_occurred_at;
+    char *col_tracingspancontext;
+    char *outbox_message_prefix;
     char *topic_template;
     int status_interval_ms;
     int shutdown_timeout_ms;

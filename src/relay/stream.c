@@ -258,9 +258,13 @@ static int start_replication(session_t *s, obx_err_t *err)
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return failed(s, "oom");
     }
+    /* Messages: the heartbeat's and outbox_emit()'s (add-tables does not
+     * filter messages; add-msg-prefixes matches whole prefixes). */
+    char prefixes[512];
+    snprintf(prefixes, sizeof(prefixes), "%s,%s", OBX_HEARTBEAT_PREFIX, s->cfg->outbox_message_prefix);
     const char *opts[] = {
         "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",
-        "include-typmod", "0", "add-tables", tables, "add-msg-prefixes", OBX_HEARTBEAT_PREFIX,
+        "include-typmod", "0", "add-tables", tables, "add-msg-prefixes", prefixes,
     };
     int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err);
     free(tables);

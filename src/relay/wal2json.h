@@ -43,6 +43,7 @@ typedef struct {
     const char *schema, *table;
     const char *prefix;   /* M */
     const char *content;  /* M */
+    size_t content_len;   /* M: content's length (0: use strlen) */
     int transactional;    /* M */
     int ncols;
     obx_col_t *cols;      /* ncols entries, in the arena (a table may have 1600 columns) */

@@ -24,7 +24,7 @@ static const char *const all_keys[] = {
     "pg.conninfo", "slot.name", "slot.create", "outbox.schema", "outbox.table",
     "outbox.column.id", "outbox.column.aggregatetype", "outbox.column.aggregateid", "outbox.column.type",
     "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
-    "outbox.column.occurred_at", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
+    "outbox.column.occurred_at", "outbox.column.tracingspancontext", "outbox.message_prefix", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
     "reconnect.backoff_max_ms", "poll.batch", "status.listen", "heartbeat.interval_ms", "standby.retry_ms",
     "slot.poll_interval_ms", "slot.evidence_topic", "exactly_once", "exactly_once.scan_max", "exactly_once.clock_skew_ms", "poison.policy", "poison.dlq_topic",
     "snapshot.table", "snapshot.name", "snapshot.where", "snapshot.topic", "snapshot.aggregate_type",
@@ -367,7 +367,7 @@ static void test_identifier_lengths(void **state)
         "slot.name", "outbox.schema", "outbox.table", "outbox.column.id", "outbox.column.aggregatetype",
         "outbox.column.aggregateid", "outbox.column.type", "outbox.column.payload",
         "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
-        "outbox.column.occurred_at", "signal.table", "snapshot.version_column", "snapshot.columns",
+        "outbox.column.occurred_at", "outbox.column.tracingspancontext", "signal.table", "snapshot.version_column", "snapshot.columns",
         "snapshot.table", "signal.allowed_tables", "apply.table", "apply.tombstone_table", "apply.key_column",
         "apply.column.source_version", "apply.column.source_updated_at", "apply.column.replicated_at",
     };
