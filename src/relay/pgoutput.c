@@ -145,6 +145,10 @@ static const unsigned char *rd_bytes(rd_t *r, uint64_t n)
     return b;
 }
 
+/* Protocol time (us since 2000) to Unix us; wraps instead of overflowing
+ * on a hostile value. */
+static int64_t pg_time(uint64_t t) { return (int64_t)(t + (uint64_t)PG_EPOCH_OFFSET_US); }
+
 static int malformed(obx_err_t *err, const char *what, char kind)
 {
     obx_err_clear(err);
@@ -478,7 +482,7 @@ int obx_pgo_parse(obx_pgo_t *p, const char *data, size_t len, obx_lsn_t data_sta
     case 'B':
         out->kind = OBX_CHG_BEGIN;
         out->lsn = rd_int(&r, 8); /* final_lsn: the commit record's start */
-        out->commit_time_us = (int64_t)rd_int(&r, 8) + PG_EPOCH_OFFSET_US;
+        out->commit_time_us = pg_time(rd_int(&r, 8));
         out->xid = (uint32_t)rd_int(&r, 4);
         if (r.bad || r.p != r.end) return malformed(err, "truncated or invalid Begin", kind);
         out->has_xid = 1;
@@ -490,7 +494,7 @@ int obx_pgo_parse(obx_pgo_t *p, const char *data, size_t len, obx_lsn_t data_sta
         rd_int(&r, 1); /* flags */
         out->lsn = rd_int(&r, 8);
         out->nextlsn = rd_int(&r, 8);
-        out->commit_time_us = (int64_t)rd_int(&r, 8) + PG_EPOCH_OFFSET_US;
+        out->commit_time_us = pg_time(rd_int(&r, 8));
         if (r.bad || r.p != r.end) return malformed(err, "truncated or invalid Commit", kind);
         out->xid = p->xid;
         out->has_xid = p->in_txn;

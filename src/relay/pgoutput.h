@@ -7,10 +7,11 @@
  *
  * The decoder keeps what pgoutput sends once: Relation messages (schema,
  * table, columns, type OIDs) per relation OID and Type messages' names.
- * Type names come from a built-in table of common OIDs, else from the
- * caller's resolver (one lookup per OID, e.g. format_type() on the normal
- * connection), else from a Type message; otherwise the column's type is
- * NULL (unknown), which the outbox mapping refuses where it needs one.
+ * Type names come from a built-in table of common OIDs, else from names
+ * learned (Type messages, earlier lookups), else from the caller's resolver
+ * (once per OID, e.g. format_type() on the normal connection); otherwise
+ * the column's type is NULL (unknown), which the outbox mapping refuses
+ * where it needs one (the payload's).
  *
  * Owned by the relay session (stream.c): obx_pgo_new / obx_pgo_destroy.
  * Every pointer of a filled change borrows from the decoder and stays valid
