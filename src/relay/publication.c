@@ -174,3 +174,25 @@ int obx_publication_ensure(PGconn *conn, const obx_config_t *cfg, int slot_exist
     names_free(&n);
     return rc;
 }
+
+int obx_publication_type_name(PGconn *conn, uint32_t oid, char *name, size_t name_size, obx_err_t *err)
+{
+    char o[16];
+    snprintf(o, sizeof(o), "%u", oid);
+    const char *p[1] = {o};
+    PGresult *r = conn ? obx_pg_exec(conn, "SELECT format_type(oid, NULL) FROM pg_type WHERE oid = $1::oid", 1, p, err)
+                       : NULL;
+    if (!r) {
+        if (!conn) {
+            obx_err_clear(err);
+            obx_err_set(err, OBX_ERR_RETRIABLE, 0, "no connection");
+        }
+        obx_err_prefix(err, "naming type OID %u of a pgoutput column", oid);
+        err->cls = OBX_ERR_RETRIABLE; /* the next session asks again */
+        return -1;
+    }
+    int found = PQntuples(r) == 1;
+    if (found) snprintf(name, name_size, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return found ? 0 : 1;
+}

@@ -285,40 +285,26 @@ static int prefix_wanted(const char *prefix)
     return 0;
 }
 
-/* decoder = pgoutput: the publication, logical messages, text values.
- * proto_version 1 is what every server since 10 speaks. */
-static int start_pgoutput(session_t *s, obx_err_t *err)
-{
-    char *pub = obx_pg_quote_ident(obx_config_publication(s->cfg));
-    if (!pub) {
-        obx_err_clear(err);
-        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
-        return failed(s, "oom");
-    }
-    const char *opts[] = {"proto_version", "1", "publication_names", pub, "messages", "true"};
-    int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err);
-    free(pub);
-    if (rc != 0) return slot_failure(s, err, "START_REPLICATION");
-    s->streaming = 1;
-    return 0;
-}
-
+/* wal2json: add-tables (the outbox, its partitions, the signal table) and
+ * add-msg-prefixes. pgoutput: the publication, logical messages, text
+ * values; proto_version 1 is what every server since 10 speaks. */
 static int start_replication(session_t *s, obx_err_t *err)
 {
-    if (s->pgo) return start_pgoutput(s, err);
-    /* add-tables: the outbox and its partitions, plus the signal table. */
-    char *tables = obx_relset_add_tables(s->rels, s->cfg->outbox_schema, s->cfg->signal_table);
-    if (!tables) {
+    char *arg = s->pgo ? obx_pg_quote_ident(obx_config_publication(s->cfg))
+                       : obx_relset_add_tables(s->rels, s->cfg->outbox_schema, s->cfg->signal_table);
+    if (!arg) {
         obx_err_clear(err);
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return failed(s, "oom");
     }
-    const char *opts[] = {
+    const char *w2j[] = {
         "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",
-        "include-typmod", "0", "add-tables", tables, "add-msg-prefixes", msg_prefixes[0],
+        "include-typmod", "0", "add-tables", arg, "add-msg-prefixes", msg_prefixes[0],
     };
-    int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err);
-    free(tables);
+    const char *pgo[] = {"proto_version", "1", "publication_names", arg, "messages", "true"};
+    int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, s->pgo ? pgo : w2j,
+                            s->pgo ? sizeof(pgo) / sizeof(pgo[0]) / 2 : sizeof(w2j) / sizeof(w2j[0]) / 2, err);
+    free(arg);
     if (rc != 0) return slot_failure(s, err, "START_REPLICATION");
     s->streaming = 1;
     return 0;
@@ -407,29 +393,11 @@ static int open_kafka(session_t *s, obx_err_t *err)
 
 static int load_relations(session_t *s, obx_err_t *err);
 
-/* pgoutput names column types by OID: format_type() on the aux connection,
- * once per OID outside the decoder's built-in table. */
+/* pgoutput names column types by OID: looked up on the aux connection. */
 static int resolve_type(void *ctx, uint32_t oid, char *name, size_t name_size, obx_err_t *err)
 {
     session_t *s = ctx;
-    char o[16];
-    snprintf(o, sizeof(o), "%u", oid);
-    const char *p[1] = {o};
-    PGconn *c = obx_aux_conn(s->aux);
-    PGresult *r = c ? obx_pg_exec(c, "SELECT format_type(oid, NULL) FROM pg_type WHERE oid = $1::oid", 1, p, err) : NULL;
-    if (!r) {
-        if (!c) {
-            obx_err_clear(err);
-            obx_err_set(err, OBX_ERR_RETRIABLE, 0, "no connection");
-        }
-        obx_err_prefix(err, "naming type OID %u of a pgoutput column", oid);
-        err->cls = OBX_ERR_RETRIABLE;
-        return -1;
-    }
-    int found = PQntuples(r) == 1;
-    if (found) snprintf(name, name_size, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return found ? 0 : 1;
+    return obx_publication_type_name(obx_aux_conn(s->aux), oid, name, name_size, err);
 }
 
 static int session_open(session_t *s, obx_err_t *err)

@@ -24,7 +24,7 @@ def test_slot_of_the_other_decoder_is_refused(harness, made_for, run_with):
     r = _run(harness.env(OUTBOXD_DECODER=run_with))
     assert r.returncode == 2, r.stderr
     assert f'uses plugin "{made_for}", but decoder = {run_with}' in r.stderr, r.stderr
-    assert f"set decoder = {made_for}" in r.stderr and "outboxd slot drop" in r.stderr, r.stderr
+    assert f"set decoder = {made_for}" in r.stderr and "slot drop" in r.stderr, r.stderr
     # Refused before anything else: no publication made for a slot it will not use.
     with pg(RELAY_DSN) as c:
         assert c.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (harness.slot,)).fetchone()[0] == 0
