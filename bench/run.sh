@@ -91,11 +91,8 @@ say "building outboxd (incremental)"
 [ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOBX_WERROR=ON >/dev/null
 cmake --build build --target outboxd -j"$(nproc)" >/dev/null
 
-case " $* " in
-    *" --decoders "*) ;;
-    *)  say "building the Debezium side (mvn -q package)"
-        mvn -q -B -Dstyle.color=never -f "$DBZ/pom.xml" package ;;
-esac
+say "building the Debezium side (mvn -q package)"
+mvn -q -B -Dstyle.color=never -f "$DBZ/pom.xml" package
 
 if [ -n "$PRIVATE" ]; then
     say "private services in $OBX_RUN_DIR (PostgreSQL :$OBX_PG_PORT, Kafka :$OBX_KAFKA_PORT)"
