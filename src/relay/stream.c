@@ -275,7 +275,7 @@ static int slot_failure(session_t *s, obx_err_t *err, const char *what)
 
 /* Logical messages the relay reads: wal2json filters by add-msg-prefixes
  * on the server; pgoutput sends every one, so the stream drops the rest
- * (the same set either way). */
+ * (the same set either way). A new message kind adds its prefix here. */
 static const char *const msg_prefixes[] = {OBX_HEARTBEAT_PREFIX};
 
 static int prefix_wanted(const char *prefix)
@@ -297,9 +297,12 @@ static int start_replication(session_t *s, obx_err_t *err)
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return failed(s, "oom");
     }
+    char prefixes[256] = "";
+    for (size_t i = 0; i < sizeof(msg_prefixes) / sizeof(msg_prefixes[0]); i++)
+        snprintf(prefixes + strlen(prefixes), sizeof(prefixes) - strlen(prefixes), "%s%s", i ? "," : "", msg_prefixes[i]);
     const char *w2j[] = {
         "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",
-        "include-typmod", "0", "add-tables", arg, "add-msg-prefixes", msg_prefixes[0],
+        "include-typmod", "0", "add-tables", arg, "add-msg-prefixes", prefixes,
     };
     const char *pgo[] = {"proto_version", "1", "publication_names", arg, "messages", "true"};
     int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, s->pgo ? pgo : w2j,
