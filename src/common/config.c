@@ -28,9 +28,13 @@ static const obx_opt_t opts[] = {
     {"pg.conninfo", T_STR, S(pg_conninfo), "", 0, 0, 1,
      "libpq connection string of the producer database (the replication connection adds `replication=database`). The role needs LOGIN REPLICATION and SELECT on the outbox table. Passwords are redacted everywhere outboxd prints config. Prefer a `passfile` or PGPASSWORD from a Secret."},
     {"slot.name", T_STR, S(slot_name), "outboxd", 0, 0, 0,
-     "Logical replication slot (plugin wal2json). One slot per outboxd deployment."},
+     "Logical replication slot (plugin: `decoder`). One slot per outboxd deployment."},
     {"slot.create", T_BOOL, S(slot_create), "true", 0, 0, 0,
      "Create the slot when it does not exist. With `false`, a missing slot is an error (exit 4)."},
+    {"decoder", T_STR, S(decoder), "wal2json", 0, 0, 0,
+     "Logical decoding plugin: `wal2json` (needs the plugin on the server) or `pgoutput` (built into PostgreSQL 10+, faster; uses publication.name). A slot is bound to the plugin it was created with: outboxd refuses a slot made for the other decoder (exit 2)."},
+    {"publication.name", T_STR, S(publication_name), "", 0, 0, 0,
+     "decoder = pgoutput: the publication outboxd creates and streams (`FOR TABLE` the outbox and the signal table, `publish = 'insert'`, `publish_via_partition_root = true`). Empty: slot.name. An existing publication with other tables or options is refused (exit 2) with the ALTER PUBLICATION that fixes it; outboxd never changes a publication it did not create."},
     {"outbox.schema", T_STR, S(outbox_schema), "public", 0, 0, 0, "Schema of the outbox table."},
     {"outbox.table", T_STR, S(outbox_table), "outbox", 0, 0, 0,
      "Outbox table. Only INSERTs are relayed; UPDATEs and DELETEs are ignored, so producers may delete rows right after inserting them."},
@@ -409,7 +413,8 @@ int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t err
 int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_size)
 {
     const struct { const char *key, *v; int mode; } ids[] = {
-        {"slot.name", cfg->slot_name, 0}, {"outbox.schema", cfg->outbox_schema, 0},
+        {"slot.name", cfg->slot_name, 0}, {"publication.name", cfg->publication_name, 0},
+        {"outbox.schema", cfg->outbox_schema, 0},
         {"outbox.table", cfg->outbox_table, 0}, {"outbox.column.id", cfg->col_id, 0},
         {"outbox.column.aggregatetype", cfg->col_aggregatetype, 0},
         {"outbox.column.aggregateid", cfg->col_aggregateid, 0}, {"outbox.column.type", cfg->col_type, 0},
@@ -501,6 +506,10 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
     }
     if (strcmp(cfg->poison_policy, "halt") != 0 && strcmp(cfg->poison_policy, "dead-letter") != 0) {
         snprintf(errstr, errstr_size, "poison.policy = \"%s\": use halt or dead-letter", cfg->poison_policy);
+        return -1;
+    }
+    if (strcmp(cfg->decoder, "wal2json") != 0 && strcmp(cfg->decoder, "pgoutput") != 0) {
+        snprintf(errstr, errstr_size, "decoder = \"%s\": use wal2json or pgoutput", cfg->decoder);
         return -1;
     }
     if (obx_log_format_parse(cfg->log_format, &fmt) != 0) {
@@ -787,4 +796,9 @@ int obx_config_check_key_rule(const obx_config_t *prev, const obx_config_t *next
              "(e.g. \"%s.v2\") and migrate consumers, or keep the old key rule",
              change, next->topic_template, next->topic_template);
     return -1;
+}
+
+const char *obx_config_publication(const obx_config_t *cfg)
+{
+    return *cfg->publication_name ? cfg->publication_name : cfg->slot_name;
 }

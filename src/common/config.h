@@ -25,6 +25,8 @@ typedef struct obx_config_s {
     char *pg_conninfo;
     char *slot_name;
     int slot_create;
+    char *decoder;          /* "wal2json" or "pgoutput" */
+    char *publication_name; /* pgoutput; "" = slot_name (obx_config_publication) */
     char *outbox_schema;
     char *outbox_table;
     char *col_id, *col_aggregatetype, *col_aggregateid, *col_type, *col_payload;
@@ -94,6 +96,9 @@ int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_
  * schema: refuses (-1, errstr) a change of it that keeps the same topic
  * template. For `outboxd config-check --previous OLD`. */
 int obx_config_check_key_rule(const obx_config_t *prev, const obx_config_t *next, char *errstr, size_t errstr_size);
+
+/* decoder = pgoutput: the publication's name (publication.name, else slot.name). */
+const char *obx_config_publication(const obx_config_t *cfg);
 
 /* Looks up a kafka.* property; NULL when unset. */
 const char *obx_config_kafka_get(const obx_config_t *cfg, const char *prop);

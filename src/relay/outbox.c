@@ -87,8 +87,13 @@ static int map_payload(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx
         snprintf(errstr, errstr_size, "outbox row has no column \"%s\" (payload)", cfg->col_payload);
         return -1;
     }
-    if (!c->type || strcmp(c->type, "bytea") != 0) {
-        row->payload_kind = (c->type && (strcmp(c->type, "jsonb") == 0 || strcmp(c->type, "json") == 0))
+    if (!c->type) {
+        /* Never guess how to carry it (pgoutput names types by OID). */
+        snprintf(errstr, errstr_size, "payload column \"%s\" has a type outboxd could not name", cfg->col_payload);
+        return -1;
+    }
+    if (strcmp(c->type, "bytea") != 0) {
+        row->payload_kind = ((strcmp(c->type, "jsonb") == 0 || strcmp(c->type, "json") == 0))
                                 ? OBX_PAYLOAD_JSON : OBX_PAYLOAD_TEXT;
         row->payload = (const unsigned char *)c->value; /* NULL payload = tombstone-like empty value */
         row->payload_len = c->value_len;

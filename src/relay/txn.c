@@ -131,6 +131,10 @@ static void __attribute__((format(printf, 4, 5))) set_err(obx_err_t *err, obx_er
     obx_err_set(err, cls, exit_code, "%s", msg);
 }
 
+/* Where pg_replication_slot_advance skips the open transaction: its end,
+ * or (pgoutput's Begin has no end LSN) just past its commit record's start. */
+static obx_lsn_t skip_lsn(const obx_txn_t *t) { return t->end ? t->end : t->lsn + 1; }
+
 /* A row that cannot become an event, with policy halt. */
 static int halt_poison(obx_txn_t *t, const char *what, obx_err_t *err)
 {
@@ -140,7 +144,7 @@ static int halt_poison(obx_txn_t *t, const char *what, obx_err_t *err)
                 "restart, or set poison.policy = dead-letter; to skip the whole transaction on purpose: SELECT "
                 "pg_replication_slot_advance('%s', '" OBX_LSN_FMT "')",
                 what, t->cfg->slot_name, OBX_LSN_ARGS(obx_lsn_ring_flush_lsn(t->ring)), t->cfg->slot_name,
-                OBX_LSN_ARGS(t->end));
+                OBX_LSN_ARGS(skip_lsn(t)));
     return -1;
 }
 
@@ -449,7 +453,7 @@ static int unclassified(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *er
             "here and does not confirm past this transaction (slot %s stays at or before " OBX_LSN_FMT "). Report it; "
             "to skip the whole transaction on purpose: SELECT pg_replication_slot_advance('%s', '" OBX_LSN_FMT "')",
             OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), t->xid, what, t->cfg->slot_name,
-            OBX_LSN_ARGS(t->ring ? obx_lsn_ring_flush_lsn(t->ring) : 0), t->cfg->slot_name, OBX_LSN_ARGS(t->end));
+            OBX_LSN_ARGS(t->ring ? obx_lsn_ring_flush_lsn(t->ring) : 0), t->cfg->slot_name, OBX_LSN_ARGS(skip_lsn(t)));
     return -1;
 }
 

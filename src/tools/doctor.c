@@ -11,6 +11,7 @@
 #include "lsn.h"
 #include "pg.h"
 #include "preflight.h"
+#include "publication.h"
 #include "relset.h"
 
 typedef struct {
@@ -35,7 +36,7 @@ static PGresult *q1(PGconn *c, const char *sql, int n, const char *const *p)
 
 /* wal_level, slot and sender headroom, REPLICATION, the plugin allow-list
  * (where the GUC exists) and the WAL a stuck slot may keep. */
-static int check_settings(doc_t *d, PGconn *c)
+static int check_settings(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
     char what[1024], fix[1024];
     obx_err_t err;
@@ -66,8 +67,8 @@ static int check_settings(doc_t *d, PGconn *c)
     free(role);
     report(d, !strcmp(PQgetvalue(r, 0, 5), "t"), 0, what, fix);
     if (!PQgetisnull(r, 0, 7)) {
-        snprintf(what, sizeof(what), "output_plugin_libraries = '%s' allows wal2json", PQgetvalue(r, 0, 7));
-        report(d, strstr(PQgetvalue(r, 0, 7), "wal2json") != NULL, 0, what,
+        snprintf(what, sizeof(what), "output_plugin_libraries = '%s' allows %s", PQgetvalue(r, 0, 7), cfg->decoder);
+        report(d, strstr(PQgetvalue(r, 0, 7), cfg->decoder) != NULL, 0, what,
                "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf(); (unquoted list)");
     }
     const char *keep = PQgetvalue(r, 0, 8);
@@ -80,17 +81,41 @@ static int check_settings(doc_t *d, PGconn *c)
 }
 
 /* Proves the plugin is installed and allowed for this role. */
-static void check_plugin(doc_t *d, PGconn *c)
+static void check_plugin(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
     char tmp[64], what[1400];
     obx_err_t err;
     snprintf(tmp, sizeof(tmp), "outboxd_doctor_%d", (int)getpid());
-    const char *p1[1] = {tmp};
-    PGresult *t = obx_pg_exec(c, "SELECT 1 FROM pg_create_logical_replication_slot($1, 'wal2json', true)", 1, p1, &err);
-    snprintf(what, sizeof(what), "wal2json is installed and usable (temporary slot)%s%s", t ? "" : ": ", t ? "" : err.msg);
-    report(d, t != NULL, 0, what, "install postgresql-<version>-wal2json and allow it (see above)");
+    const char *p2[2] = {tmp, cfg->decoder}, *p1[1] = {tmp};
+    PGresult *t = obx_pg_exec(c, "SELECT 1 FROM pg_create_logical_replication_slot($1, $2, true)", 2, p2, &err);
+    snprintf(what, sizeof(what), "%s is installed and usable (temporary slot)%s%s", cfg->decoder, t ? "" : ": ",
+             t ? "" : err.msg);
+    report(d, t != NULL, 0, what,
+           !strcmp(cfg->decoder, "wal2json") ? "install postgresql-<version>-wal2json and allow it (see above)"
+                                             : "allow pgoutput (see above)");
     if (t) PQclear(q1(c, "SELECT pg_drop_replication_slot($1)", 1, p1));
     PQclear(t);
+}
+
+/* decoder = pgoutput: the publication outboxd streams (publication.h). */
+static void check_publication(doc_t *d, const obx_config_t *cfg, PGconn *c)
+{
+    char what[2048], err[1536];
+    int exists = 0;
+    int rc = obx_publication_check(c, cfg, &exists, err, sizeof(err));
+    if (rc == OBX_EXIT_FAIL) {
+        report(d, 0, 0, "read pg_publication", err);
+        return;
+    }
+    if (!exists) {
+        snprintf(what, sizeof(what), "publication %s does not exist%s", obx_config_publication(cfg),
+                 cfg->slot_create ? " (outboxd run creates it before the slot)" : "");
+        report(d, cfg->slot_create, 1, what, "outboxd slot create (creates publication and slot)");
+        return;
+    }
+    snprintf(what, sizeof(what), "publication %s publishes inserts of the outbox and signal table only, via the "
+             "partition root", obx_config_publication(cfg));
+    report(d, rc == 0, 0, what, rc ? err : NULL);
 }
 
 static void check_slot(doc_t *d, const obx_config_t *cfg, PGconn *c)
@@ -109,7 +134,8 @@ static void check_slot(doc_t *d, const obx_config_t *cfg, PGconn *c)
         return;
     }
     snprintf(what, sizeof(what), "slot %s uses plugin %s", cfg->slot_name, s.plugin);
-    report(d, !strcmp(s.plugin, "wal2json"), 0, what, "use another slot.name, or drop this slot if nothing uses it");
+    report(d, !strcmp(s.plugin, cfg->decoder), 0, what,
+           "set decoder to the slot's plugin, use another slot.name, or drop this slot if nothing uses it");
     snprintf(what, sizeof(what), "slot %s wal_status = %s", cfg->slot_name, *s.wal_status ? s.wal_status : "(none)");
     report(d, strcmp(s.wal_status, "lost") != 0 && strcmp(s.wal_status, "unreserved") != 0,
            strcmp(s.wal_status, "unreserved") == 0, what,
@@ -202,8 +228,9 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     report(d, ver >= 130000, 0, what, "upgrade PostgreSQL to 13 or newer (outboxd reads wal_status and "
            "max_slot_wal_keep_size, new in 13)");
     if (ver < 130000) return;
-    if (check_settings(d, c) != 0) return;
-    check_plugin(d, c);
+    if (check_settings(d, cfg, c) != 0) return;
+    check_plugin(d, cfg, c);
+    if (!strcmp(cfg->decoder, "pgoutput")) check_publication(d, cfg, c);
     check_slot(d, cfg, c);
     check_outbox(d, cfg, c);
     check_signals(d, cfg, c);

@@ -267,6 +267,8 @@ def german_role():
         c.execute("ALTER ROLE outboxd_de SET lc_messages = 'de_DE.UTF-8'")
     yield f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd_de password=outboxd_de"
     with pg(SUPER_DSN) as c:
+        # With decoder = pgoutput the role owns the publication it created.
+        c.execute("DROP OWNED BY outboxd_de")
         c.execute("DROP ROLE IF EXISTS outboxd_de")
 
 

@@ -21,7 +21,7 @@
 
 /* Every key of the table, as documented. */
 static const char *const all_keys[] = {
-    "pg.conninfo", "slot.name", "slot.create", "outbox.schema", "outbox.table",
+    "pg.conninfo", "slot.name", "slot.create", "decoder", "publication.name", "outbox.schema", "outbox.table",
     "outbox.column.id", "outbox.column.aggregatetype", "outbox.column.aggregateid", "outbox.column.type",
     "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
     "outbox.column.occurred_at", "outbox.column.tracingspancontext", "outbox.message_prefix", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
@@ -312,6 +312,13 @@ static void test_validate(void **state)
     validate_fails(c, "\"kafka.bootstrap.servers\"", "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS");
     set(c, "kafka.bootstrap.servers", "127.0.0.1:9092");
     assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+    /* decoder: wal2json by default; the publication defaults to the slot's name */
+    assert_string_equal(c->decoder, "wal2json");
+    assert_string_equal(obx_config_publication(c), "outboxd");
+    set(c, "decoder", "pgoutput");
+    set(c, "publication.name", "outbox_pub");
+    assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+    assert_string_equal(obx_config_publication(c), "outbox_pub");
 
     set(c, "kafka.no.such.property", "1");
     validate_fails(c, "kafka.no.such.property", "No such configuration property");
@@ -325,6 +332,7 @@ static void test_validate(void **state)
         {"slot.name", "", "slot.name", NULL},
         {"log.level", "loud", "log.level", "\"loud\""},
         {"log.format", "xml", "log.format", "\"xml\""},
+        {"decoder", "pgjson", "decoder", "wal2json or pgoutput"},
         {"outbox.column.id", "", "outbox.column", NULL},
         {"outbox.column.payload", "", "outbox.column", NULL},
         {"pg.conninfo", "", "pg.conninfo", NULL},
@@ -364,7 +372,7 @@ static void test_identifier_lengths(void **state)
     memset(n64, 'b', 64);
     n64[64] = '\0';
     static const char *const keys[] = {
-        "slot.name", "outbox.schema", "outbox.table", "outbox.column.id", "outbox.column.aggregatetype",
+        "slot.name", "publication.name", "outbox.schema", "outbox.table", "outbox.column.id", "outbox.column.aggregatetype",
         "outbox.column.aggregateid", "outbox.column.type", "outbox.column.payload",
         "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
         "outbox.column.occurred_at", "outbox.column.tracingspancontext", "signal.table", "snapshot.version_column", "snapshot.columns",
