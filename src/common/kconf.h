@@ -37,6 +37,20 @@ rd_kafka_conf_t *obx_kconf_new(const obx_config_t *cfg, obx_kconf_role_t role, o
  * the cluster (still connecting, already closing) never overwrites it. */
 void obx_kconf_own_brokers_gauge(rd_kafka_conf_t *conf);
 
+/* TLS and SASL refusals (RD_KAFKA_RESP_ERR__SSL, __AUTHENTICATION, as
+ * reported to any client's error callback) are configuration errors, but
+ * librdkafka retries them forever. 1 with err (fatal, exit 2, naming the
+ * kafka.* keys to check, no secret) once such refusals have gone on for at
+ * least grace_ms without obx_kconf_security_clear() (a bounded retry: a
+ * broker restarting mid-handshake recovers well inside it); else 0. A
+ * client certificate that is expired or not yet valid fails earlier, in
+ * obx_kconf_new. */
+int obx_kconf_security_failed(int grace_ms, obx_err_t *err);
+/* Kafka answered (a session streams, a message arrived): forget refusals. */
+void obx_kconf_security_clear(void);
+/* The grace the long-running commands give refusals before exit 2. */
+#define OBX_KAFKA_SECURITY_GRACE_MS 5000
+
 /* Sets one property; 0, or -1 with err (fatal, exit 2) naming kafka.<key>. */
 int obx_kconf_set(rd_kafka_conf_t *conf, const char *key, const char *value, obx_err_t *err);
 /* Sets key only when the user did not set kafka.<key>. */
