@@ -254,7 +254,7 @@ static int loop(obx_apply_t *a)
         }
         if (rc) return rc;
         obx_err_t err;
-        if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_GRACE_MS, &err)) {
+        if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_REFUSALS, &err)) {
             obx_error("kafka_security", "%s", err.msg);
             return obx_err_exit_code(&err);
         }

@@ -20,7 +20,7 @@
  * (error_cb runs on librdkafka's threads; all clients share one config). */
 static pthread_mutex_t sec_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
-    int code;
+    int code, count;
     int64_t first_us, last_us;
     char reason[512];
 } sec;
@@ -30,11 +30,20 @@ static void record_security(int code, const char *reason)
     if (code != RD_KAFKA_RESP_ERR__SSL && code != RD_KAFKA_RESP_ERR__AUTHENTICATION) return;
     int64_t now = obx_now_us();
     pthread_mutex_lock(&sec_mu);
-    if (!sec.code || now - sec.last_us > SECURITY_EPISODE_US) sec.first_us = now;
+    if (!sec.code || now - sec.last_us > SECURITY_EPISODE_US) {
+        sec.first_us = now;
+        sec.count = 0;
+    }
+    sec.count++;
     sec.code = code;
     sec.last_us = now;
     snprintf(sec.reason, sizeof(sec.reason), "%s", reason ? reason : "");
     pthread_mutex_unlock(&sec_mu);
+}
+
+void obx_kconf_serve_errors(rd_kafka_t *rk)
+{
+    if (rk) rd_kafka_poll(rk, 0);
 }
 
 void obx_kconf_security_clear(void)
@@ -44,28 +53,28 @@ void obx_kconf_security_clear(void)
     pthread_mutex_unlock(&sec_mu);
 }
 
-int obx_kconf_security_failed(int grace_ms, obx_err_t *err)
+int obx_kconf_security_failed(int min_refusals, obx_err_t *err)
 {
     int64_t now = obx_now_us();
     pthread_mutex_lock(&sec_mu);
-    int code = sec.code;
+    int code = sec.code, count = sec.count;
     int64_t first = sec.first_us, last = sec.last_us;
     char reason[sizeof(sec.reason)];
     snprintf(reason, sizeof(reason), "%s", sec.reason);
     pthread_mutex_unlock(&sec_mu);
-    if (!code || now - last > SECURITY_EPISODE_US || now - first < (int64_t)grace_ms * 1000) return 0;
+    if (!code || now - last > SECURITY_EPISODE_US || count < min_refusals) return 0;
     obx_err_clear(err);
     if (code == RD_KAFKA_RESP_ERR__AUTHENTICATION)
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
-                    "Kafka SASL authentication failed for %.1f s (%s: %s); check kafka.sasl.mechanisms, "
+                    "Kafka SASL authentication failed %d time(s) in %.1f s (%s: %s); check kafka.sasl.mechanisms, "
                     "kafka.sasl.username and kafka.sasl.password, and that the user exists on the cluster",
-                    (double)(now - first) / 1e6, rd_kafka_err2name((rd_kafka_resp_err_t)code), reason);
+                    count, (double)(last - first) / 1e6, rd_kafka_err2name((rd_kafka_resp_err_t)code), reason);
     else
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
-                    "TLS with Kafka failed for %.1f s (%s: %s); check kafka.ssl.ca.location (the CA that signed "
+                    "TLS with Kafka failed %d time(s) in %.1f s (%s: %s); check kafka.ssl.ca.location (the CA that signed "
                     "the brokers' certificates), that those certificates name the hosts outboxd connects to, "
                     "and kafka.ssl.certificate.location / kafka.ssl.key.location",
-                    (double)(now - first) / 1e6, rd_kafka_err2name((rd_kafka_resp_err_t)code), reason);
+                    count, (double)(last - first) / 1e6, rd_kafka_err2name((rd_kafka_resp_err_t)code), reason);
     err->kafka_err = code;
     return 1;
 }

@@ -75,7 +75,7 @@ static int run_sessions(obx_relay_proc_t *p)
             return OBX_EXIT_OK;
         }
         if (err.cls != OBX_ERR_RETRIABLE) return obx_err_exit_code(&err);
-        if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_GRACE_MS, &err)) {
+        if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_REFUSALS, &err)) {
             obx_error("kafka_security", "%s", err.msg);
             return obx_err_exit_code(&err);
         }

@@ -115,7 +115,7 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
         if (!m) {
             /* Refused by the brokers is not "no events": exit 2, never 0. */
             int idle = o->idle_exit_ms && obx_mono_ms() - last > o->idle_exit_ms;
-            if (obx_kconf_security_failed(idle ? 0 : OBX_KAFKA_SECURITY_GRACE_MS, &err)) {
+            if (obx_kconf_security_failed(idle ? 1 : OBX_KAFKA_SECURITY_REFUSALS, &err)) {
                 obx_error("kafka_security", "%s", err.msg);
                 rc = obx_err_exit_code(&err);
                 break;
