@@ -6,6 +6,7 @@ Kafka client outboxd makes and both PostgreSQL sides run over them; every
 refusal (password, CA, expired or mismatched certificate) ends with exit 2,
 names what failed and the keys to fix, after a bounded retry, and prints
 no secret."""
+import concurrent.futures
 import json
 import os
 import signal
@@ -55,6 +56,13 @@ def run(harness, args, env, timeout=60):
     r.elapsed = time.monotonic() - t
     r.out = r.stdout + r.stderr
     return r
+
+
+def parallel(harness, jobs):
+    """{name: (args, env)} -> {name: result}, all at once."""
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as ex:
+        futs = {k: ex.submit(run, harness, args, env) for k, (args, env) in jobs.items()}
+        return {k: f.result() for k, f in futs.items()}
 
 
 def consume(harness, kafka, topic, idle_ms=3000):
@@ -170,24 +178,27 @@ KAFKA_REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(KAFKA_REFUSALS))
-def test_kafka_refusal_is_a_config_error(harness, case):
-    """The relay takes a TLS/SASL refusal twice (librdkafka reconnects in
-    between), then exits 2 naming the librdkafka code and the kafka.* keys;
-    consume exits 2 (never 0 with "no events"); doctor names the fix.
-    Decided from RD_KAFKA_RESP_ERR__AUTHENTICATION / __SSL."""
-    env, code, fix = KAFKA_REFUSALS[case]
-    r = run(harness, ["run"], {**env, **PG_SECURE}, timeout=60)
-    assert r.returncode == 2, r.out
-    assert code in r.out and fix in r.out and "kafka_security" in r.out, r.out
-    assert r.out.count(f"kafka_error: {code}:") >= 2 and r.elapsed < 40, (r.elapsed, r.out)
-    if case == "wrong_sasl_password":
-        c = run(harness, ["consume", "--topic", harness.prefix + ".x", "--idle-exit-ms", "2000"], env)
-        assert c.returncode == 2 and code in c.out, c.out
-        no_secret(c.out)
-    doc = run(harness, ["doctor"], {**env, **PG_SECURE})
-    assert doc.returncode == 1 and code in doc.stdout and fix in doc.stdout, doc.out
-    no_secret(r.out + doc.out)
+def test_kafka_refusals_are_config_errors(harness):
+    """Wrong SASL password, unknown CA, broker certificate for another host
+    (all cases at once, to keep the file fast): the relay takes the refusal
+    twice (librdkafka reconnects in between), then exits 2 naming the
+    librdkafka code and the kafka.* keys; consume exits 2 (never 0 with "no
+    events"); doctor names the fix. Decided from
+    RD_KAFKA_RESP_ERR__AUTHENTICATION / __SSL, never from message text."""
+    jobs = {}
+    for case, (env, code, fix) in KAFKA_REFUSALS.items():
+        jobs[case, "run"] = (["run"], {**env, **PG_SECURE, "OUTBOXD_SLOT_NAME": f"{harness.slot}_{case}"[:60]})
+        jobs[case, "doctor"] = (["doctor"], {**env, **PG_SECURE})
+        jobs[case, "consume"] = (["consume", "--topic", harness.prefix + ".x", "--idle-exit-ms", "2000"], env)
+    res = parallel(harness, jobs)
+    for case, (env, code, fix) in KAFKA_REFUSALS.items():
+        r, doc, c = res[case, "run"], res[case, "doctor"], res[case, "consume"]
+        assert r.returncode == 2, (case, r.out)
+        assert code in r.out and fix in r.out and "kafka_security" in r.out, (case, r.out)
+        assert r.out.count(f"kafka_error: {code}:") >= 2 and r.elapsed < 40, (case, r.elapsed, r.out)
+        assert c.returncode == 2 and code in c.out, (case, c.out)
+        assert doc.returncode == 1 and code in doc.stdout and fix in doc.stdout, (case, doc.out)
+        no_secret(r.out + doc.out + c.out)
 
 
 def test_expired_client_certificate_is_refused_before_connecting(harness):
@@ -211,27 +222,29 @@ PG_REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(PG_REFUSALS))
-def test_pg_refusal_is_a_config_error(harness, case):
-    """The relay (and apply, for the password): two more attempts (0.5 s,
-    1 s), then exit 2 naming what failed and what to check; doctor names
+def test_pg_refusals_are_config_errors(harness):
+    """Wrong password, unknown CA, certificate not naming the host (all at
+    once): the relay (and apply, for the password) tries twice more (0.5 s,
+    1 s), then exits 2 naming what failed and what to check; doctor names
     the fix. libpq has no SQLSTATE for a failed connection: the class comes
-    from PQconnectionUsedPassword and the state a TLS handshake failed in."""
-    extra, what = PG_REFUSALS[case]
-    env = {**SASL, **PG_SECURE, **extra}
-    r = run(harness, ["run"], env)
-    assert r.returncode == 2 and what in r.out, r.out
-    assert 1.4 <= r.elapsed < 20, r.elapsed
-    doc = run(harness, ["doctor"], env)
-    assert doc.returncode == 1 and what in doc.stdout and "check" in doc.stdout, doc.out
-    no_secret(r.out + doc.out)
-    if case != "wrong_password":
-        return
-    a = run(harness, ["apply"], {**env, "OUTBOXD_APPLY_CONNINFO": env["OUTBOXD_PG_CONNINFO"],
-                                 "OUTBOXD_APPLY_TOPICS": "x", "OUTBOXD_APPLY_GROUP": "g", "OUTBOXD_APPLY_TABLE": "t",
-                                 "OUTBOXD_APPLY_KEY_COLUMN": "id", "OUTBOXD_APPLY_COLUMNS": "name:name"})
-    assert a.returncode == 2 and what in a.out, a.out
-    no_secret(a.out)
+    from PQconnectionUsedPassword and the state a failed handshake was in."""
+    jobs = {}
+    for case, (extra, what) in PG_REFUSALS.items():
+        env = {**SASL, **PG_SECURE, **extra}
+        jobs[case, "run"] = (["run"], env)
+        jobs[case, "doctor"] = (["doctor"], env)
+        jobs[case, "apply"] = (["apply"], {**env, "OUTBOXD_APPLY_CONNINFO": env["OUTBOXD_PG_CONNINFO"],
+                                           "OUTBOXD_APPLY_TOPICS": "x", "OUTBOXD_APPLY_GROUP": "g",
+                                           "OUTBOXD_APPLY_TABLE": "t", "OUTBOXD_APPLY_KEY_COLUMN": "id",
+                                           "OUTBOXD_APPLY_COLUMNS": "name:name"})
+    res = parallel(harness, jobs)
+    for case, (extra, what) in PG_REFUSALS.items():
+        r, doc, a = res[case, "run"], res[case, "doctor"], res[case, "apply"]
+        assert r.returncode == 2 and what in r.out, (case, r.out)
+        assert 1.4 <= r.elapsed < 20, (case, r.elapsed)
+        assert a.returncode == 2 and what in a.out, (case, a.out)
+        assert doc.returncode == 1 and what in doc.stdout and "check" in doc.stdout, (case, doc.out)
+        no_secret(r.out + doc.out + a.out)
 
 
 def test_plain_connection_refused_for_tls_role_and_network_errors_retried(harness):
@@ -240,13 +253,17 @@ def test_plain_connection_refused_for_tls_role_and_network_errors_retried(harnes
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd_tls password={PG_PW}"
                         " sslmode=disable").close()
+    procs = []
     for env in ({**SASL, "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", **PG_SECURE},
                 {**SASL, "OUTBOXD_PG_CONNINFO": pg_tls().replace(f"port={PG_PORT}", "port=1"), "PGPASSWORD": PG_PW}):
         full = {**os.environ, **harness.env(), **env}
-        p = subprocess.Popen([BIN, "run"], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(5)
+        procs.append(subprocess.Popen([BIN, "run"], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    time.sleep(5)
+    for p in procs:
         assert p.poll() is None, p.communicate()
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=30)
         assert p.returncode == 0, out + err
+        assert "retrying" in err or "reconnect" in err, err
         no_secret(out + err)
