@@ -31,7 +31,7 @@ fi
 echo "== deployment manifests, dashboard, compose file"
 python3 -m pytest -q -p no:cacheprovider tests/deploy
 
-echo "== services"
+echo "== services (test certificates, PostgreSQL with TLS, Kafka with SASL_SSL and mTLS listeners)"
 scripts/services.sh up
 
 echo "== end-to-end tests (real PostgreSQL 15 + wal2json, real Kafka)"
