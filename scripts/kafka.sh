@@ -3,7 +3,9 @@
 # for outboxd development, end-to-end tests and benchmarks (no Docker).
 # Usage: scripts/kafka.sh start|stop|status
 # Env: OBX_RUN_DIR (default /tmp/outboxd-run), OBX_KAFKA_PORT (9092),
-#      OBX_KAFKA_CONTROLLER_PORT (9093), OBX_KAFKA_PARTITIONS (3).
+#      OBX_KAFKA_CONTROLLER_PORT (9093), OBX_KAFKA_PARTITIONS (3),
+#      OBX_KAFKA_SASL_PORT (9096), OBX_KAFKA_SSL_PORT (9097),
+#      OBX_KAFKA_BADCERT_PORT (9098).
 set -euo pipefail
 
 RUN_DIR=${OBX_RUN_DIR:-/tmp/outboxd-run}
@@ -16,6 +18,15 @@ CPORT=${OBX_KAFKA_CONTROLLER_PORT:-9093}
 PROXY_PORT=${OBX_KAFKA_PROXY_PORT:-9094}
 PROXY_ADV_PORT=${OBX_KAFKA_PROXY_ADV_PORT:-9095}
 PARTITIONS=${OBX_KAFKA_PARTITIONS:-3}
+# The secured listeners (tests/e2e/test_security.py), certificates from
+# scripts/tls.sh: SASL_SSL with SCRAM-SHA-512 (user outboxd), SSL that
+# requires a client certificate from the test CA, and SSL with a server
+# certificate for another host name (the mismatched-host failure test).
+SASL_PORT=${OBX_KAFKA_SASL_PORT:-9096}
+SSL_PORT=${OBX_KAFKA_SSL_PORT:-9097}
+BADCERT_PORT=${OBX_KAFKA_BADCERT_PORT:-9098}
+SCRAM_USER=outboxd
+SCRAM_PASSWORD=obx-scram-test
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KDIR=$RUN_DIR/kafka
 LIBS=$KDIR/libs
@@ -25,6 +36,9 @@ PIDFILE=$KDIR/kafka.pid
 OUT=$KDIR/kafka.out
 PROPS=$KDIR/server.properties
 LOG4J=$KDIR/log4j.properties
+TLS=$RUN_DIR/tls
+STOREPASS=obx-test-store
+SCRAM_MARK=$DATA/.scram-$SCRAM_USER
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -67,9 +81,22 @@ write_config() {
 node.id=1
 process.roles=broker,controller
 controller.quorum.voters=1@127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,PROXIED://127.0.0.1:$PROXY_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXY_ADV_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,PROXIED://127.0.0.1:$PROXY_PORT,SASL_SSL://127.0.0.1:$SASL_PORT,SSL://127.0.0.1:$SSL_PORT,BADCERT://127.0.0.1:$BADCERT_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXY_ADV_PORT,SASL_SSL://127.0.0.1:$SASL_PORT,SSL://127.0.0.1:$SSL_PORT,BADCERT://127.0.0.1:$BADCERT_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,BADCERT:SSL
+ssl.keystore.type=JKS
+ssl.keystore.location=$TLS/broker.keystore.jks
+ssl.keystore.password=$STOREPASS
+ssl.key.password=$STOREPASS
+ssl.truststore.type=JKS
+ssl.truststore.location=$TLS/truststore.jks
+ssl.truststore.password=$STOREPASS
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.client.auth=required
+listener.name.badcert.ssl.keystore.location=$TLS/mismatch.keystore.jks
+listener.name.badcert.ssl.keystore.password=$STOREPASS
+listener.name.badcert.ssl.key.password=$STOREPASS
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$DATA
@@ -108,7 +135,21 @@ format_storage() {
     uuid=$(java_cmd kafka.tools.StorageTool random-uuid | tail -n1)
     [ -n "$uuid" ] || die "StorageTool random-uuid printed nothing"
     echo "kafka.sh: formatting $DATA (cluster id $uuid)"
-    java_cmd kafka.tools.StorageTool format -t "$uuid" -c "$PROPS" >/dev/null
+    # The SCRAM user goes into the first metadata records (KRaft).
+    java_cmd kafka.tools.StorageTool format -t "$uuid" -c "$PROPS" \
+        --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" >/dev/null
+    touch "$SCRAM_MARK"
+}
+
+# A data dir formatted before the secured listeners existed has no SCRAM
+# user: add it with Kafka's ConfigCommand through the PLAINTEXT listener.
+ensure_scram_user() {
+    [ -f "$SCRAM_MARK" ] && return 0
+    echo "kafka.sh: adding SCRAM-SHA-512 user $SCRAM_USER"
+    java_cmd kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter \
+        --add-config "SCRAM-SHA-512=[password=$SCRAM_PASSWORD]" \
+        --entity-type users --entity-name "$SCRAM_USER" >/dev/null
+    touch "$SCRAM_MARK"
 }
 
 wait_ready() {
@@ -119,7 +160,7 @@ wait_ready() {
             break
         fi
         # Port open is not enough: wait until the broker serves metadata.
-        if port_open "$PORT" &&
+        if port_open "$PORT" && port_open "$SASL_PORT" && port_open "$SSL_PORT" &&
            timeout 10 kcat -b "127.0.0.1:$PORT" -L -m 5 2>/dev/null | grep -q 'broker 1 at'; then
             return 0
         fi
@@ -138,10 +179,12 @@ cmd_start() {
     fi
     command -v java >/dev/null || die "java not found (apt-get install default-jre-headless)"
     command -v kcat >/dev/null || die "kcat not found (apt-get install kcat)"
-    if port_open "$PORT" || port_open "$CPORT"; then
-        die "port $PORT or $CPORT already in use by another process"
-    fi
+    local p
+    for p in "$PORT" "$CPORT" "$SASL_PORT" "$SSL_PORT" "$BADCERT_PORT"; do
+        if port_open "$p"; then die "port $p already in use by another process"; fi
+    done
     mkdir -p "$KDIR"
+    "$REPO/scripts/tls.sh" "$TLS" >/dev/null
     fetch_libs
     write_config
     format_storage
@@ -153,7 +196,8 @@ cmd_start() {
     pid=$!
     echo "$pid" >"$PIDFILE"
     wait_ready "$pid"
-    echo "kafka.sh: Kafka $(kafka_version) running (pid $pid, 127.0.0.1:$PORT, data $DATA)"
+    ensure_scram_user
+    echo "kafka.sh: Kafka $(kafka_version) running (pid $pid, 127.0.0.1:$PORT, SASL_SSL $SASL_PORT, SSL $SSL_PORT, data $DATA)"
 }
 
 cmd_stop() {

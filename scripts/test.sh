@@ -32,7 +32,7 @@ fi
 echo "== deployment manifests, dashboard, compose file"
 python3 -m pytest -q -p no:cacheprovider tests/deploy
 
-echo "== services"
+echo "== services (test certificates, PostgreSQL with TLS, Kafka with SASL_SSL and mTLS listeners)"
 scripts/services.sh up
 
 # The end-to-end suite runs in two lanes, each against a stack of its own

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kconf.h"
 #include "log.h"
 #include "pg.h"
 #include "status_http.h"
@@ -171,6 +172,7 @@ static size_t read_batch(obx_apply_t *a, int *cut)
             rd_kafka_message_destroy(m);
             continue;
         }
+        obx_kconf_security_clear();
         obx_apply_entry_t *e = &a->batch[a->n_buf];
         obx_apply_decode(a, m, e);
         if (e->kind == OBX_EV_POISON && !a->dead_letter) {
@@ -279,6 +281,11 @@ static int loop(obx_apply_t *a)
             if (n || cut) rc = apply_batch(a, n, cut);
         }
         if (rc) return rc;
+        obx_err_t err;
+        if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_REFUSALS, &err)) {
+            obx_error("kafka_security", "%s", err.msg);
+            return obx_err_exit_code(&err);
+        }
     }
     return OBX_EXIT_OK;
 }

@@ -1,11 +1,110 @@
 #include "kconf.h"
 
 #include <cjson/cJSON.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
+#include "clock.h"
+#include "exitcodes.h"
 #include "log.h"
 #include "metrics.h"
+
+/* A refusal older than this starts a new episode rather than continuing one. */
+#define SECURITY_EPISODE_US (30 * 1000000LL)
+
+/* The newest TLS or SASL refusal any Kafka client of this process saw
+ * (error_cb runs on librdkafka's threads; all clients share one config). */
+static pthread_mutex_t sec_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    int code, count;
+    int64_t first_us, last_us;
+    char reason[512];
+} sec;
+
+static void record_security(int code, const char *reason)
+{
+    if (code != RD_KAFKA_RESP_ERR__SSL && code != RD_KAFKA_RESP_ERR__AUTHENTICATION) return;
+    int64_t now = obx_now_us();
+    pthread_mutex_lock(&sec_mu);
+    if (!sec.code || now - sec.last_us > SECURITY_EPISODE_US) {
+        sec.first_us = now;
+        sec.count = 0;
+    }
+    sec.count++;
+    sec.code = code;
+    sec.last_us = now;
+    snprintf(sec.reason, sizeof(sec.reason), "%s", reason ? reason : "");
+    pthread_mutex_unlock(&sec_mu);
+}
+
+void obx_kconf_serve_errors(rd_kafka_t *rk)
+{
+    if (rk) rd_kafka_poll(rk, 0);
+}
+
+void obx_kconf_security_clear(void)
+{
+    pthread_mutex_lock(&sec_mu);
+    sec.code = 0;
+    pthread_mutex_unlock(&sec_mu);
+}
+
+int obx_kconf_security_failed(int min_refusals, obx_err_t *err)
+{
+    int64_t now = obx_now_us();
+    pthread_mutex_lock(&sec_mu);
+    int code = sec.code, count = sec.count;
+    int64_t first = sec.first_us, last = sec.last_us;
+    char reason[sizeof(sec.reason)];
+    snprintf(reason, sizeof(reason), "%s", sec.reason);
+    pthread_mutex_unlock(&sec_mu);
+    if (!code || now - last > SECURITY_EPISODE_US || count < min_refusals) return 0;
+    obx_err_clear(err);
+    if (code == RD_KAFKA_RESP_ERR__AUTHENTICATION)
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                    "Kafka SASL authentication failed %d time(s) in %.1f s (%s: %s); check kafka.sasl.mechanisms, "
+                    "kafka.sasl.username and kafka.sasl.password, and that the user exists on the cluster",
+                    count, (double)(last - first) / 1e6, rd_kafka_err2name((rd_kafka_resp_err_t)code), reason);
+    else
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                    "TLS with Kafka failed %d time(s) in %.1f s (%s: %s); check kafka.ssl.ca.location (the CA that signed "
+                    "the brokers' certificates), that those certificates name the hosts outboxd connects to, "
+                    "and kafka.ssl.certificate.location / kafka.ssl.key.location",
+                    count, (double)(last - first) / 1e6, rd_kafka_err2name((rd_kafka_resp_err_t)code), reason);
+    err->kafka_err = code;
+    return 1;
+}
+
+/* A client certificate that is expired (or not yet valid) is refused by
+ * every broker: say so before any connection, not as a retried TLS alert. */
+static int check_client_cert(const obx_config_t *cfg, obx_err_t *err)
+{
+    const char *path = cfg ? obx_config_kafka_get(cfg, "ssl.certificate.location") : NULL;
+    if (!path || !*path) return 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0; /* librdkafka names an unreadable file itself */
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!x) return 0;
+    int rc = 0;
+    const char *what = NULL;
+    if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0) what = "expired";
+    else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0) what = "is not valid yet";
+    if (what) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                    "kafka.ssl.certificate.location: the client certificate %s (%s); brokers refuse it: "
+                    "renew it from the CA the brokers trust",
+                    what, path);
+        rc = -1;
+    }
+    X509_free(x);
+    return rc;
+}
 
 int obx_kafka_err_retriable(rd_kafka_resp_err_t e)
 {
@@ -83,13 +182,16 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk;
     (void)opaque;
-    /* librdkafka retries these itself; fatal ones are checked in the loop. */
+    /* librdkafka retries these itself; fatal ones are checked in the loop,
+     * TLS and SASL refusals by obx_kconf_security_failed. */
+    record_security(err, reason);
     obx_warn("kafka_error", "%s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
 static void quiet_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk, (void)opaque;
+    record_security(err, reason);
     obx_debug("kafka_error", "%s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
@@ -113,6 +215,7 @@ int obx_kconf_default(rd_kafka_conf_t *conf, const obx_config_t *cfg, const char
 
 rd_kafka_conf_t *obx_kconf_new(const obx_config_t *cfg, obx_kconf_role_t role, obx_err_t *err)
 {
+    if (check_client_cert(cfg, err) != 0) return NULL;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (!conf) {
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_FAIL, "out of memory");

@@ -37,6 +37,28 @@ rd_kafka_conf_t *obx_kconf_new(const obx_config_t *cfg, obx_kconf_role_t role, o
  * the cluster (still connecting, already closing) never overwrites it. */
 void obx_kconf_own_brokers_gauge(rd_kafka_conf_t *conf);
 
+/* TLS and SASL refusals (RD_KAFKA_RESP_ERR__SSL, __AUTHENTICATION, as
+ * reported to any client's error callback) are configuration errors, but
+ * librdkafka retries them forever. 1 with err (fatal, exit 2, naming the
+ * kafka.* keys to check, no secret) once at least min_refusals of them
+ * came without obx_kconf_security_clear() in between (librdkafka
+ * reconnects, with its backoff, between two: a bounded retry that a broker
+ * restarting mid-handshake survives); else 0. A
+ * client certificate that is expired or not yet valid fails earlier, in
+ * obx_kconf_new. */
+int obx_kconf_security_failed(int min_refusals, obx_err_t *err);
+/* Serves the client's queued error events (so a TLS or SASL refusal is
+ * recorded) for a client that never polls, e.g. before it is destroyed
+ * after a failed metadata request. Not for a consumer whose main queue
+ * is redirected (rd_kafka_poll_set_consumer). */
+void obx_kconf_serve_errors(rd_kafka_t *rk);
+/* Kafka answered (a session streams, a message arrived): forget refusals. */
+void obx_kconf_security_clear(void);
+/* The refusals the long-running commands take before exit 2: librdkafka
+ * has reconnected at least once (the relay's first session waits up to
+ * 10 s for metadata, so this is one or two sessions). */
+#define OBX_KAFKA_SECURITY_REFUSALS 2
+
 /* Sets one property; 0, or -1 with err (fatal, exit 2) naming kafka.<key>. */
 int obx_kconf_set(rd_kafka_conf_t *conf, const char *key, const char *value, obx_err_t *err);
 /* Sets key only when the user did not set kafka.<key>. */

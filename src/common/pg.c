@@ -1,7 +1,11 @@
 #include "pg.h"
+#include "clock.h"
 #include "config.h"
+#include "exitcodes.h"
 #include "log.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +25,47 @@ static void on_notice(void *arg, const PGresult *res)
     if (obx_log_enabled(lvl)) obx_log(lvl, "pg_notice", "%s", msg);
 }
 
-PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode, obx_err_t *err)
+/* Extra attempts after a refused password or TLS handshake (0.5 s, 1 s). */
+#define PG_SECURITY_RETRIES 2
+
+/* libpq has no SQLSTATE for a failed connection (the server's error never
+ * becomes a PGresult, and certificate checks are the client's own), so a
+ * failure is classified by how far it got, from libpq's API only. */
+typedef enum { STAGE_NET = 0, STAGE_TLS, STAGE_PASSWORD } stage_t;
+
+static int requires_tls(PGconn *c)
+{
+    int req = 0;
+    PQconninfoOption *o = PQconninfo(c);
+    for (PQconninfoOption *i = o; i && i->keyword; i++)
+        if (!strcmp(i->keyword, "sslmode") && i->val)
+            req = !strcmp(i->val, "require") || !strcmp(i->val, "verify-ca") || !strcmp(i->val, "verify-full");
+    PQconninfoFree(o);
+    return req;
+}
+
+/* A second, asynchronous attempt that records the state libpq failed in:
+ * during the TLS handshake (certificate, CA, host name) or not. Only run
+ * when the connection requires TLS and already failed. */
+static stage_t probe_tls_stage(const char *const *keys, const char *const *vals)
+{
+    stage_t stage = STAGE_NET;
+    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    int64_t deadline = obx_mono_ms() + 10000;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (c && PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        struct pollfd p = {.fd = PQsocket(c), .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        int left = (int)(deadline - obx_mono_ms());
+        if (left <= 0 || (poll(&p, 1, left) < 0 && errno != EINTR)) break;
+        ConnStatusType before = PQstatus(c);
+        st = PQconnectPoll(c);
+        if (st == PGRES_POLLING_FAILED && before == CONNECTION_SSL_STARTUP) stage = STAGE_TLS;
+    }
+    PQfinish(c);
+    return stage;
+}
+
+static PGconn *connect_once(const char *conninfo, const char *key, obx_pg_mode_t mode, stage_t *stage, obx_err_t *err)
 {
     /* dbname=<conninfo> with expand_dbname lets conninfo override every
      * default here; the defaults keep a dead server from hanging us. */
@@ -30,20 +74,44 @@ PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode
                           mode == OBX_PG_REPLICATION ? "replication" : NULL, NULL};
     const char *vals[] = {"10", "10", "5", "3", "30000", "outboxd", conninfo ? conninfo : "", "database", NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (!c || PQstatus(c) != CONNECTION_OK) {
-        /* libpq quotes a URI it cannot parse whole, password included:
-         * nothing of conninfo's secrets leaves this function. */
-        char msg[sizeof(err->msg)];
-        snprintf(msg, sizeof(msg), "%s", c ? PQerrorMessage(c) : "out of memory");
-        obx_conninfo_scrub(conninfo, msg, sizeof(msg));
-        obx_err_clear(err);
+    *stage = STAGE_NET;
+    if (c && PQstatus(c) == CONNECTION_OK) return c;
+    /* libpq quotes a URI it cannot parse whole, password included:
+     * nothing of conninfo's secrets leaves this function. */
+    char msg[sizeof(err->msg)];
+    snprintf(msg, sizeof(msg), "%s", c ? PQerrorMessage(c) : "out of memory");
+    obx_conninfo_scrub(conninfo, msg, sizeof(msg));
+    if (c && (PQconnectionNeedsPassword(c) || PQconnectionUsedPassword(c))) *stage = STAGE_PASSWORD;
+    else if (c && requires_tls(c)) *stage = probe_tls_stage(keys, vals);
+    obx_err_clear(err);
+    if (*stage == STAGE_PASSWORD)
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                    "PostgreSQL authentication failed (%s): the server asked for a password and refused the "
+                    "connection; check the user and password (or PGPASSWORD / passfile), the role's LOGIN and "
+                    "pg_hba.conf: %s", key ? key : "conninfo", msg);
+    else if (*stage == STAGE_TLS)
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                    "TLS with PostgreSQL failed (%s): check sslrootcert (the CA that signed the server's "
+                    "certificate), that the certificate names the host in the conninfo (sslmode=verify-full), and "
+                    "sslcert/sslkey: %s", key ? key : "conninfo", msg);
+    else
         obx_err_set(err, OBX_ERR_RETRIABLE, OBX_EXIT_FAIL, "cannot connect to PostgreSQL (%s): %s", key ? key : "conninfo",
                     msg);
-        PQfinish(c);
-        return NULL;
+    PQfinish(c);
+    return NULL;
+}
+
+PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode, obx_err_t *err)
+{
+    /* A refused password or certificate is a configuration error, but a
+     * server restarting mid-handshake looks alike once: bounded retry. */
+    for (int attempt = 0;; attempt++) {
+        stage_t stage;
+        PGconn *c = connect_once(conninfo, key, mode, &stage, err);
+        if (c) PQsetNoticeReceiver(c, on_notice, NULL);
+        if (c || stage == STAGE_NET || attempt == PG_SECURITY_RETRIES) return c;
+        obx_sleep_ms(500 << attempt);
     }
-    PQsetNoticeReceiver(c, on_notice, NULL);
-    return c;
 }
 
 obx_err_class_t obx_pg_classify(const char *st, int connection_ok, int *exit_code)

@@ -20,9 +20,15 @@ typedef enum {
 
 /* Connects with conninfo (a keyword string or a URI; multi-host lists and
  * target_session_attrs work). `key` names the config key in messages
- * ("pg.conninfo", "apply.conninfo"). NULL with err (retriable; libpq's
- * message is passed through obx_conninfo_scrub, so it carries neither the
- * conninfo text nor any of its secrets). */
+ * ("pg.conninfo", "apply.conninfo"). NULL with err (libpq's message is
+ * passed through obx_conninfo_scrub, so it carries neither the conninfo
+ * text nor any of its secrets): fatal, exit 2, when the server refused a
+ * password (the server asked for one) or, with an sslmode that requires
+ * TLS, the TLS handshake failed (CA, certificate, host name), each after
+ * two more attempts 0.5 s and 1 s apart; else retriable. libpq gives no
+ * SQLSTATE for a failed connection: the class comes from
+ * PQconnectionUsedPassword/NeedsPassword and the state a failed attempt
+ * was in, never from the message. */
 PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode, obx_err_t *err);
 
 /* Runs sql with text parameters. Returns the result when it is TUPLES_OK or

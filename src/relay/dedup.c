@@ -115,6 +115,7 @@ void obx_dedup_destroy(obx_dedup_t *d)
 {
     if (!d) return;
     obx_strmap_destroy(d->topics, topic_free);
+    obx_kconf_serve_errors(d->cons);
     rd_kafka_destroy(d->cons);
     free(d);
 }

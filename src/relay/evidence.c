@@ -137,6 +137,7 @@ int obx_evidence_read(const obx_config_t *cfg, const char *key, obx_evidence_t *
 out:
     if (md) rd_kafka_metadata_destroy(md);
     if (rkt) rd_kafka_topic_destroy(rkt);
+    obx_kconf_serve_errors(rk);
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return rc;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "kconf.h"
 #include "log.h"
 #include "metrics.h"
 #include "pg.h"
@@ -49,6 +50,9 @@ static int preflight(obx_relay_proc_t *p)
                 return prc;
             }
             snprintf(err.msg, sizeof(err.msg), "%s", e);
+        } else if (err.cls == OBX_ERR_FATAL) {
+            obx_error("pg_connect", "%s (%s)", err.msg, red);
+            return obx_err_exit_code(&err);
         }
         atomic_fetch_add(&p->m->restarts, 1);
         int wait = obx_backoff_next(&backoff);
@@ -74,6 +78,10 @@ static int run_sessions(obx_relay_proc_t *p)
             return OBX_EXIT_OK;
         }
         if (err.cls != OBX_ERR_RETRIABLE) return obx_err_exit_code(&err);
+        if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_REFUSALS, &err)) {
+            obx_error("kafka_security", "%s", err.msg);
+            return obx_err_exit_code(&err);
+        }
         int wait;
         if (obx_err_is_sqlstate(&err, OBX_SQLSTATE_OBJECT_IN_USE)) {
             wait = cfg->standby_retry_ms;

@@ -12,6 +12,7 @@
 #include "clock.h"
 #include "dedup.h"
 #include "evidence.h"
+#include "kconf.h"
 #include "log.h"
 #include "pg.h"
 #include "pg_repl.h"
@@ -430,6 +431,7 @@ static int session_open(session_t *s, obx_err_t *err)
     atomic_store(&p->m->pg_connected, 1);
     atomic_store(&p->m->confirmed_lsn, p->confirmed);
     set_state(s, OBX_STATE_STREAMING);
+    obx_kconf_security_clear(); /* the read-back reached Kafka */
     obx_info("streaming", "streaming slot %s from " OBX_LSN_FMT " (table %s.%s, %s)", s->cfg->slot_name,
              OBX_LSN_ARGS(p->confirmed), s->cfg->outbox_schema, s->cfg->outbox_table,
              s->cfg->exactly_once ? "exactly-once" : "at-least-once");

@@ -158,7 +158,14 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
     while (!halt && !*stop && (o->max_messages == 0 || n < o->max_messages)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
         if (!m) {
-            if (o->idle_exit_ms && obx_mono_ms() - last > o->idle_exit_ms) break;
+            /* Refused by the brokers is not "no events": exit 2, never 0. */
+            int idle = o->idle_exit_ms && obx_mono_ms() - last > o->idle_exit_ms;
+            if (obx_kconf_security_failed(idle ? 1 : OBX_KAFKA_SECURITY_REFUSALS, &err)) {
+                obx_error("kafka_security", "%s", err.msg);
+                rc = obx_err_exit_code(&err);
+                break;
+            }
+            if (idle) break;
             continue;
         }
         if (m->err) {
@@ -169,6 +176,7 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
             continue;
         }
         last = obx_mono_ms();
+        obx_kconf_security_clear();
         Outboxd__V1__Event *ev = obx_envelope_decode(m->payload, m->len);
         if (!ev) {
             obx_error("undecodable", "%s [%d] offset %lld is not an outboxd.v1.Event", rd_kafka_topic_name(m->rkt),

@@ -309,7 +309,11 @@ static void check_kafka(doc_t *d, const obx_config_t *cfg)
     rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 5000);
     snprintf(what, sizeof(what), "Kafka %s reachable%s%s", obx_config_kafka_get(cfg, "bootstrap.servers"),
              e ? ": " : "", e ? rd_kafka_err2str(e) : "");
-    report(d, !e, 0, what, "check kafka.bootstrap.servers, network policy and kafka.security.* settings");
+    obx_err_t sec;
+    obx_kconf_serve_errors(rk);
+    /* A TLS or SASL refusal names its own fix (the kafka.* keys to check). */
+    if (e && obx_kconf_security_failed(1, &sec)) report(d, 0, 0, what, sec.msg);
+    else report(d, !e, 0, what, "check kafka.bootstrap.servers, network policy and kafka.security.* settings");
     if (!e) {
         snprintf(what, sizeof(what), "%d broker(s), %d topic(s) visible", md->broker_cnt, md->topic_cnt);
         report(d, md->broker_cnt > 0, 0, what, NULL);

@@ -17,6 +17,7 @@
 #include "clock.h"
 #include "envelope.h"
 #include "err.h"
+#include "kconf.h"
 #include "log.h"
 #include "lsn.h"
 #include "metrics.h"
@@ -558,6 +559,7 @@ static int snap_wait_acks(snap_t *s, long n, obx_err_t *err)
             if (now >= deadline) return 1;
         }
         obx_producer_poll(s->prod, 20);
+        if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_REFUSALS, err)) return -1;
     }
     if (!s->dr.failed) return 0;
     obx_err_clear(err);
