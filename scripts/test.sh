@@ -46,7 +46,8 @@ LANE_B="test_fail_closed.py test_apply.py test_apply_scale.py test_eos_chaos.py"
 lane_b_env() {
     export OBX_RUN_DIR=${OBX_RUN_DIR_B:-/tmp/outboxd-run-b} OBX_PG_PORT=30432 OBX_KAFKA_PORT=30092 \
         OBX_KAFKA_CONTROLLER_PORT=30093 OBX_KAFKA_PROXY_PORT=30094 OBX_KAFKA_PROXY_ADV_PORT=30095 \
-        OBX_KAFKA_SASL_PORT=30096 OBX_KAFKA_SSL_PORT=30097 OBX_PG_FAILOVER_PORT=30440
+        OBX_KAFKA_SASL_PORT=30096 OBX_KAFKA_SSL_PORT=30097 OBX_KAFKA_BADCERT_PORT=30098 \
+        OBX_PG_FAILOVER_PORT=30440
 }
 # decoder = pgoutput (issue 14): the relay suite, the message outbox and the
 # chaos tests that go through the decoder's paths (kill -9 exactly-once, hot
