@@ -82,9 +82,17 @@ def test_trailing_comments_and_checked_values(tmp_path):
     for key, value, needle in [("topic.template", "outbox.${type}", "unknown placeholder"),
                                ("topic.template", "out box.${aggregatetype}", "legal Kafka topic"),
                                ("status.listen", "127.0.0.1:99999", "1-65535"),
-                               ("status.listen", "nonsense", "1-65535")]:
+                               ("status.listen", "nonsense", "1-65535"),
+                               ("status.listen", "999.1.1.1:8080", "999.1.1.1"),
+                               ("pg.conninfo", "host=127.0.0.1 port=1 passwrd=hunter2", "did you mean"),
+                               ("pg.conninfo", "host=127.0.0.1 password='hunter2", "cannot be parsed")]:
         r = run(["run", "-c", str(conf), "--set", f"{key}={value}"])
         assert r.returncode == 2 and needle in r.stderr and key in r.stderr, (key, value, r.stderr)
+        assert "hunter2" not in r.stderr, r.stderr
+    # apply checks its own database's conninfo the same way (not a retry loop).
+    r = run(["apply"], env={"OUTBOXD_APPLY_CONNINFO": "host=127.0.0.1 port=1 dbnme=x", "OUTBOXD_APPLY_TOPICS": "t",
+                            "OUTBOXD_APPLY_TABLE": "r", "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert r.returncode == 2 and 'dbname' in r.stderr and "did you mean" in r.stderr, r.stderr
 
 
 def test_status_port_on_ipv6(harness):

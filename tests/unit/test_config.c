@@ -833,6 +833,30 @@ static void test_status_listen(void **state)
     assert_null(h); /* port 0 is refused, not a random port */
 }
 
+/* A value that can never work is refused at start (exit 2), naming the
+ * key, never echoing a secret: conninfo libpq cannot parse, a listen host
+ * that does not resolve. */
+static void test_unusable_values_refused(void **state)
+{
+    (void)state;
+    check_refused("pg.conninfo", "host=db user=outboxd passwrd=hunter2", "did you mean \"password\"");
+    check_refused("pg.conninfo", "host=db user=outboxd password='hunter2", "pg.conninfo cannot be parsed");
+    check_refused("pg.conninfo", "postgresql://u:hunter2@db/app?sslmod=disable", "pg.conninfo cannot be parsed");
+    check_refused("pg.conninfo", "host=db password=hunter2 secret=x", "pg.conninfo cannot be parsed");
+    check_accepted("pg.conninfo", "host=db user=outboxd password='a b=c' sslmode=require");
+    check_accepted("pg.conninfo", "postgresql://u:p%40ss@db:5432/app?sslmode=disable");
+    char err[512];
+    const char *leaky[] = {"host=db password=hun ter2=x", "host=db password=hunter2 'x", "postgresql://u:hunter2@db/a?x=hunter2"};
+    for (size_t i = 0; i < sizeof(leaky) / sizeof(leaky[0]); i++) {
+        assert_int_equal(obx_config_check_conninfo("pg.conninfo", leaky[i], err, sizeof(err)), -1);
+        if (strstr(err, "hunter2") || strstr(err, "ter2")) fail_msg("secret in \"%s\"", err);
+    }
+    assert_int_equal(obx_config_check_conninfo("apply.conninfo", "", err, sizeof(err)), 0);
+    check_refused("status.listen", "999.1.1.1:8080", "999.1.1.1");
+    check_refused("status.listen", "no-such-host.invalid:8080", "status.listen");
+    check_accepted("status.listen", "0.0.0.0:8080");
+}
+
 /* config-check --env-file and the early log format peek. */
 static void test_env_file_and_peek(void **state)
 {
@@ -878,6 +902,7 @@ int main(void)
         cmocka_unit_test(test_topic_template_validated),
         cmocka_unit_test(test_status_listen),
         cmocka_unit_test(test_env_file_and_peek),
+        cmocka_unit_test(test_unusable_values_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
