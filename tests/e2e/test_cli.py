@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 from conftest import BIN, BROKERS, ROOT, Outboxd, current_lsn, http_get, metric, pg, wait_until
 
@@ -67,6 +68,21 @@ def test_one_log_format_from_the_first_line(tmp_path):
     assert r.returncode == 2 and not r.stderr.startswith("{"), r.stderr
     r = run(["doctor", "--topic", "x"], env={"OUTBOXD_LOG_FORMAT": "text"})
     assert r.returncode == 64 and " usage: " in r.stderr, r.stderr
+    # Every way to name the file or the format: getopt's -cFILE, --set (which
+    # wins over the file, for the first line and for every later one).
+    r = run(["run", f"-c{text}"])
+    assert r.returncode == 2 and re.match(r"^\S+Z error\s+config: ", r.stderr), r.stderr
+    r = run(["run", "-c", str(bad), "--set", "log.format=text"])
+    assert r.returncode == 2 and not r.stderr.startswith("{"), r.stderr
+    ok = tmp_path / "ok.conf"
+    ok.write_text("log.format = text\npg.conninfo = host=127.0.0.1 port=1\nkafka.bootstrap.servers = 127.0.0.1:1\n"
+                  "status.listen =\n")
+    p = subprocess.Popen([BIN, "run", "-c", str(ok), "--set", "log.format=json", "--set", "log.level=warn"],
+                         env=CLEAN_ENV, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    time.sleep(2)
+    p.terminate()
+    lines = json_lines(p.communicate(timeout=10)[1])
+    assert lines and all(line["level"] != "info" for line in lines), lines  # no "start" line: warn and up
 
 
 def test_trailing_comments_and_checked_values(tmp_path):
