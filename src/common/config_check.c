@@ -190,18 +190,38 @@ int obx_config_load_env_file(obx_config_t *cfg, const char *path, char *errstr, 
     char *line = NULL, *envp[2] = {NULL, NULL};
     size_t cap = 0;
     int rc = 0;
-    while (rc == 0 && getline(&line, &cap, f) != -1) {
+    for (int lineno = 1; rc == 0 && getline(&line, &cap, f) != -1; lineno++) {
         line[strcspn(line, "\r\n")] = '\0';
         char *s = line;
         while (isspace((unsigned char)*s)) s++;
         if (!strncmp(s, "export ", 7)) s += 7;
-        if (!*s || *s == '#' || !strchr(s, '=')) continue;
+        if (!*s || *s == '#') continue;
+        /* A skipped line would be a variable compared as unset: refuse it.
+         * The line is not echoed (its value may be a secret). */
+        size_t n = strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_");
+        if (n == 0 || isdigit((unsigned char)*s) || s[n] != '=') {
+            snprintf(errstr, errstr_size, "%s:%d: not a NAME=VALUE line (no spaces around =; a ConfigMap's YAML "
+                     "`NAME: value` must be converted, e.g. kubectl set env deploy/NAME --list --resolve)", path, lineno);
+            rc = -1;
+            break;
+        }
         envp[0] = s;
         rc = obx_config_load_env(cfg, envp, errstr, errstr_size);
     }
     free(line);
     fclose(f);
     return rc;
+}
+
+int obx_config_env_service_link(const char *name)
+{
+    const char *p = strstr(name, "_SERVICE_");
+    if (p && (!strcmp(p, "_SERVICE_HOST") || !strncmp(p, "_SERVICE_PORT", 13))) return 1;
+    size_t n = strlen(name);
+    if (n >= 5 && !strcmp(name + n - 5, "_PORT")) return 1;
+    for (p = strstr(name, "_PORT_"); p; p = strstr(p + 1, "_PORT_"))
+        if (isdigit((unsigned char)p[6])) return 1; /* _PORT_8080_TCP... */
+    return 0;
 }
 
 /* The format the config will ask for, read before it is loaded (errors

@@ -223,6 +223,17 @@ def test_config_check_compares_the_effective_config(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run(["config-check", "--previous", str(old), "-c", str(old), "--env-file", str(prev_env)])
     assert r.returncode == 5, r.stderr
+    # A line it cannot read is an error (2), never a variable silently left
+    # out of the comparison: a ConfigMap's YAML, spaces around =.
+    for text in ("OUTBOXD_OUTBOX_COLUMN_AGGREGATEID: tenant_id\n", "OUTBOXD_OUTBOX_COLUMN_AGGREGATEID = tenant_id\n"):
+        prev_env.write_text(text)
+        r = run(["config-check", "--previous", str(old), "-c", str(old), "--env-file", str(prev_env)])
+        assert r.returncode == 2 and "not a NAME=VALUE line" in r.stderr, r.stderr
+    # A misspelt variable is named (it changes nothing, so the check passes).
+    r = run(["config-check", "--previous", str(old), "-c", str(old)],
+            env={"OUTBOXD_OUTBOX_COLUMN_AGGREGATEDI": "tenant_id", "OUTBOXD_SERVICE_HOST": "10.0.0.1"})
+    assert r.returncode == 0 and "OUTBOXD_OUTBOX_COLUMN_AGGREGATEDI is not a config key" in r.stderr, r.stderr
+    assert "OUTBOXD_SERVICE_HOST" not in r.stderr, r.stderr
 
 
 def test_doctor_verdicts_match_run(harness):

@@ -870,6 +870,30 @@ static void test_env_file_and_peek(void **state)
     assert_string_equal(obx_config_kafka_get(c, "client.id"), "x");
     obx_config_destroy(c);
     unlink(path);
+    /* A line config-check cannot read is an error, not a variable it then
+     * compares as unset (a ConfigMap's YAML, spaces around =), and the
+     * error never echoes the line (its value may be a secret). */
+    const char *bad[] = {"OUTBOXD_OUTBOX_COLUMN_AGGREGATEID: tenant\n", "OUTBOXD_SLOT_NAME = x\n",
+                         "# ok\nOUTBOXD_SLOT_NAME=x\n  password hunter2\n", "1ABC=x\n", "=hunter2\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_file(path, sizeof(path), bad[i]);
+        c = cfg_new();
+        err[0] = '\0';
+        if (obx_config_load_env_file(c, path, err, sizeof(err)) != -1) fail_msg("accepted %s", bad[i]);
+        assert_non_null(strstr(err, "not a NAME=VALUE line"));
+        assert_null(strstr(err, "hunter2"));
+        assert_null(strstr(err, "tenant"));
+        obx_config_destroy(c);
+        unlink(path);
+    }
+    /* Unknown OUTBOXD_ names are ignored (warned); Kubernetes service links silently. */
+    const char *links[] = {"OUTBOXD_SERVICE_HOST", "OUTBOXD_SERVICE_PORT", "OUTBOXD_SERVICE_PORT_STATUS",
+                           "OUTBOXD_PORT", "OUTBOXD_PORT_8080_TCP_ADDR", "OUTBOXD_APPLY_SERVICE_HOST"};
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++)
+        if (!obx_config_env_service_link(links[i])) fail_msg("%s is a service link", links[i]);
+    const char *typos[] = {"OUTBOXD_TOPIC_TEMPLTE", "OUTBOXD_STATUS_LISTN", "OUTBOXD_X"};
+    for (size_t i = 0; i < sizeof(typos) / sizeof(typos[0]); i++)
+        if (obx_config_env_service_link(typos[i])) fail_msg("%s is not a service link", typos[i]);
     write_file(path, sizeof(path), "log.format = json  # c\n");
     assert_int_equal(obx_config_peek_log_format(path, NULL), OBX_LOG_JSON);
     char *env[] = {"OUTBOXD_LOG_FORMAT=text", NULL};
