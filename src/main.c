@@ -477,7 +477,10 @@ static int parse_options(cli_t *cli, int argc, char **argv, int first)
         if ((rc = take_option(cli, ch, optarg)) >= 0) return rc;
     }
     if (optind < argc) return usage_error(cli->cmd, "unexpected argument \"%s\"", argv[optind]);
-    if ((allowed & OBX_OPT_TOPIC) && !*cli->co.topics) return usage_error(cli->cmd, "--topic must not be empty%s", "");
+    /* librdkafka would refuse "a,,b" or "a," at subscribe with a bare "Invalid argument". */
+    const char *t = cli->co.topics;
+    if ((allowed & OBX_OPT_TOPIC) && (!*t || *t == ',' || t[strlen(t) - 1] == ',' || strstr(t, ",,")))
+        return usage_error(cli->cmd, "--topic \"%s\" has an empty topic name (comma-separated names, or one ^regex)", t);
     return -1;
 }
 

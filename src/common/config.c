@@ -337,7 +337,8 @@ int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size
     int lineno = 0, rc = 0;
     while (getline(&line, &cap, f) != -1) {
         lineno++;
-        char *s = trim(line);
+        /* Editors on Windows start a UTF-8 file with an invisible BOM. */
+        char *s = trim(lineno == 1 && !strncmp(line, "\xEF\xBB\xBF", 3) ? line + 3 : line);
         if (*s == '\0' || *s == '#') continue;
         char *eq = strchr(s, '=');
         char src[512];

@@ -234,6 +234,7 @@ int obx_config_peek_log_format(const char *path, char **envp)
     FILE *f = path ? fopen(path, "r") : NULL;
     while (f && getline(&line, &cap, f) != -1) {
         char *s = line, *e;
+        if (!strncmp(s, "\xEF\xBB\xBF", 3)) s += 3; /* a BOM, as obx_config_load_file skips it */
         while (isspace((unsigned char)*s)) s++;
         if (strncmp(s, "log.format", 10) != 0) continue;
         for (s += 10; isspace((unsigned char)*s); s++) {}

@@ -45,7 +45,7 @@ def test_usage_errors_are_exit_64_in_the_log_format():
              ["consume", "--idle-exit-ms", "-5"], ["verify", "--expect", "2x"], ["run", "--bogus"],
              ["snapshot", "--page-size", "ten"], ["slot"], ["slot", "list"], ["config-check"], ["nocmd"],
              ["run", "extra"], ["consume", "--topic"], ["slot", "status", "--yes"], ["config-doc", "-x"],
-             ["apply", "--set", "a=b"]]
+             ["apply", "--set", "a=b"], ["consume", "--topic", "a,,b"], ["verify", "-t", "a,"], ["consume", "-t", ","]]
     for args in cases:
         r = run(args)
         assert r.returncode == 64, (args, r.returncode, r.stderr)
@@ -188,8 +188,25 @@ def test_verify_fails_when_it_read_nothing(harness, tmp_path):
     assert rc == 1 and s["reason"] == "read 3 event(s), expected at least 4", s
     rc, s, _ = verify("-b", BROKERS, "--topic", "^" + topic.replace(".", "[.]") + "$", "--expect", "3")
     assert rc == 0 and s["unique"] == 3, s
+    with pg() as c:
+        ids = [str(row[0]) for row in c.execute(f"SELECT id FROM {harness.table}")]
+    padded = tmp_path / "ids.txt"  # as psql's aligned output or a Windows editor leaves them
+    padded.write_text("".join(f"  {i} \r\n" for i in ids) + "   \n")
+    rc, s, _ = verify("-b", BROKERS, "--topic", topic, "--expected", str(padded))
+    assert rc == 0 and s["expected"] == 3 and s["missing"] == 0, s
     r = run(["verify", "-X", "no.such.property=1", "-b", BROKERS, "--topic", topic])
     assert r.returncode == 2 and "kafka.no.such.property" in r.stderr, r.stderr
+
+
+def test_verify_checks_its_expected_file_first(tmp_path):
+    """A wrong --expected path fails at once (exit 2), not after reading the
+    whole topic (here against a broker that is down: the file is opened
+    before Kafka is)."""
+    start = time.monotonic()
+    r = run(["verify", "-b", "127.0.0.1:1", "--topic", "x", "--idle-exit-ms", "20000",
+             "--expected", str(tmp_path / "no-such-ids.txt")])
+    assert r.returncode == 2 and "no-such-ids.txt" in r.stderr and time.monotonic() - start < 5, r.stderr
+    assert r.stdout == "", r.stdout
 
 
 def test_slot_exit_codes_and_drop_confirmation(harness):

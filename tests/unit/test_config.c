@@ -894,6 +894,14 @@ static void test_env_file_and_peek(void **state)
     const char *typos[] = {"OUTBOXD_TOPIC_TEMPLTE", "OUTBOXD_STATUS_LISTN", "OUTBOXD_X"};
     for (size_t i = 0; i < sizeof(typos) / sizeof(typos[0]); i++)
         if (obx_config_env_service_link(typos[i])) fail_msg("%s is not a service link", typos[i]);
+    /* A UTF-8 BOM (Windows editors) is not part of the first key. */
+    write_file(path, sizeof(path), "\xEF\xBB\xBFlog.format = text\nslot.name = bom\n");
+    c = cfg_new();
+    assert_int_equal(obx_config_load_file(c, path, err, sizeof(err)), 0);
+    assert_string_equal(c->log_format, "text");
+    assert_int_equal(obx_config_peek_log_format(path, NULL), OBX_LOG_TEXT);
+    obx_config_destroy(c);
+    unlink(path);
     write_file(path, sizeof(path), "log.format = json  # c\n");
     assert_int_equal(obx_config_peek_log_format(path, NULL), OBX_LOG_JSON);
     char *env[] = {"OUTBOXD_LOG_FORMAT=text", NULL};
