@@ -74,6 +74,17 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg)
     return OBX_EXIT_USAGE;
 }
 
+/* The effective log.level and log.format: after the file and environment,
+ * and again after --set, so what --print-config shows is what logs. */
+static void setup_log(const obx_config_t *cfg)
+{
+    obx_log_level_t lvl = OBX_LOG_INFO;
+    obx_log_format_t fmt = OBX_LOG_AUTO;
+    obx_log_level_parse(cfg->log_level, &lvl);
+    obx_log_format_parse(cfg->log_format, &fmt);
+    obx_log_setup(lvl, fmt);
+}
+
 static obx_config_t *load_config(const char *path)
 {
     char err[1024];
@@ -90,11 +101,7 @@ static obx_config_t *load_config(const char *path)
     }
     /* Before any thread: from here on no message carries these values. */
     obx_config_register_secrets(cfg);
-    obx_log_level_t lvl = OBX_LOG_INFO;
-    obx_log_format_t fmt = OBX_LOG_AUTO;
-    obx_log_level_parse(cfg->log_level, &lvl);
-    obx_log_format_parse(cfg->log_format, &fmt);
-    obx_log_setup(lvl, fmt);
+    setup_log(cfg);
     return cfg;
 }
 
@@ -117,6 +124,7 @@ static int apply_sets(const cli_t *cli, obx_config_t *cfg)
         }
     }
     obx_config_register_secrets(cfg); /* what --set added */
+    setup_log(cfg);
     return OBX_EXIT_OK;
 }
 
@@ -469,7 +477,10 @@ static int parse_options(cli_t *cli, int argc, char **argv, int first)
         if ((rc = take_option(cli, ch, optarg)) >= 0) return rc;
     }
     if (optind < argc) return usage_error(cli->cmd, "unexpected argument \"%s\"", argv[optind]);
-    if ((allowed & OBX_OPT_TOPIC) && !*cli->co.topics) return usage_error(cli->cmd, "--topic must not be empty%s", "");
+    /* librdkafka would refuse "a,,b" or "a," at subscribe with a bare "Invalid argument". */
+    const char *t = cli->co.topics;
+    if ((allowed & OBX_OPT_TOPIC) && (!*t || *t == ',' || t[strlen(t) - 1] == ',' || strstr(t, ",,")))
+        return usage_error(cli->cmd, "--topic \"%s\" has an empty topic name (comma-separated names, or one ^regex)", t);
     return -1;
 }
 
@@ -509,12 +520,18 @@ static void install_signals(void)
  * before it is parsed, so an early error looks like every later line. */
 static void early_log_setup(int argc, char **argv)
 {
-    const char *path = NULL;
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) path = argv[i + 1];
-    for (int i = 1; i < argc; i++)
-        if (!strncmp(argv[i], "--config=", 9)) path = argv[i] + 9;
-    obx_log_setup(OBX_LOG_INFO, (obx_log_format_t)obx_config_peek_log_format(path, environ));
+    const char *path = NULL, *set = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if ((!strcmp(a, "-c") || !strcmp(a, "--config")) && next) path = next;
+        else if (!strncmp(a, "--config=", 9)) path = a + 9;
+        else if (!strncmp(a, "-c", 2) && a[2]) path = a + 2; /* getopt's -cFILE */
+        if (!strcmp(a, "--set") && next && !strncmp(next, "log.format=", 11)) set = next + 11;
+        else if (!strncmp(a, "--set=log.format=", 17)) set = a + 17;
+    }
+    obx_log_format_t fmt = (obx_log_format_t)obx_config_peek_log_format(path, environ);
+    if (set) obx_log_format_parse(set, &fmt); /* --set wins, as it does for the config */
+    obx_log_setup(OBX_LOG_INFO, fmt);
 }
 
 int main(int argc, char **argv)

@@ -439,7 +439,10 @@ int obx_apply_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size
             return -1;
         }
     }
-    if (obx_config_check_names(cfg, errstr, errstr_size) != 0) return -1;
+    if (obx_config_check_names(cfg, errstr, errstr_size) != 0 ||
+        obx_config_check_conninfo("apply.conninfo", cfg->apply_conninfo, errstr, errstr_size) != 0 ||
+        obx_config_check_listen(cfg->status_listen, errstr, errstr_size) != 0)
+        return -1;
     obx_apply_map_t *maps;
     size_t n;
     if (obx_apply_parse_columns(cfg->apply_columns, &maps, &n, errstr, errstr_size) != 0) return -1;

@@ -103,7 +103,7 @@ static const obx_opt_t opts[] = {
     {"snapshot.payload_sql", T_STR, S(snap_payload_sql), "", 0, 0, 0,
      "Payload as an SQL expression over alias `t` returning json/jsonb (wins over snapshot.columns), to match the live events' payload shape."},
     {"snapshot.event_type", T_STR, S(snap_event_type), "snapshot", 0, 0, 0, "Event type of snapshot events (Kafka header `type`)."},
-    {"snapshot.page_size", T_INT, S(snap_page_size), "1000", 0, 1000000, 0,
+    {"snapshot.page_size", T_INT, S(snap_page_size), "1000", 1, 1000000, 0,
      "Rows per page; each page is acked by Kafka before its checkpoint moves, so a resumed snapshot re-sends at most one page."},
     {"snapshot.rate_limit", T_INT, S(snap_rate_limit), "0", 0, 100000000, 0, "Rows per second at most (0: as fast as Kafka acks)."},
     {"signal.table", T_STR, S(signal_table), "outboxd_signals", 0, 0, 0,
@@ -345,7 +345,8 @@ int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size
     int lineno = 0, rc = 0;
     while (getline(&line, &cap, f) != -1) {
         lineno++;
-        char *s = trim(line);
+        /* Editors on Windows start a UTF-8 file with an invisible BOM. */
+        char *s = trim(lineno == 1 && !strncmp(line, "\xEF\xBB\xBF", 3) ? line + 3 : line);
         if (*s == '\0' || *s == '#') continue;
         char *eq = strchr(s, '=');
         char src[512];
@@ -397,8 +398,13 @@ int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t err
             if (strcmp(want, name) == 0) match = &opts[i];
         }
         /* Kubernetes injects OUTBOXD_SERVICE_HOST, OUTBOXD_PORT_... for a Service
-         * named outboxd, so unknown OUTBOXD_ variables cannot be fatal. */
-        if (!match) continue;
+         * named outboxd, so unknown OUTBOXD_ variables cannot be fatal; any
+         * other is most likely a typo, which must not pass in silence. */
+        if (!match) {
+            if (!obx_config_env_service_link(name))
+                obx_warn("config", "%s is not a config key: ignored (see docs/configuration.md)", name);
+            continue;
+        }
         if (obx_config_set(cfg, match->name, value, src, errstr, errstr_size) != 0) return -1;
     }
     return 0;
@@ -749,12 +755,14 @@ void obx_config_print_doc(FILE *out)
           "start of a line or after a space or tab starts a comment (`topic.template = x.${aggregatetype}  # per team`\n"
           "is `x.${aggregatetype}`); put a value in double quotes to keep a literal ` #` or outer spaces\n"
           "(`snapshot.where = \"note = 'a #1'\"`). Values are checked at start-up and by `outboxd doctor`\n"
-          "(`topic.template` must give a legal topic name; `status.listen` a port 1-65535).\n"
+          "(`topic.template` must give a legal topic name; `status.listen` a port 1-65535 on a host\n"
+          "that resolves; `pg.conninfo` and `apply.conninfo` must be what libpq can parse).\n"
           "Environment variables come after the file: `OUTBOXD_` + the key in upper case with\n"
           "dots as underscores (`pg.conninfo` -> `OUTBOXD_PG_CONNINFO`). Environment wins.\n"
           "Unknown keys in the file stop outboxd with exit code 2 and the key's name;\n"
-          "unknown `OUTBOXD_` variables are ignored because Kubernetes injects\n"
-          "`OUTBOXD_SERVICE_HOST` and friends for a Service named outboxd.\n\n"
+          "unknown `OUTBOXD_` variables are ignored with a warning that names them (not fatal:\n"
+          "Kubernetes injects `OUTBOXD_SERVICE_HOST` and friends for a Service named outboxd,\n"
+          "and those are ignored silently).\n\n"
           "librdkafka properties pass through with a `kafka.` prefix (`kafka.bootstrap.servers`),\n"
           "or as `OUTBOXD_KAFKA_` + the property with dots as underscores\n"
           "(`OUTBOXD_KAFKA_SASL_PASSWORD`). They are checked by librdkafka at start-up.\n"

@@ -83,7 +83,16 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
  * status.listen. Called by obx_config_validate. 0 or -1 with errstr. */
 int obx_config_check_values(const obx_config_t *cfg, char *errstr, size_t errstr_size);
 int obx_config_check_template(const char *tmpl, char *errstr, size_t errstr_size);
-/* KEY=VALUE lines read like the environment (config-check --env-file). */
+/* A conninfo libpq can parse (empty is fine: required keys are checked
+ * elsewhere); the error names key and never a value. 0 or -1. */
+int obx_config_check_conninfo(const char *key, const char *conninfo, char *errstr, size_t errstr_size);
+/* status.listen: host:port syntax, and a host getaddrinfo resolves. */
+int obx_config_check_listen(const char *listen, char *errstr, size_t errstr_size);
+/* 1 when name (an OUTBOXD_ variable) has the shape of what Kubernetes
+ * injects for a Service: *_SERVICE_HOST, *_SERVICE_PORT*, *_PORT, *_PORT_*. */
+int obx_config_env_service_link(const char *name);
+/* KEY=VALUE lines read like the environment (config-check --env-file); a
+ * line of another shape (YAML `KEY: value`, spaces around =) is an error. */
 int obx_config_load_env_file(obx_config_t *cfg, const char *path, char *errstr, size_t errstr_size);
 /* log.format from the file and OUTBOXD_LOG_FORMAT, before loading: an
  * obx_log_format_t (OBX_LOG_AUTO when unset or unreadable). */

@@ -39,7 +39,8 @@ static const cmd_help_t cmds[] = {
      "usage: outboxd doctor [-c FILE] [--set KEY=VALUE]...\n\n"
      "Check the configuration, PostgreSQL and Kafka; print PASS/WARN/FAIL lines with fixes.\n"
      "A FAIL is something `outboxd run` would stop on.\n\n"
-     "options:\n" COMMON_CFG SET_CFG HELP_OPT "\n" CODES "  1   NOT READY: at least one FAIL\n" CODE_USAGE},
+     "options:\n" COMMON_CFG SET_CFG HELP_OPT "\n" CODES "  1   NOT READY: at least one FAIL\n"
+     "  2   the config file or environment cannot be read (an invalid value is a FAIL line)\n" CODE_USAGE},
     {"apply", OBX_OPT_CONFIG | OBX_OPT_PRINT,
      "usage: outboxd apply [-c FILE] [--print-config]\n\n"
      "Keep a replica table up to date from outbox topics (apply.* keys, docs/apply.md).\n\n"
@@ -72,8 +73,8 @@ static const cmd_help_t cmds[] = {
      "  -b, --brokers B        bootstrap servers (over kafka.bootstrap.servers)\n"
      "  -X PROP=VALUE          a librdkafka property (over kafka.PROP), as kcat's -X\n"
      "  -t, --topic TOPICS     comma-separated names, or one ^regex (default ^outbox\\..*)\n"
-     "  --max N                stop after N events\n"
-     "  --idle-exit-ms MS      stop after MS without a message\n"
+     "  --max N                stop after N events (0: no limit)\n"
+     "  --idle-exit-ms MS      stop after MS without a message (0: never)\n"
      "  --group G              commit offsets in consumer group G (default: a fresh group, from the start)\n"
      HELP_OPT "\n" CODES "  1   an undecodable record or a Kafka error\n" CODE_CONFIG CODE_USAGE},
     {"verify", OBX_OPT_CONFIG | OBX_OPT_BROKERS | OBX_OPT_TOPIC | OBX_OPT_IDLE | OBX_OPT_GROUP | OBX_OPT_X |

@@ -1,6 +1,7 @@
 #include "verify.h"
 #include "exitcodes.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -189,16 +190,17 @@ static void verdict(const obx_verify_opts_t *o, const vstate_t *v, int rc, const
     else if (v->duplicates && !o->allow_duplicates) snprintf(out, n, "duplicates");
 }
 
-/* Ids of the expected file that were not seen: counted and reported. -1
- * when the file cannot be read. */
-static long count_missing(vstate_t *v, const char *path, long *expected)
+/* Ids of the expected file that were not seen: counted and reported.
+ * Surrounding blanks (psql's aligned output, CRLF) are not part of an id. */
+static long count_missing(vstate_t *v, FILE *f, long *expected)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
     long missing = 0;
-    char line[512];
-    while (fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "\r\n")] = '\0';
+    char buf[512];
+    while (fgets(buf, sizeof(buf), f)) {
+        char *line = buf, *e = buf + strlen(buf);
+        while (*line == ' ' || *line == '\t') line++;
+        while (e > line && strchr(" \t\r\n", e[-1])) e--;
+        *e = '\0';
         if (!*line) continue;
         (*expected)++;
         int created;
@@ -208,7 +210,6 @@ static long count_missing(vstate_t *v, const char *path, long *expected)
             problem(v, "missing event %s", line);
         }
     }
-    fclose(f);
     return missing;
 }
 
@@ -222,15 +223,18 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
     o->consume.require_topics = 1;
     o->consume.why = why;
     o->consume.why_size = sizeof(why);
+    /* Opened first: a typo in its path is reported now, not after reading
+     * the whole topic. */
+    FILE *ef = o->expected_path ? fopen(o->expected_path, "r") : NULL;
+    if (o->expected_path && !ef) {
+        obx_error("verify", "cannot open --expected file %s: %s", o->expected_path, strerror(errno));
+        return OBX_EXIT_CONFIG;
+    }
     obx_info("verify", "reading %s from %s", o->consume.topics, obx_consume_brokers(&o->consume));
     int rc = obx_consume_run(&o->consume, out, stop);
     long missing = 0, expected = 0;
-    if (rc == OBX_EXIT_OK || rc == OBX_EXIT_FAIL) {
-        if (o->expected_path && (missing = count_missing(&v, o->expected_path, &expected)) < 0) {
-            obx_error("verify", "cannot open %s", o->expected_path);
-            rc = OBX_EXIT_CONFIG;
-        }
-    }
+    if (ef && (rc == OBX_EXIT_OK || rc == OBX_EXIT_FAIL)) missing = count_missing(&v, ef, &expected);
+    if (ef) fclose(ef);
     if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL) {
         map_free(&v.seen);
         map_free(&v.aggs);

@@ -1192,3 +1192,23 @@ def test_gh_anchor():
     assert gh_anchor("A poison row (exit 3)") == "a-poison-row-exit-3"
     assert gh_anchor("`outboxd_state`") == "outboxd_state"
     assert gh_anchor("OutboxdSourceAgeHigh") == "outboxdsourceagehigh"
+
+
+def test_queue_and_memory_figures_have_one_source():
+    """Issue 17 item 11: a figure of the producer queue next to its property
+    (deploy comments, docs) is the config table's default; manifests quote no
+    RSS figure of their own (docs/benchmarks.md is the one source)."""
+    table = (ROOT / "src" / "common" / "kconf.c").read_text() + (ROOT / "src" / "common" / "config.c").read_text()
+    kbytes = int(re.search(r'"queue\.buffering\.max\.kbytes",\s*"(\d+)"', table)[1])
+    files = [*(ROOT / "deploy" / "k8s").rglob("*.yaml"), *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+    problems = []
+    for f in files:
+        text = f.read_text()
+        if f.suffix == ".yaml" and re.search(r"RSS[^\n]*\d+\s*-\s*\d+\s*MB|\d+\s*MB\s*under", text):
+            problems.append(f"{f}: an RSS figure of its own")
+        for m in re.finditer(r"(\d+) MiB[^\n]{0,40}\n?[^\n]{0,40}queue\.buffering\.max\.kbytes|"
+                             r"queue\.buffering\.max\.kbytes[^\n]{0,20}\(?(\d+) MiB", text):
+            mib = int(m[1] or m[2])
+            if f.name != "benchmarks.md" and mib * 1024 != kbytes:
+                problems.append(f"{f}: {mib} MiB next to queue.buffering.max.kbytes (default {kbytes} KiB)")
+    assert not problems, problems

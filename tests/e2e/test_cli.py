@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 from conftest import BIN, BROKERS, ROOT, Outboxd, current_lsn, http_get, metric, pg, wait_until
 
@@ -44,7 +45,7 @@ def test_usage_errors_are_exit_64_in_the_log_format():
              ["consume", "--idle-exit-ms", "-5"], ["verify", "--expect", "2x"], ["run", "--bogus"],
              ["snapshot", "--page-size", "ten"], ["slot"], ["slot", "list"], ["config-check"], ["nocmd"],
              ["run", "extra"], ["consume", "--topic"], ["slot", "status", "--yes"], ["config-doc", "-x"],
-             ["apply", "--set", "a=b"]]
+             ["apply", "--set", "a=b"], ["consume", "--topic", "a,,b"], ["verify", "-t", "a,"], ["consume", "-t", ","]]
     for args in cases:
         r = run(args)
         assert r.returncode == 64, (args, r.returncode, r.stderr)
@@ -67,6 +68,21 @@ def test_one_log_format_from_the_first_line(tmp_path):
     assert r.returncode == 2 and not r.stderr.startswith("{"), r.stderr
     r = run(["doctor", "--topic", "x"], env={"OUTBOXD_LOG_FORMAT": "text"})
     assert r.returncode == 64 and " usage: " in r.stderr, r.stderr
+    # Every way to name the file or the format: getopt's -cFILE, --set (which
+    # wins over the file, for the first line and for every later one).
+    r = run(["run", f"-c{text}"])
+    assert r.returncode == 2 and re.match(r"^\S+Z error\s+config: ", r.stderr), r.stderr
+    r = run(["run", "-c", str(bad), "--set", "log.format=text"])
+    assert r.returncode == 2 and not r.stderr.startswith("{"), r.stderr
+    ok = tmp_path / "ok.conf"
+    ok.write_text("log.format = text\npg.conninfo = host=127.0.0.1 port=1\nkafka.bootstrap.servers = 127.0.0.1:1\n"
+                  "status.listen =\n")
+    p = subprocess.Popen([BIN, "run", "-c", str(ok), "--set", "log.format=json", "--set", "log.level=warn"],
+                         env=CLEAN_ENV, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    time.sleep(2)
+    p.terminate()
+    lines = json_lines(p.communicate(timeout=10)[1])
+    assert lines and all(line["level"] != "info" for line in lines), lines  # no "start" line: warn and up
 
 
 def test_trailing_comments_and_checked_values(tmp_path):
@@ -82,9 +98,17 @@ def test_trailing_comments_and_checked_values(tmp_path):
     for key, value, needle in [("topic.template", "outbox.${type}", "unknown placeholder"),
                                ("topic.template", "out box.${aggregatetype}", "legal Kafka topic"),
                                ("status.listen", "127.0.0.1:99999", "1-65535"),
-                               ("status.listen", "nonsense", "1-65535")]:
+                               ("status.listen", "nonsense", "1-65535"),
+                               ("status.listen", "999.1.1.1:8080", "999.1.1.1"),
+                               ("pg.conninfo", "host=127.0.0.1 port=1 passwrd=hunter2", "did you mean"),
+                               ("pg.conninfo", "host=127.0.0.1 password='hunter2", "cannot be parsed")]:
         r = run(["run", "-c", str(conf), "--set", f"{key}={value}"])
         assert r.returncode == 2 and needle in r.stderr and key in r.stderr, (key, value, r.stderr)
+        assert "hunter2" not in r.stderr, r.stderr
+    # apply checks its own database's conninfo the same way (not a retry loop).
+    r = run(["apply"], env={"OUTBOXD_APPLY_CONNINFO": "host=127.0.0.1 port=1 dbnme=x", "OUTBOXD_APPLY_TOPICS": "t",
+                            "OUTBOXD_APPLY_TABLE": "r", "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert r.returncode == 2 and 'dbname' in r.stderr and "did you mean" in r.stderr, r.stderr
 
 
 def test_status_port_on_ipv6(harness):
@@ -164,8 +188,25 @@ def test_verify_fails_when_it_read_nothing(harness, tmp_path):
     assert rc == 1 and s["reason"] == "read 3 event(s), expected at least 4", s
     rc, s, _ = verify("-b", BROKERS, "--topic", "^" + topic.replace(".", "[.]") + "$", "--expect", "3")
     assert rc == 0 and s["unique"] == 3, s
+    with pg() as c:
+        ids = [str(row[0]) for row in c.execute(f"SELECT id FROM {harness.table}")]
+    padded = tmp_path / "ids.txt"  # as psql's aligned output or a Windows editor leaves them
+    padded.write_text("".join(f"  {i} \r\n" for i in ids) + "   \n")
+    rc, s, _ = verify("-b", BROKERS, "--topic", topic, "--expected", str(padded))
+    assert rc == 0 and s["expected"] == 3 and s["missing"] == 0, s
     r = run(["verify", "-X", "no.such.property=1", "-b", BROKERS, "--topic", topic])
     assert r.returncode == 2 and "kafka.no.such.property" in r.stderr, r.stderr
+
+
+def test_verify_checks_its_expected_file_first(tmp_path):
+    """A wrong --expected path fails at once (exit 2), not after reading the
+    whole topic (here against a broker that is down: the file is opened
+    before Kafka is)."""
+    start = time.monotonic()
+    r = run(["verify", "-b", "127.0.0.1:1", "--topic", "x", "--idle-exit-ms", "20000",
+             "--expected", str(tmp_path / "no-such-ids.txt")])
+    assert r.returncode == 2 and "no-such-ids.txt" in r.stderr and time.monotonic() - start < 5, r.stderr
+    assert r.stdout == "", r.stdout
 
 
 def test_slot_exit_codes_and_drop_confirmation(harness):
@@ -199,6 +240,17 @@ def test_config_check_compares_the_effective_config(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run(["config-check", "--previous", str(old), "-c", str(old), "--env-file", str(prev_env)])
     assert r.returncode == 5, r.stderr
+    # A line it cannot read is an error (2), never a variable silently left
+    # out of the comparison: a ConfigMap's YAML, spaces around =.
+    for text in ("OUTBOXD_OUTBOX_COLUMN_AGGREGATEID: tenant_id\n", "OUTBOXD_OUTBOX_COLUMN_AGGREGATEID = tenant_id\n"):
+        prev_env.write_text(text)
+        r = run(["config-check", "--previous", str(old), "-c", str(old), "--env-file", str(prev_env)])
+        assert r.returncode == 2 and "not a NAME=VALUE line" in r.stderr, r.stderr
+    # A misspelt variable is named (it changes nothing, so the check passes).
+    r = run(["config-check", "--previous", str(old), "-c", str(old)],
+            env={"OUTBOXD_OUTBOX_COLUMN_AGGREGATEDI": "tenant_id", "OUTBOXD_SERVICE_HOST": "10.0.0.1"})
+    assert r.returncode == 0 and "OUTBOXD_OUTBOX_COLUMN_AGGREGATEDI is not a config key" in r.stderr, r.stderr
+    assert "OUTBOXD_SERVICE_HOST" not in r.stderr, r.stderr
 
 
 def test_doctor_verdicts_match_run(harness):

@@ -77,7 +77,7 @@ def test_signals_carrying_sql_or_bad_values_fail_once_and_publish_nothing(harnes
         ({"columns": "password"}, '"columns" is not accepted'),
         ({"version_column": "version\" FROM secret --"}, '"version_column" is not accepted'),
         ({"page_size": 1e9}, "snapshot.page_size"),
-        ({"page_size": 0}, "page_size 0"),
+        ({"page_size": 0}, "snapshot.page_size is not an integer in [1,"),
         ({"page_size": 2.5}, "whole number"),
         ({"page_size": "100"}, "whole number"),
         ({"rate_limit": -1}, "snapshot.rate_limit"),

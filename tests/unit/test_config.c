@@ -841,6 +841,30 @@ static void test_status_listen(void **state)
     assert_null(h); /* port 0 is refused, not a random port */
 }
 
+/* A value that can never work is refused at start (exit 2), naming the
+ * key, never echoing a secret: conninfo libpq cannot parse, a listen host
+ * that does not resolve. */
+static void test_unusable_values_refused(void **state)
+{
+    (void)state;
+    check_refused("pg.conninfo", "host=db user=outboxd passwrd=hunter2", "did you mean \"password\"");
+    check_refused("pg.conninfo", "host=db user=outboxd password='hunter2", "pg.conninfo cannot be parsed");
+    check_refused("pg.conninfo", "postgresql://u:hunter2@db/app?sslmod=disable", "pg.conninfo cannot be parsed");
+    check_refused("pg.conninfo", "host=db password=hunter2 secret=x", "pg.conninfo cannot be parsed");
+    check_accepted("pg.conninfo", "host=db user=outboxd password='a b=c' sslmode=require");
+    check_accepted("pg.conninfo", "postgresql://u:p%40ss@db:5432/app?sslmode=disable");
+    char err[512];
+    const char *leaky[] = {"host=db password=hun ter2=x", "host=db password=hunter2 'x", "postgresql://u:hunter2@db/a?x=hunter2"};
+    for (size_t i = 0; i < sizeof(leaky) / sizeof(leaky[0]); i++) {
+        assert_int_equal(obx_config_check_conninfo("pg.conninfo", leaky[i], err, sizeof(err)), -1);
+        if (strstr(err, "hunter2") || strstr(err, "ter2")) fail_msg("secret in \"%s\"", err);
+    }
+    assert_int_equal(obx_config_check_conninfo("apply.conninfo", "", err, sizeof(err)), 0);
+    check_refused("status.listen", "999.1.1.1:8080", "999.1.1.1");
+    check_refused("status.listen", "no-such-host.invalid:8080", "status.listen");
+    check_accepted("status.listen", "0.0.0.0:8080");
+}
+
 /* config-check --env-file and the early log format peek. */
 static void test_env_file_and_peek(void **state)
 {
@@ -852,6 +876,38 @@ static void test_env_file_and_peek(void **state)
     assert_int_equal(obx_config_load_env_file(c, path, err, sizeof(err)), 0);
     assert_string_equal(c->slot_name, "from_env_file");
     assert_string_equal(obx_config_kafka_get(c, "client.id"), "x");
+    obx_config_destroy(c);
+    unlink(path);
+    /* A line config-check cannot read is an error, not a variable it then
+     * compares as unset (a ConfigMap's YAML, spaces around =), and the
+     * error never echoes the line (its value may be a secret). */
+    const char *bad[] = {"OUTBOXD_OUTBOX_COLUMN_AGGREGATEID: tenant\n", "OUTBOXD_SLOT_NAME = x\n",
+                         "# ok\nOUTBOXD_SLOT_NAME=x\n  password hunter2\n", "1ABC=x\n", "=hunter2\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_file(path, sizeof(path), bad[i]);
+        c = cfg_new();
+        err[0] = '\0';
+        if (obx_config_load_env_file(c, path, err, sizeof(err)) != -1) fail_msg("accepted %s", bad[i]);
+        assert_non_null(strstr(err, "not a NAME=VALUE line"));
+        assert_null(strstr(err, "hunter2"));
+        assert_null(strstr(err, "tenant"));
+        obx_config_destroy(c);
+        unlink(path);
+    }
+    /* Unknown OUTBOXD_ names are ignored (warned); Kubernetes service links silently. */
+    const char *links[] = {"OUTBOXD_SERVICE_HOST", "OUTBOXD_SERVICE_PORT", "OUTBOXD_SERVICE_PORT_STATUS",
+                           "OUTBOXD_PORT", "OUTBOXD_PORT_8080_TCP_ADDR", "OUTBOXD_APPLY_SERVICE_HOST"};
+    for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++)
+        if (!obx_config_env_service_link(links[i])) fail_msg("%s is a service link", links[i]);
+    const char *typos[] = {"OUTBOXD_TOPIC_TEMPLTE", "OUTBOXD_STATUS_LISTN", "OUTBOXD_X"};
+    for (size_t i = 0; i < sizeof(typos) / sizeof(typos[0]); i++)
+        if (obx_config_env_service_link(typos[i])) fail_msg("%s is not a service link", typos[i]);
+    /* A UTF-8 BOM (Windows editors) is not part of the first key. */
+    write_file(path, sizeof(path), "\xEF\xBB\xBFlog.format = text\nslot.name = bom\n");
+    c = cfg_new();
+    assert_int_equal(obx_config_load_file(c, path, err, sizeof(err)), 0);
+    assert_string_equal(c->log_format, "text");
+    assert_int_equal(obx_config_peek_log_format(path, NULL), OBX_LOG_TEXT);
     obx_config_destroy(c);
     unlink(path);
     write_file(path, sizeof(path), "log.format = json  # c\n");
@@ -886,6 +942,7 @@ int main(void)
         cmocka_unit_test(test_topic_template_validated),
         cmocka_unit_test(test_status_listen),
         cmocka_unit_test(test_env_file_and_peek),
+        cmocka_unit_test(test_unusable_values_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
