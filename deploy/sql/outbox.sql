@@ -65,7 +65,10 @@ CREATE TABLE IF NOT EXISTS outboxd_snapshots (
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outboxd') THEN
-        GRANT SELECT ON outbox TO outboxd;
+        -- Tables may be missing when a part of this file is applied alone.
+        IF to_regclass('outbox') IS NOT NULL THEN
+            GRANT SELECT ON outbox TO outboxd;
+        END IF;
         GRANT SELECT, UPDATE ON outboxd_signals TO outboxd;
         GRANT SELECT, INSERT, UPDATE ON outboxd_snapshots TO outboxd;
     END IF;
