@@ -88,7 +88,7 @@ write_config() {
             # Logical walsenders send nothing the standby has not flushed, so
             # a synced slot is never behind what a consumer has seen.
             echo "synchronized_standby_slots = '$STANDBY_SLOT'"
-            [ -f "$RUN_DIR/pg18-sync" ] && echo "synchronous_standby_names = '$STANDBY_SLOT'"
+            if [ -f "$RUN_DIR/pg18-sync" ]; then echo "synchronous_standby_names = '$STANDBY_SLOT'"; fi
         fi
     } | as_pg tee "$data/outboxd.conf" >/dev/null
     grep -qx "include 'outboxd.conf'" "$data/postgresql.conf" ||

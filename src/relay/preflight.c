@@ -242,11 +242,6 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
         }
         if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
     }
-    /* A synced copy on a standby is the primary's to change. */
-    if (failover && out->exists && !out->failover && !out->synced) {
-        set_failover(cfg);
-        if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
-    }
     if (strcmp(out->plugin, "wal2json") != 0) {
         snprintf(errstr, errstr_size,
                  "replication slot \"%s\" uses plugin \"%s\", not wal2json: set slot.name to another slot, or drop it "
@@ -261,6 +256,11 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
                  "decoded. Recover: outboxd slot drop, restart outboxd (it creates a new slot), and re-emit current state with a snapshot",
                  cfg->slot_name, OBX_LSN_ARGS(out->confirmed_flush));
         return OBX_EXIT_SLOT;
+    }
+    /* A synced copy on a standby is the primary's to change. */
+    if (failover && !out->failover && !out->synced) {
+        set_failover(cfg);
+        if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
     }
     return 0;
 }

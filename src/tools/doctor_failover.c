@@ -17,6 +17,7 @@ typedef struct {
     obx_doctor_report_fn report;
     void *ctx;
     char slot_lsn[32]; /* the primary's confirmed_flush_lsn of the slot, "" if none */
+    int slot_failover; /* the primary's slot has failover = true */
 } fo_t;
 
 static void rep(fo_t *f, int ok, int warn_only, const char *what, const char *fix)
@@ -131,7 +132,8 @@ static int check_primary(fo_t *f, PGconn *c)
                  !strcmp(PQgetvalue(r, 0, 2), "t") ? "true" : "false");
         snprintf(fix, sizeof(fix), "restart outboxd (slot.failover = auto sets the flag on an idle slot), or run "
                  "ALTER_REPLICATION_SLOT %s (FAILOVER true) on a replication connection", f->cfg->slot_name);
-        rep(f, !strcmp(PQgetvalue(r, 0, 2), "t"), 0, what, fix);
+        f->slot_failover = !strcmp(PQgetvalue(r, 0, 2), "t");
+        rep(f, f->slot_failover, 0, what, fix);
         snprintf(f->slot_lsn, sizeof(f->slot_lsn), "%s", PQgetvalue(r, 0, 3));
     }
     const char *sss = PQgetvalue(r, 0, 1);
@@ -184,8 +186,11 @@ static void check_standby(fo_t *f, PGconn *s, const char *label)
     rep(f, *PQgetvalue(r, 0, 2) != '\0', 0, what,
         "create a physical slot on the primary, set primary_slot_name to it here and name it in the primary's "
         "synchronized_standby_slots");
-    snprintf(fix, sizeof(fix), "check the standby's log for \"could not synchronize replication slot\"; the slot "
-             "becomes persistent once the primary's copy moves past the standby's horizon (" FIX_FAILOVER_DOC ")");
+    if (!f->slot_failover)
+        snprintf(fix, sizeof(fix), "make the primary's slot a failover slot (see above)");
+    else
+        snprintf(fix, sizeof(fix), "check the standby's log for \"could not synchronize replication slot\"; the slot "
+                 "becomes persistent once the primary's copy moves past the standby's horizon (" FIX_FAILOVER_DOC ")");
     if (PQgetisnull(r, 0, 3)) {
         snprintf(what, sizeof(what), "standby %s: slot %s is not synchronised here: a promotion of this standby "
                  "loses it (outboxd stops with exit 4)", label, f->cfg->slot_name);
