@@ -159,6 +159,7 @@ class Bench:
         self.rel = f"host=127.0.0.1 port={a.pg_port} dbname=app user=outboxd password=outboxd"
         self.table = f"{self.id}_outbox"
         self.pub = f"{self.id}_pub"
+        self.opub = f"{self.id}_opub"  # outboxd's own (decoder = pgoutput), as outboxd creates it
         self.slots = []
         self.topics = []
         self.procs = []
@@ -214,8 +215,12 @@ class Bench:
         # The publication must exist before the rows are written: pgoutput reads it
         # from the catalog as of each change.
         self.sql(self.app, f"CREATE PUBLICATION {self.pub} FOR TABLE {self.table}")
+        sig = self.sql(self.app, "SELECT to_regclass('public.outboxd_signals') IS NOT NULL", fetch=True)[0][0]
+        self.sql(self.app, f"CREATE PUBLICATION {self.opub} FOR TABLE {self.table}{', outboxd_signals' if sig else ''}"
+                           " WITH (publish = 'insert', publish_via_partition_root = true)")
         aggs = ["drain", "warm"] + [self.rate_name(r) for r in self.a.rates]
-        systems = [u[0] for u in self.units] if self.ab else ["outboxd", "debezium"]
+        systems = ([u[0] for u in self.units] if self.ab else ["outboxd", "outboxd_pgoutput"] if self.a.decoders
+                   else ["outboxd", "debezium", "outboxd_pgoutput"])
         self.topics = [self.topic(s, g) for s in systems for g in aggs]
         log(f"creating {len(self.topics)} topics (LogAppendTime, {PARTITIONS} partitions)")
         self.kafka.admin("create", str(PARTITIONS), *self.topics)
@@ -262,6 +267,7 @@ class Bench:
             log(f"dropping slots: {e} (bench/run.sh retries)")
         try:
             self.sql(self.app, f"DROP PUBLICATION IF EXISTS {self.pub}")
+            self.sql(self.app, f"DROP PUBLICATION IF EXISTS {self.opub}")
             self.sql(self.app, f"DROP TABLE IF EXISTS {self.table}")
         except Exception as e:  # noqa: BLE001
             log(f"dropping publication/table: {e}")
@@ -276,8 +282,8 @@ class Bench:
         return f"r{rate // 1000}k" if rate % 1000 == 0 else f"r{rate}"
 
     # -------------------------------------------------------- relays
-    def start_outboxd(self, slot, tag, system="outboxd", binary=None):
-        env = {"OUTBOXD_PG_CONNINFO": self.rel, "OUTBOXD_SLOT_NAME": slot, "OUTBOXD_SLOT_CREATE": "false",
+    def start_outboxd(self, slot, tag, system="outboxd", binary=None, decoder="wal2json"):
+        env = {"OUTBOXD_DECODER": decoder, "OUTBOXD_PUBLICATION_NAME": self.opub,"OUTBOXD_PG_CONNINFO": self.rel, "OUTBOXD_SLOT_NAME": slot, "OUTBOXD_SLOT_CREATE": "false",
                "OUTBOXD_OUTBOX_TABLE": self.table, "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": self.a.brokers,
                "OUTBOXD_TOPIC_TEMPLATE": f"bench.{self.topic_id}.{system}.${{aggregatetype}}",
                "OUTBOXD_LOG_FORMAT": "text",
@@ -358,7 +364,10 @@ class Bench:
     def drain(self):
         n = self.a.rows
         slots = {"recv_w2j": (f"{self.id}_recv_w2j", "wal2json"), "recv_pgo": (f"{self.id}_recv_pgo", "pgoutput"),
-                 "outboxd": (f"{self.id}_obx_drain", "wal2json"), "debezium": (f"{self.id}_dbz_drain", "pgoutput")}
+                 "outboxd": (f"{self.id}_obx_drain", "wal2json"), "debezium": (f"{self.id}_dbz_drain", "pgoutput"),
+                 "outboxd_pgoutput": (f"{self.id}_obxp_drain", "pgoutput")}
+        if self.a.decoders:
+            del slots["debezium"]
         for name, plugin in slots.values():
             self.create_slot(name, plugin)
         end_lsn = self.write_backlog()
@@ -370,12 +379,18 @@ class Bench:
                              ["format-version=2", "include-xids=1", "include-lsn=1", "include-timestamp=1",
                               "include-typmod=0", f"add-tables=public.{self.table}"])
         d["pg_recvlogical_wal2json"] = self.drain_row(n, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
-        log("reference: pg_recvlogical + pgoutput (Debezium's plugin) -> /dev/null")
-        r = self.recvlogical(slots["recv_pgo"][0], end_lsn, ["proto_version=1", f"publication_names={self.pub}"])
+        log("pgoutput's decoding limit: pg_recvlogical + pgoutput (outboxd's options) -> /dev/null")
+        r = self.recvlogical(slots["recv_pgo"][0], end_lsn,
+                             ["proto_version=1", f"publication_names={self.opub}", "messages=true"])
         d["pg_recvlogical_pgoutput"] = self.drain_row(n, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
 
         log("outboxd: drain until the slot confirms the backlog's end LSN")
         d["outboxd"] = self.drain_outboxd(slots["outboxd"][0], end_lsn)
+        log("outboxd, decoder = pgoutput: drain until the slot confirms the backlog's end LSN")
+        d["outboxd_pgoutput"] = self.drain_outboxd(slots["outboxd_pgoutput"][0], end_lsn, "outboxd_pgoutput",
+                                                   decoder="pgoutput")
+        if self.a.decoders:
+            return
 
         log("Debezium: drain until its topic holds the whole backlog")
         p = self.start_debezium(slots["debezium"][0], "drain")
@@ -395,9 +410,9 @@ class Bench:
         self.stop(p)
         d["debezium"] = self.drain_row(n, None, None, cpu, mem["VmHWM"], t_start=p.t_start)
 
-    def drain_outboxd(self, slot, end_lsn, system="outboxd", binary=None):
+    def drain_outboxd(self, slot, end_lsn, system="outboxd", binary=None, decoder="wal2json"):
         n = self.a.rows
-        p = self.start_outboxd(slot, "drain", system, binary)
+        p = self.start_outboxd(slot, "drain", system, binary, decoder)
         t_confirmed = None
         with psycopg.connect(self.rel, autocommit=True) as c:
             deadline = time.time() + self.a.drain_timeout
@@ -603,13 +618,33 @@ class Bench:
             return self.run_ab()
         self.setup()
         self.drain()
+        if self.a.decoders:
+            for system in ("outboxd", "outboxd_pgoutput"):
+                self.drain_from_topic(system)
+            self.decoder_ratios()
+            self.res["decoders"] = True
+            return self.finish()
         for system in ("outboxd", "debezium"):
             self.latency(system)
         log("reading the topics back (append timestamps, event ids)")
-        for system in ("outboxd", "debezium"):
+        for system in ("outboxd", "debezium", "outboxd_pgoutput"):
             self.drain_from_topic(system)
+        for system in ("outboxd", "debezium"):
             self.latency_from_topic(system)
+        self.decoder_ratios()
         return self.finish()
+
+    def decoder_ratios(self):
+        """Issue 14's targets: outboxd on pgoutput against pgoutput's limit (>= 0.9)
+        and against outboxd on wal2json (>= 1.3); drain rates start to last ack."""
+        d = self.res["drain"]
+        po, ow, lim = (d[k].get("events_per_s") for k in ("outboxd_pgoutput", "outboxd", "pg_recvlogical_pgoutput"))
+        self.res["decoder_ratios"] = {
+            "outboxd_pgoutput_vs_pgoutput_limit": round(po / lim, 3) if po and lim else None,
+            "outboxd_pgoutput_vs_outboxd_wal2json": round(po / ow, 3) if po and ow else None,
+            "outboxd_wal2json_vs_wal2json_limit": round(ow / d["pg_recvlogical_wal2json"]["events_per_s"], 3)
+            if ow else None}
+        log(f"decoder ratios: {self.res['decoder_ratios']}")
 
 
 SYSTEMS = ("limit", "pgoutput", "outboxd", "debezium")
@@ -656,6 +691,9 @@ def main():
     ap.add_argument("--drain-timeout", type=float, default=300)
     ap.add_argument("--step-timeout", type=float, default=180)
     ap.add_argument("--keep-topics", action="store_true")
+    ap.add_argument("--decoders", action="store_true",
+                    help="the backlog drain only, both decoders: the two limits and outboxd on each (no Debezium, "
+                         "no latency steps); prints issue 14's ratios")
     ap.add_argument("--only", type=lambda s: s.split(","), default=list(SYSTEMS),
                     help=f"systems to run, of {','.join(SYSTEMS)}; anything but all of them is A/B mode, "
                          "which runs limit and outboxd only")

@@ -126,10 +126,13 @@ def tables(r):
              "| to slot confirmed s | CPU s / 100k | peak RSS MiB |")
     t.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     names = {"pg_recvlogical_wal2json": "pg_recvlogical + wal2json to /dev/null (decoding limit)",
-             "pg_recvlogical_pgoutput": "pg_recvlogical + pgoutput to /dev/null (reference)",
-             "outboxd": "outboxd", "debezium": f"Debezium (JVM -Xmx{r['params']['debezium_xmx']})"}
+             "pg_recvlogical_pgoutput": "pg_recvlogical + pgoutput to /dev/null (pgoutput's decoding limit)",
+             "outboxd": "outboxd", "debezium": f"Debezium (JVM -Xmx{r['params']['debezium_xmx']})",
+             "outboxd_pgoutput": "outboxd, decoder = pgoutput"}
     for k, label in names.items():
-        x = d[k]
+        x = d.get(k)
+        if x is None:  # a run from before that system was measured
+            continue
         t.append(f"| {label} | {fmt(x.get('events_per_s'))} | {fmt(x.get('wall_s'), 2)} | {fmt(x.get('startup_s'), 2)} "
                  f"| {fmt(x.get('steady_events_per_s'))} | {fmt(x.get('confirmed_s'), 2)} "
                  f"| {fmt(x.get('cpu_s_per_100k'), 2)} | {fmt(x.get('peak_rss_mib'), 1)} |")
@@ -305,6 +308,13 @@ def main():
     r["machine"] = machine_info(a.pg_port)
     r["versions"] = versions(a.pg_port, a.java_cp)
     r["command"] = a.command
+    if r.get("decoders"):
+        with open(a.result, "w") as f:
+            json.dump(r, f, indent=2)
+        for k, x in r["drain"].items():
+            print(f"{k:26} {fmt(x.get('events_per_s')):>10} events/s  CPU s/100k {fmt(x.get('cpu_s_per_100k'), 2)}")
+        print("ratios:", json.dumps(r["decoder_ratios"]))
+        return
     if "rounds" in r:
         with open(a.result, "w") as f:
             json.dump(r, f, indent=2)

@@ -17,6 +17,10 @@
 #       A/B mode: two outboxd binaries (a LABEL=PATH each), alternating A B A B,
 #       no Debezium; prints every run and a per-binary summary, writes
 #       bench/results/<stamp>.json and leaves docs/benchmarks.md alone.
+#   bench/run.sh [--private] --decoders --rows 100000
+#       The backlog drain only, on both decoders: pg_recvlogical + wal2json and
+#       + pgoutput (the two limits), outboxd with decoder = wal2json and =
+#       pgoutput; prints the ratios of issue 14 (no Debezium, no latency).
 #   bench/run.sh --private [...]   the same on a private PostgreSQL + Kafka
 #       (OBX_RUN_DIR=/tmp/obxbench-run, ports 55532 and 9192-9195), started for
 #       the run and stopped after it: for a machine where tests restart the
@@ -63,7 +67,7 @@ cleanup() {
         sleep 0.4
     done
     [ "$left" = 0 ] || say "WARNING: slots ${RUN_ID}_* still present (active?): drop them by hand"
-    psql "$APP" -qAt -c "DROP PUBLICATION IF EXISTS ${RUN_ID}_pub; DROP TABLE IF EXISTS ${RUN_ID}_outbox" \
+    psql "$APP" -qAt -c "DROP PUBLICATION IF EXISTS ${RUN_ID}_pub; DROP PUBLICATION IF EXISTS ${RUN_ID}_opub; DROP TABLE IF EXISTS ${RUN_ID}_outbox" \
         >/dev/null 2>&1 || true
     if [ -n "$PRIVATE" ] && [ -n "${STARTED_PRIVATE:-}" ]; then
         scripts/services.sh down >&2 || true

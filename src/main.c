@@ -1,6 +1,10 @@
 /* outboxd: CLI, signals and sub-command dispatch. The only file that exits.
- * Parsing fills one cli_t; a command table says what config each command
- * loads (none, unchecked, validated) and which small cmd_* runs it. */
+ * Parsing fills one cli_t (options a command does not take, and malformed
+ * numbers, are usage errors: exit 64); a command table says what config
+ * each command loads (unchecked or validated) and which small cmd_* runs
+ * it. Help texts and option sets: src/tools/cli.c. */
+#include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -8,7 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "apply.h"
+#include "cli.h"
 #include "config.h"
 #include "consume.h"
 #include "doctor.h"
@@ -33,44 +40,14 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
-static void usage(FILE *f)
-{
-    fputs("usage: outboxd <command> [options]\n"
-          "\n"
-          "commands:\n"
-          "  run --config FILE           relay outbox inserts from the slot to Kafka\n"
-          "  slot status|create|drop --config FILE\n"
-          "                              inspect or manage the replication slot\n"
-          "  doctor --config FILE        check PostgreSQL and Kafka, print PASS/WARN/FAIL with fixes\n"
-          "  apply --config FILE         keep a replica table up to date from outbox topics (apply.* keys)\n"
-          "  config-check --previous OLD --config NEW\n"
-          "                              refuse a partition key change that keeps the topic name\n"
-          "  snapshot --config FILE --table T [--where SQL] [--name N] [--page-size N] [--rate-limit N]\n"
-          "           [--snapshot-topic T] [--restart] [--set snapshot.KEY=VALUE]\n"
-          "                              re-emit a table's current state as events (resumable)\n"
-          "  consume [--config FILE] [--brokers B] --topic T [--max N] [--idle-exit-ms MS] [--group G]\n"
-          "                              print outbox events from Kafka as JSON lines\n"
-          "  verify [--config FILE] [--brokers B] --topic T [--expected IDS_FILE] [--allow-duplicates]\n"
-          "         [--idle-exit-ms MS]\n"
-          "                              check topics: duplicates, missing ids, per-aggregate order\n"
-          "  config-doc                  print the configuration reference (Markdown)\n"
-          "  version                     print the version\n"
-          "\n"
-          "options:\n"
-          "  -c, --config FILE           config file (key = value); OUTBOXD_* env overrides it\n"
-          "  --print-config              print the effective config (secrets redacted) and exit\n"
-          "\n"
-          "exit codes: 0 ok, 1 failure, 2 bad config or usage, 3 poison row, 4 slot missing or lost\n",
-          f);
-}
-
-#define MAX_SETS 16
+#define MAX_SETS 32
 
 /* Everything the command line said. */
 typedef struct {
     const char *cmd, *verb; /* verb: slot status|create|drop */
-    const char *config_path, *previous_path, *expected_path;
-    int print_config, allow_dups, snap_restart;
+    const char *config_path, *previous_path, *previous_env, *env_file, *expected_path;
+    int print_config, allow_dups, snap_restart, yes;
+    long expect; /* verify --expect; -1: not given */
     const char *sets[MAX_SETS]; /* key=value, applied after the file and env */
     char set_buf[MAX_SETS][1024];
     size_t n_sets;
@@ -78,8 +55,8 @@ typedef struct {
 } cli_t;
 
 typedef enum {
-    CFG_LOAD = 0, /* file + env, checked by the command itself */
-    CFG_VALIDATE  /* file + env + --set, then obx_config_validate() */
+    CFG_LOAD = 0, /* file + env + --set/-X, checked by the command itself */
+    CFG_VALIDATE  /* the same, then obx_config_validate() */
 } cfg_mode_t;
 
 typedef struct {
@@ -88,12 +65,21 @@ typedef struct {
     int (*run)(cli_t *cli, obx_config_t *cfg);
 } cmd_t;
 
+/* A usage error: one log line in the process's format, and where to look. */
+static int usage_error(const char *cmd, const char *fmt, const char *arg)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), fmt, arg);
+    obx_error("usage", "%s; see outboxd %s%s--help", msg, cmd ? cmd : "", cmd ? " " : "");
+    return OBX_EXIT_USAGE;
+}
+
 static obx_config_t *load_config(const char *path)
 {
     char err[1024];
     obx_config_t *cfg = obx_config_new();
     if (!cfg) {
-        fprintf(stderr, "outboxd: out of memory\n");
+        obx_error("oom", "out of memory");
         exit(OBX_EXIT_FAIL);
     }
     if ((path && obx_config_load_file(cfg, path, err, sizeof(err)) != 0) ||
@@ -112,8 +98,8 @@ static obx_config_t *load_config(const char *path)
     return cfg;
 }
 
-/* --set key=value pairs, then the whole config checked: 0 or an exit code. */
-static int apply_sets_and_validate(const cli_t *cli, obx_config_t *cfg)
+/* --set key=value (and -X prop=value as kafka.prop=value): 0 or an exit code. */
+static int apply_sets(const cli_t *cli, obx_config_t *cfg)
 {
     char kv[1024], err[1024];
     for (size_t i = 0; i < cli->n_sets; i++) {
@@ -121,7 +107,7 @@ static int apply_sets_and_validate(const cli_t *cli, obx_config_t *cfg)
         char *eq = strchr(kv, '=');
         if (!eq) {
             /* Not echoed: it may be a secret typed without its key. */
-            fprintf(stderr, "outboxd: --set argument %zu: expected key=value\n", i + 1);
+            obx_error("config", "--set/-X argument %zu: expected key=value", i + 1);
             return OBX_EXIT_CONFIG;
         }
         *eq = '\0';
@@ -131,6 +117,12 @@ static int apply_sets_and_validate(const cli_t *cli, obx_config_t *cfg)
         }
     }
     obx_config_register_secrets(cfg); /* what --set added */
+    return OBX_EXIT_OK;
+}
+
+static int validate(obx_config_t *cfg)
+{
+    char err[1024];
     if (obx_config_validate(cfg, err, sizeof(err)) != 0) {
         obx_error("config", "%s", err);
         return OBX_EXIT_CONFIG;
@@ -196,7 +188,24 @@ static int slot_drop(PGconn *c, const obx_config_t *cfg)
     }
     printf("slot %s: its record in Kafka topic %s is cleared; the next start creates a new slot\n", cfg->slot_name,
            cfg->slot_evidence_topic);
-    return OBX_EXIT_OK;
+    /* A missing slot is 4 for every slot verb (status too). */
+    return s.exists ? OBX_EXIT_OK : OBX_EXIT_SLOT;
+}
+
+/* Dropping a slot loses what it retains: on a terminal ask, elsewhere
+ * (scripts, CI) insist on --yes. */
+static int confirm_drop(const cli_t *cli, const obx_config_t *cfg)
+{
+    if (cli->yes) return 1;
+    if (!isatty(STDIN_FILENO)) {
+        obx_error("usage", "slot drop needs --yes when stdin is not a terminal: it drops slot %s and the WAL it "
+                  "retains; see outboxd slot --help", cfg->slot_name);
+        return 0;
+    }
+    fprintf(stderr, "Drop slot %s and clear its record in %s? Events not yet relayed are lost. [y/N] ",
+            cfg->slot_name, cfg->slot_evidence_topic);
+    char line[16] = "";
+    return fgets(line, sizeof(line), stdin) && (line[0] == 'y' || line[0] == 'Y');
 }
 
 static int cmd_slot(cli_t *cli, obx_config_t *cfg)
@@ -211,10 +220,8 @@ static int cmd_slot(cli_t *cli, obx_config_t *cfg)
     }
     size_t i = 0;
     while (i < sizeof(verbs) / sizeof(verbs[0]) && strcmp(verbs[i].verb, cli->verb) != 0) i++;
-    if (i == sizeof(verbs) / sizeof(verbs[0])) {
-        usage(stderr);
-        return OBX_EXIT_CONFIG;
-    }
+    if (i == sizeof(verbs) / sizeof(verbs[0])) return OBX_EXIT_USAGE; /* main.c checked the verb */
+    if (!strcmp(cli->verb, "drop") && !confirm_drop(cli, cfg)) return OBX_EXIT_USAGE;
     obx_log_set_context("slot", cfg->slot_name);
     obx_err_t err;
     PGconn *c = obx_pg_connect(cfg->pg_conninfo, "pg.conninfo", OBX_PG_NORMAL, &err);
@@ -255,6 +262,7 @@ static int cmd_apply(cli_t *cli, obx_config_t *cfg)
     return rc;
 }
 
+/* doctor reports an invalid config as a FAIL among its other checks. */
 static int cmd_doctor(cli_t *cli, obx_config_t *cfg)
 {
     (void)cli;
@@ -263,6 +271,10 @@ static int cmd_doctor(cli_t *cli, obx_config_t *cfg)
 
 static int cmd_snapshot(cli_t *cli, obx_config_t *cfg)
 {
+    if (cli->print_config) {
+        obx_config_print(cfg, stdout);
+        return OBX_EXIT_OK;
+    }
     obx_snapshot_opts_t so;
     obx_snapshot_opts_from_config(cfg, &so);
     so.restart = cli->snap_restart;
@@ -270,21 +282,29 @@ static int cmd_snapshot(cli_t *cli, obx_config_t *cfg)
     return obx_snapshot_run(cfg, &so, &g_stop);
 }
 
+/* Compares effective configurations: the new one is this process's (file,
+ * environment, --env-file); the old one --previous plus --previous-env. */
 static int cmd_config_check(cli_t *cli, obx_config_t *cfg)
 {
     char err[1024];
-    if (!cli->previous_path) {
-        fprintf(stderr, "outboxd: config-check needs --previous FILE\n");
+    if (!cli->previous_path) return usage_error("config-check", "config-check needs --previous FILE%s", "");
+    if (cli->env_file && obx_config_load_env_file(cfg, cli->env_file, err, sizeof(err)) != 0) {
+        obx_error("config", "%s", err);
         return OBX_EXIT_CONFIG;
     }
-    int rc = OBX_EXIT_CONFIG;
+    obx_config_register_secrets(cfg);
+    int rc = validate(cfg);
+    if (rc) return rc;
     obx_config_t *prev = obx_config_new();
-    int loaded = prev && obx_config_load_file(prev, cli->previous_path, err, sizeof(err)) == 0;
-    if (loaded) obx_config_register_secrets(prev);
+    int loaded = prev && obx_config_load_file(prev, cli->previous_path, err, sizeof(err)) == 0 &&
+                 (!cli->previous_env || obx_config_load_env_file(prev, cli->previous_env, err, sizeof(err)) == 0);
+    if (prev) obx_config_register_secrets(prev);
+    rc = OBX_EXIT_CONFIG;
     if (!loaded) {
         obx_error("config", "%s", prev ? err : "out of memory");
     } else if (obx_config_check_key_rule(prev, cfg, err, sizeof(err)) != 0) {
         obx_error("key_rule_changed", "%s", err);
+        rc = OBX_EXIT_REFUSED;
     } else {
         printf("config-check: the partition key rule is unchanged or comes with a new topic version\n");
         rc = OBX_EXIT_OK;
@@ -294,7 +314,8 @@ static int cmd_config_check(cli_t *cli, obx_config_t *cfg)
 }
 
 /* consume and verify: the config's kafka.* (security included) with
- * --brokers over bootstrap.servers; no other key is needed. */
+ * --brokers over bootstrap.servers and -X over kafka.*; no other key is
+ * needed. */
 static int cmd_consume(cli_t *cli, obx_config_t *cfg)
 {
     cli->co.cfg = cfg;
@@ -305,7 +326,7 @@ static int cmd_verify(cli_t *cli, obx_config_t *cfg)
 {
     cli->co.cfg = cfg;
     obx_verify_opts_t vo = {.consume = cli->co, .expected_path = cli->expected_path,
-                            .allow_duplicates = cli->allow_dups};
+                            .allow_duplicates = cli->allow_dups, .expect_min = cli->expect < 0 ? 1 : cli->expect};
     if (!vo.consume.idle_exit_ms) vo.consume.idle_exit_ms = 5000;
     return obx_verify_run(&vo, stdout, &g_stop);
 }
@@ -313,8 +334,8 @@ static int cmd_verify(cli_t *cli, obx_config_t *cfg)
 static const cmd_t commands[] = {
     {"run", CFG_VALIDATE, cmd_run},
     {"slot", CFG_VALIDATE, cmd_slot},
-    {"doctor", CFG_VALIDATE, cmd_doctor},
-    {"config-check", CFG_VALIDATE, cmd_config_check},
+    {"doctor", CFG_LOAD, cmd_doctor},
+    {"config-check", CFG_LOAD, cmd_config_check},
     {"snapshot", CFG_VALIDATE, cmd_snapshot},
     {"apply", CFG_LOAD, cmd_apply},
     {"consume", CFG_LOAD, cmd_consume},
@@ -328,79 +349,147 @@ static const cmd_t *find_command(const char *name)
     return NULL;
 }
 
-/* snapshot shortcuts become --set snapshot.KEY=VALUE. */
-static void add_set(cli_t *cli, int ch, const char *arg)
+/* --set, -X and the snapshot shortcuts all become key=value pairs. */
+static int add_set(cli_t *cli, int ch, const char *arg)
 {
     static const char *const keys[] = {"snapshot.table", "snapshot.where", "snapshot.name",
                                        "snapshot.page_size", "snapshot.rate_limit", "", "snapshot.topic"};
-    if (cli->n_sets == MAX_SETS) return;
-    if (ch == 'S') {
-        cli->sets[cli->n_sets++] = arg;
-        return;
+    if (cli->n_sets == MAX_SETS) return usage_error(cli->cmd, "more than 32 --set/-X options%s", "");
+    char *buf = cli->set_buf[cli->n_sets];
+    size_t size = sizeof(cli->set_buf[0]);
+    if (ch == 'X') snprintf(buf, size, "kafka.%s", arg);
+    else if (ch == 'S') snprintf(buf, size, "%s", arg);
+    else snprintf(buf, size, "%s=%s", keys[ch - 1001], arg);
+    cli->sets[cli->n_sets++] = buf;
+    return -1;
+}
+
+/* A whole non-negative decimal number, or -1. */
+static long parse_count(const char *s)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(s, &end, 10);
+    return (errno || end == s || *end || n < 0 || !isdigit((unsigned char)*s)) ? -1 : n;
+}
+
+/* Which cli.h option bit a getopt code belongs to. */
+static unsigned option_bit(int ch)
+{
+    switch (ch) {
+    case 'c': return OBX_OPT_CONFIG;
+    case 'p': return OBX_OPT_PRINT;
+    case 'S': return OBX_OPT_SET;
+    case 'b': return OBX_OPT_BROKERS;
+    case 't': return OBX_OPT_TOPIC;
+    case 'm': return OBX_OPT_MAX;
+    case 'i': return OBX_OPT_IDLE;
+    case 'g': return OBX_OPT_GROUP;
+    case 'P': case 'Q': return OBX_OPT_PREVIOUS;
+    case 'E': return OBX_OPT_ENV_FILE;
+    case 'e': return OBX_OPT_EXPECTED;
+    case 'n': return OBX_OPT_EXPECT;
+    case 'D': return OBX_OPT_DUPS;
+    case 'X': return OBX_OPT_X;
+    case 'y': return OBX_OPT_YES;
+    default: return ch >= 1001 && ch <= 1007 ? OBX_OPT_SNAPSHOT : 0;
     }
-    snprintf(cli->set_buf[cli->n_sets], sizeof(cli->set_buf[0]), "%s=%s", keys[ch - 1001], arg);
-    cli->sets[cli->n_sets] = cli->set_buf[cli->n_sets];
-    cli->n_sets++;
+}
+
+static const struct option longopts[] = {
+    {"config", required_argument, NULL, 'c'}, {"print-config", no_argument, NULL, 'p'},
+    {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
+    {"max", required_argument, NULL, 'm'}, {"idle-exit-ms", required_argument, NULL, 'i'},
+    {"group", required_argument, NULL, 'g'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+    {"previous", required_argument, NULL, 'P'}, {"previous-env", required_argument, NULL, 'Q'},
+    {"env-file", required_argument, NULL, 'E'}, {"expected", required_argument, NULL, 'e'},
+    {"expect", required_argument, NULL, 'n'}, {"allow-duplicates", no_argument, NULL, 'D'},
+    {"yes", no_argument, NULL, 'y'},
+    /* snapshot: --set key=value for any snapshot.* key, shortcuts below */
+    {"set", required_argument, NULL, 'S'}, {"table", required_argument, NULL, 1001},
+    {"where", required_argument, NULL, 1002}, {"name", required_argument, NULL, 1003},
+    {"page-size", required_argument, NULL, 1004}, {"rate-limit", required_argument, NULL, 1005},
+    {"restart", no_argument, NULL, 1006}, {"snapshot-topic", required_argument, NULL, 1007},
+    {NULL, 0, NULL, 0}};
+
+/* One option's value into cli: -1 to go on, else an exit code. */
+static int take_option(cli_t *cli, int ch, const char *arg)
+{
+    long n = 0;
+    if ((ch == 'm' || ch == 'i' || ch == 'n' || ch == 1004 || ch == 1005) && ((n = parse_count(arg)) < 0 ||
+                                                                              (ch == 'i' && n > 86400000)))
+        return usage_error(cli->cmd, "\"%s\" is not a whole number >= 0 (in range)", arg);
+    switch (ch) {
+    case 'c': cli->config_path = arg; break;
+    case 'p': cli->print_config = 1; break;
+    case 'b': cli->co.brokers = arg; break;
+    case 't': cli->co.topics = arg; break;
+    case 'm': cli->co.max_messages = n; break;
+    case 'i': cli->co.idle_exit_ms = (int)n; break;
+    case 'g': cli->co.group = arg; break;
+    case 'P': cli->previous_path = arg; break;
+    case 'Q': cli->previous_env = arg; break;
+    case 'E': cli->env_file = arg; break;
+    case 'e': cli->expected_path = arg; break;
+    case 'n': cli->expect = n; break;
+    case 'D': cli->allow_dups = 1; break;
+    case 'y': cli->yes = 1; break;
+    case 1006: cli->snap_restart = 1; break;
+    default: return add_set(cli, ch, arg);
+    }
+    return -1;
+}
+
+/* -V/--version: outboxd's version and the libraries it runs with. */
+static void print_version(void)
+{
+    int pq = PQlibVersion();
+    printf("outboxd %s (librdkafka %s, libpq %d.%d)\n", OBX_VERSION, rd_kafka_version_str(), pq / 10000, pq % 10000);
 }
 
 /* Options after the command (and the slot verb). -1 to go on, else an
  * exit code. */
 static int parse_options(cli_t *cli, int argc, char **argv, int first)
 {
-    static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'}, {"print-config", no_argument, NULL, 'p'},
-        {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
-        {"max", required_argument, NULL, 'm'}, {"idle-exit-ms", required_argument, NULL, 'i'},
-        {"group", required_argument, NULL, 'g'}, {"help", no_argument, NULL, 'h'},
-        {"previous", required_argument, NULL, 'P'}, {"expected", required_argument, NULL, 'e'},
-        {"allow-duplicates", no_argument, NULL, 'D'},
-        /* snapshot: --set key=value for any snapshot.* key, shortcuts below */
-        {"set", required_argument, NULL, 'S'}, {"table", required_argument, NULL, 1001},
-        {"where", required_argument, NULL, 1002}, {"name", required_argument, NULL, 1003},
-        {"page-size", required_argument, NULL, 1004}, {"rate-limit", required_argument, NULL, 1005},
-        {"restart", no_argument, NULL, 1006}, {"snapshot-topic", required_argument, NULL, 1007},
-        {NULL, 0, NULL, 0}};
+    unsigned allowed = obx_cli_options(cli->cmd);
     optind = first;
-    int ch;
-    while ((ch = getopt_long(argc, argv, "c:ph", longopts, NULL)) != -1) {
-        switch (ch) {
-        case 'c': cli->config_path = optarg; break;
-        case 'p': cli->print_config = 1; break;
-        case 'b': cli->co.brokers = optarg; break;
-        case 't': cli->co.topics = optarg; break;
-        case 'm': cli->co.max_messages = atol(optarg); break;
-        case 'i': cli->co.idle_exit_ms = atoi(optarg); break;
-        case 'g': cli->co.group = optarg; break;
-        case 'P': cli->previous_path = optarg; break;
-        case 'e': cli->expected_path = optarg; break;
-        case 'D': cli->allow_dups = 1; break;
-        case 'S': case 1001: case 1002: case 1003: case 1004: case 1005: case 1007: add_set(cli, ch, optarg); break;
-        case 1006: cli->snap_restart = 1; break;
-        case 'h': usage(stdout); return OBX_EXIT_OK;
-        default: usage(stderr); return OBX_EXIT_CONFIG;
-        }
+    opterr = 0; /* our own messages, in the log format */
+    int ch, rc, li = -1;
+    while ((ch = getopt_long(argc, argv, ":c:phVb:t:X:y", longopts, &li)) != -1) {
+        char opt[64];
+        if (li >= 0) snprintf(opt, sizeof(opt), "--%s", longopts[li].name);
+        else if (ch == '?' || ch == ':') snprintf(opt, sizeof(opt), "%s", argv[optind - 1]);
+        else snprintf(opt, sizeof(opt), "-%c", ch);
+        li = -1;
+        if (ch == 'h') return obx_cli_help(cli->cmd, stdout), OBX_EXIT_OK;
+        if (ch == 'V') return print_version(), OBX_EXIT_OK;
+        if (ch == '?') return usage_error(cli->cmd, "unknown option \"%s\"", opt);
+        if (ch == ':') return usage_error(cli->cmd, "option \"%s\" needs a value", opt);
+        if (!(option_bit(ch) & allowed)) return usage_error(cli->cmd, "option \"%s\" does not apply to this command", opt);
+        if ((rc = take_option(cli, ch, optarg)) >= 0) return rc;
     }
-    if (optind < argc) {
-        fprintf(stderr, "outboxd: unexpected argument \"%s\"\n", argv[optind]);
-        usage(stderr);
-        return OBX_EXIT_CONFIG;
-    }
+    if (optind < argc) return usage_error(cli->cmd, "unexpected argument \"%s\"", argv[optind]);
+    if ((allowed & OBX_OPT_TOPIC) && !*cli->co.topics) return usage_error(cli->cmd, "--topic must not be empty%s", "");
     return -1;
 }
 
 /* Commands that need no options and no config. -1 when cmd is not one. */
-static int run_simple(const char *cmd)
+static int run_simple(int argc, char **argv)
 {
+    const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
-        usage(stdout);
+        if (argc > 2 && obx_cli_help(argv[2], stdout) == 0) return OBX_EXIT_OK;
+        obx_cli_usage(stdout);
         return OBX_EXIT_OK;
     }
-    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("outboxd %s\n", OBX_VERSION);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+        print_version();
         return OBX_EXIT_OK;
     }
     if (!strcmp(cmd, "config-doc")) {
-        obx_config_print_doc(stdout);
+        if (argc == 2) obx_config_print_doc(stdout);
+        else if (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h")) obx_cli_help("config-doc", stdout);
+        else return usage_error("config-doc", "config-doc takes no option (\"%s\")", argv[2]);
         return OBX_EXIT_OK;
     }
     return -1;
@@ -416,38 +505,53 @@ static void install_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
+/* One log format from the first line: what the config will ask for, read
+ * before it is parsed, so an early error looks like every later line. */
+static void early_log_setup(int argc, char **argv)
+{
+    const char *path = NULL;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) path = argv[i + 1];
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--config=", 9)) path = argv[i] + 9;
+    obx_log_setup(OBX_LOG_INFO, (obx_log_format_t)obx_config_peek_log_format(path, environ));
+}
+
 int main(int argc, char **argv)
 {
-    static cli_t cli = {.co = {.topics = "^outbox\\..*"}};
+    static cli_t cli = {.co = {.topics = "^outbox\\..*"}, .expect = -1};
+    early_log_setup(argc, argv);
     if (argc < 2) {
-        usage(stderr);
-        return OBX_EXIT_CONFIG;
+        obx_cli_usage(stderr);
+        return OBX_EXIT_USAGE;
     }
-    int rc = run_simple(argv[1]);
+    int rc = run_simple(argc, argv);
     if (rc >= 0) return rc;
     cli.cmd = argv[1];
     int first = 2;
-    if (!strcmp(cli.cmd, "slot")) {
-        if (argc < 3) {
-            usage(stderr);
-            return OBX_EXIT_CONFIG;
-        }
-        cli.verb = argv[2];
-        first = 3;
-    } else if (cli.cmd[0] == '-') {
+    if (cli.cmd[0] == '-') {
         first = 1; /* `outboxd --print-config -c f` */
         cli.cmd = "run";
     }
-    if ((rc = parse_options(&cli, argc, argv, first)) >= 0) return rc;
-    install_signals();
     const cmd_t *c = find_command(cli.cmd);
-    if (!c) {
-        fprintf(stderr, "outboxd: unknown command \"%s\"\n", cli.cmd);
-        usage(stderr);
-        return OBX_EXIT_CONFIG;
+    if (!c) return usage_error(NULL, "unknown command \"%s\"", cli.cmd);
+    if (!strcmp(cli.cmd, "slot")) {
+        if (argc < 3 || argv[2][0] == '-') {
+            if (argc >= 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h")))
+                return obx_cli_help("slot", stdout), OBX_EXIT_OK;
+            return usage_error("slot", "slot needs a verb: status, create or drop%s", "");
+        }
+        cli.verb = argv[2];
+        first = 3;
+        if (strcmp(cli.verb, "status") && strcmp(cli.verb, "create") && strcmp(cli.verb, "drop"))
+            return usage_error("slot", "unknown slot verb \"%s\": use status, create or drop", cli.verb);
     }
+    if ((rc = parse_options(&cli, argc, argv, first)) >= 0) return rc;
+    if (cli.yes && strcmp(cli.verb, "drop") != 0) return usage_error("slot", "--yes is for slot drop only%s", "");
+    install_signals();
     obx_config_t *cfg = load_config(cli.config_path);
-    rc = c->cfg == CFG_VALIDATE ? apply_sets_and_validate(&cli, cfg) : OBX_EXIT_OK;
+    rc = apply_sets(&cli, cfg);
+    if (rc == OBX_EXIT_OK && c->cfg == CFG_VALIDATE) rc = validate(cfg);
     if (rc == OBX_EXIT_OK) rc = c->run(&cli, cfg);
     obx_config_destroy(cfg);
     return rc;

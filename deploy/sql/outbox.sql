@@ -56,3 +56,57 @@ CREATE TABLE IF NOT EXISTS outboxd_snapshots (
     started_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
+
+-- The relay's role (docs/security.md has the whole list): it reads the outbox's
+-- columns at start, updates signal rows' status, and keeps snapshot
+-- checkpoints. Snapshots also need SELECT on each source table, e.g.
+--   GRANT SELECT ON athletes TO outboxd;
+-- The role itself: CREATE ROLE outboxd LOGIN REPLICATION PASSWORD '...';
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'outboxd') THEN
+        GRANT SELECT ON outbox TO outboxd;
+        GRANT SELECT, UPDATE ON outboxd_signals TO outboxd;
+        GRANT SELECT, INSERT, UPDATE ON outboxd_snapshots TO outboxd;
+    END IF;
+END
+$$;
+
+-- An outbox without a table: outbox_emit() writes the event straight into
+-- the WAL as one transactional logical message, inside the caller's
+-- transaction (rolled back with it, decoded in commit order, nothing to
+-- delete or vacuum). outboxd relays it exactly like an outbox row with the
+-- same values: same key, topic rule, headers, version, envelope; rows and
+-- messages of one transaction keep their order. Returns the event id.
+--   SELECT outbox_emit('athlete', '42', 'AthleteUpdated', '{"name": "Ada"}', 7);
+-- The message prefix must equal outboxd's outbox.message_prefix (default
+-- outboxd.event); to change it, set the same value for the producers, e.g.
+--   ALTER DATABASE app SET outboxd.message_prefix = 'orders.event';
+-- The content is a JSON object with the row's fields; payload and headers
+-- are carried as jsonb's text, aggregate_version as digits, so nothing is
+-- reformatted on the way (docs/envelope.md).
+CREATE OR REPLACE FUNCTION outbox_emit(aggregatetype text, aggregateid text, type text, payload jsonb,
+                                       aggregate_version bigint DEFAULT NULL, topic text DEFAULT NULL,
+                                       headers jsonb DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    event_id uuid := gen_random_uuid();
+BEGIN
+    PERFORM pg_logical_emit_message(
+        true,
+        coalesce(nullif(current_setting('outboxd.message_prefix', true), ''), 'outboxd.event'),
+        json_build_object(
+            'id', event_id,
+            'aggregatetype', outbox_emit.aggregatetype,
+            'aggregateid', outbox_emit.aggregateid,
+            'type', outbox_emit.type,
+            'payload', outbox_emit.payload::text,
+            'aggregate_version', outbox_emit.aggregate_version::text,
+            'topic', outbox_emit.topic,
+            'headers', outbox_emit.headers::text,
+            'occurred_at', now())::text);
+    RETURN event_id;
+END
+$fn$;

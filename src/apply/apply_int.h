@@ -66,6 +66,7 @@ typedef struct {
     char *src_ts; /* timestamptz text */
     char **vals;  /* n_maps values, NULL = SQL NULL */
     char *reason; /* OBX_EV_POISON */
+    char trace_id[33]; /* from a valid traceparent header, for logs; "" none */
     int dead;     /* published to the dead-letter topic */
 } obx_apply_entry_t;
 
@@ -117,7 +118,11 @@ struct obx_apply_s {
     size_t n_parts;
     obx_apply_entry_t *batch;
     int64_t *lags; /* apply lags of the open transaction, observed after COMMIT */
-    int revoked;   /* the rebalance callback revoked: drop the open batch */
+    size_t n_buf;  /* entries read into batch and not yet handed to a writer; the
+                    * rebalance callback drops those of revoked partitions */
+    int n_owned;   /* partitions assigned now */
+    int group_lost; /* the assignment was lost: not ready until the next one */
+    int kafka_fatal; /* the consumer cannot go on: stop (exit 1) */
     int db_down;
     obx_backoff_t backoff;
     int64_t next_try_ms, last_kafka_err_ms;

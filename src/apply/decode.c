@@ -11,6 +11,7 @@
 
 #include "envelope.h"
 #include "outboxd/v1/event.pb-c.h"
+#include "trace.h"
 
 void obx_apply_poison(obx_apply_entry_t *e, const char *fmt, ...)
 {
@@ -100,6 +101,12 @@ void obx_apply_decode(obx_apply_t *a, rd_kafka_message_t *m, obx_apply_entry_t *
     memset(e, 0, sizeof(*e));
     e->msg = m;
     e->part = obx_apply_part_index(a, rd_kafka_topic_name(m->rkt), m->partition);
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *tp;
+    size_t tp_len;
+    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        rd_kafka_header_get_last(hdrs, "traceparent", &tp, &tp_len) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        obx_trace_id(tp, tp_len, e->trace_id);
     Outboxd__V1__Event *ev = obx_envelope_decode(m->payload, m->len);
     cJSON *root = NULL;
     if (!ev) {

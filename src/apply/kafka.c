@@ -1,7 +1,8 @@
 /* outboxd apply: the Kafka side. A consumer group member with manual
- * offset commits (offsets move only after the replica's COMMIT), eager
- * rebalances that drop the open batch, pause/seek-back while the database
- * is down, and the partition table behind the per-partition metrics.
+ * offset commits (offsets move only after the replica's COMMIT), eager or
+ * cooperative rebalances that drop the buffered events of revoked
+ * partitions, pause/seek-back while the database is down, and the
+ * partition table behind the per-partition metrics.
  *
  * The consumer handle and the partition table belong to the obx_apply_t;
  * obx_apply_consumer_close closes the consumer, loop.c frees the table. */
@@ -52,38 +53,121 @@ void obx_apply_note_dropped(obx_apply_t *a, const rd_kafka_message_t *m)
     if (a->parts[p].seek_to < 0 || m->offset < a->parts[p].seek_to) a->parts[p].seek_to = m->offset;
 }
 
-/* Eager protocol only (validated): a revocation takes every partition, and
- * the next assignment starts from the committed offsets, so the open batch is
- * dropped and read again by whoever owns the partitions next. */
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts, void *opaque)
+/* Drops the buffered (read, not yet written) events of partitions no longer
+ * assigned: nothing of them reached the replica or an offset, and their next
+ * owner reads them again from the committed offset. */
+static size_t drop_unowned(obx_apply_t *a)
 {
-    obx_apply_t *a = opaque;
-    obx_apply_sb_t b = {0};
-    for (int i = 0; i < parts->cnt; i++)
-        obx_apply_sb_printf(&b, "%s%s[%d]", i ? " " : "", parts->elems[i].topic, (int)parts->elems[i].partition);
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        rd_kafka_assign(rk, parts);
-        for (int i = 0; i < parts->cnt; i++) {
-            int p = obx_apply_part_index(a, parts->elems[i].topic, parts->elems[i].partition);
-            if (p < 0) continue;
-            a->parts[p].assigned = 1;
-            a->parts[p].committed_fetched = 0;
-            a->parts[p].seek_to = -1;
-            obx_metrics_apply_partition_set(a->parts[p].mi, 1, -1);
+    size_t keep = 0, dropped = 0;
+    for (size_t i = 0; i < a->n_buf; i++) {
+        obx_apply_entry_t *e = &a->batch[i];
+        if (e->part >= 0 && a->parts[e->part].assigned) {
+            if (keep != i) {
+                a->batch[keep] = *e;
+                memset(e, 0, sizeof(*e));
+            }
+            keep++;
+        } else {
+            obx_apply_entry_clear(a, e);
+            dropped++;
         }
-        /* While the database is down nothing may be consumed. */
-        if (a->db_down) rd_kafka_pause_partitions(rk, parts);
-        obx_info("assigned", "group %s: assigned %s", a->cfg->apply_group, b.s ? b.s : "(nothing)");
-    } else {
-        a->revoked = 1;
-        for (size_t p = 0; p < a->n_parts; p++) {
-            a->parts[p].assigned = 0;
+    }
+    a->n_buf = keep;
+    return dropped;
+}
+
+static void count_owned(obx_apply_t *a)
+{
+    int owned = 0;
+    for (size_t p = 0; p < a->n_parts; p++) owned += a->parts[p].assigned;
+    a->n_owned = owned;
+}
+
+static void on_assign(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int coop, const char *names)
+{
+    rd_kafka_error_t *e = coop ? rd_kafka_incremental_assign(rk, parts) : NULL;
+    rd_kafka_resp_err_t re = coop ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_assign(rk, parts);
+    if (e || re) {
+        /* librdkafka refuses only a call that does not fit its state: a bug. */
+        obx_error("assign", "group %s: assigning %s failed: %s", a->cfg->apply_group, names,
+                  e ? rd_kafka_error_string(e) : rd_kafka_err2str(re));
+        if (e) rd_kafka_error_destroy(e);
+        a->kafka_fatal = 1;
+        return;
+    }
+    for (int i = 0; i < parts->cnt; i++) {
+        int p = obx_apply_part_index(a, parts->elems[i].topic, parts->elems[i].partition);
+        if (p < 0) continue;
+        a->parts[p].assigned = 1;
+        a->parts[p].committed_fetched = 0;
+        a->parts[p].seek_to = -1;
+        obx_metrics_apply_partition_set(a->parts[p].mi, 1, -1);
+    }
+    /* While the database is down nothing may be consumed. */
+    if (a->db_down) rd_kafka_pause_partitions(rk, parts);
+    if (a->group_lost) {
+        a->group_lost = 0;
+        if (!a->db_down) atomic_store(&a->m->state, (int)OBX_STATE_STREAMING);
+    }
+    count_owned(a);
+    obx_info("assigned", "group %s: assigned %s (%s); owns %d partitions", a->cfg->apply_group, names,
+             coop ? "incremental" : "eager", a->n_owned);
+}
+
+/* Eager: every partition goes; cooperative: only those listed. Either way
+ * no DB transaction is open here (the loop polls only between batches), so
+ * every row written is committed and its offsets were committed right
+ * after; what is left is the buffered batch, dropped for the revoked
+ * partitions. A lost assignment (session timed out, max.poll.interval.ms
+ * exceeded) is handled the same, and the process is not ready until the
+ * group assigns it partitions again. */
+static void on_revoke(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int coop, const char *names)
+{
+    int lost = rd_kafka_assignment_lost(rk);
+    for (int i = 0; i < parts->cnt; i++) {
+        int p = obx_apply_part_index(a, parts->elems[i].topic, parts->elems[i].partition);
+        if (p >= 0) a->parts[p].assigned = 0;
+    }
+    if (!coop)
+        for (size_t p = 0; p < a->n_parts; p++) a->parts[p].assigned = 0;
+    for (size_t p = 0; p < a->n_parts; p++)
+        if (!a->parts[p].assigned) {
             a->parts[p].seek_to = -1;
             obx_metrics_apply_partition_set(a->parts[p].mi, 0, -1);
         }
-        rd_kafka_assign(rk, NULL);
-        obx_info("revoked", "group %s: revoked %s", a->cfg->apply_group, b.s ? b.s : "(nothing)");
+    size_t dropped = drop_unowned(a);
+    rd_kafka_error_t *e = coop ? rd_kafka_incremental_unassign(rk, parts) : NULL;
+    rd_kafka_resp_err_t re = coop ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_assign(rk, NULL);
+    if (e || re) {
+        obx_error("revoke", "group %s: unassigning %s failed: %s", a->cfg->apply_group, names,
+                  e ? rd_kafka_error_string(e) : rd_kafka_err2str(re));
+        if (e) rd_kafka_error_destroy(e);
+        a->kafka_fatal = 1;
     }
+    count_owned(a);
+    if (lost) {
+        a->group_lost = 1;
+        if (atomic_load(&a->m->state) == (int)OBX_STATE_STREAMING) atomic_store(&a->m->state, (int)OBX_STATE_CONNECTING);
+        obx_warn("assignment_lost", "group %s: lost %s (session timed out, max.poll.interval.ms exceeded, or with "
+                 "cooperative-sticky and librdkafka < 2.10 an offset commit that raced a rebalance); %zu buffered "
+                 "events dropped, nothing of them committed; rejoining",
+                 a->cfg->apply_group, names, dropped);
+        return;
+    }
+    obx_info("revoked", "group %s: revoked %s (%s); %zu buffered events dropped for the next owner; owns %d partitions",
+             a->cfg->apply_group, names, coop ? "incremental" : "eager", dropped, a->n_owned);
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    obx_apply_t *a = opaque;
+    int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    obx_apply_sb_t b = {0};
+    for (int i = 0; i < parts->cnt; i++)
+        obx_apply_sb_printf(&b, "%s%s[%d]", i ? " " : "", parts->elems[i].topic, (int)parts->elems[i].partition);
+    const char *names = b.s ? b.s : "(nothing)";
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) on_assign(a, rk, parts, coop, names);
+    else on_revoke(a, rk, parts, coop, names);
     free(b.s);
 }
 

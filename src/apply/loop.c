@@ -36,12 +36,13 @@ static void log_poison(obx_apply_t *a, const obx_apply_entry_t *e)
     const rd_kafka_message_t *m = e->msg;
     const char *topic = rd_kafka_topic_name(m->rkt);
     obx_error("poison_event",
-              "topic %s partition %d offset %lld: %s. outboxd apply stops here (exit 3) without committing this offset: "
+              "topic %s partition %d offset %lld (trace id %s): %s. outboxd apply stops here (exit 3) without committing this offset: "
               "everything before it is applied and committed, nothing after it in this partition is applied. Fix the "
               "producer or apply.columns and restart, or set apply.poison.policy = dead-letter; to skip it on purpose, "
               "with outboxd apply stopped: kafka-consumer-groups.sh --bootstrap-server %s --group %s --reset-offsets "
               "--topic %s:%d --to-offset %lld --execute",
-              topic, (int)m->partition, (long long)m->offset, e->reason ? e->reason : "poison",
+              topic, (int)m->partition, (long long)m->offset, e->trace_id[0] ? e->trace_id : "none",
+              e->reason ? e->reason : "poison",
               obx_config_kafka_get(a->cfg, "bootstrap.servers"), a->cfg->apply_group, topic, (int)m->partition,
               (long long)m->offset + 1);
 }
@@ -74,7 +75,6 @@ static int down_step(obx_apply_t *a)
         if (!m->err) obx_apply_note_dropped(a, m);
         rd_kafka_message_destroy(m);
     }
-    a->revoked = 0;
     if (obx_mono_ms() < a->next_try_ms) return 0;
     if (!a->db) {
         obx_err_t err;
@@ -129,6 +129,14 @@ static void tick(obx_apply_t *a)
 
 static void kafka_msg_error(obx_apply_t *a, const rd_kafka_message_t *m)
 {
+    if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+        /* A consumer's only fatal error: its group.instance.id fenced by another. */
+        char why[512];
+        rd_kafka_fatal_error(a->rk, why, sizeof(why));
+        obx_error("kafka_fatal", "group %s: %s; stopping (exit 1)", a->cfg->apply_group, why);
+        a->kafka_fatal = 1;
+        return;
+    }
     int64_t now = obx_mono_ms();
     /* Topics that do not exist yet are normal while producers start. */
     if (now - a->last_kafka_err_ms < 10000) return;
@@ -138,28 +146,24 @@ static void kafka_msg_error(obx_apply_t *a, const rd_kafka_message_t *m)
 
 /* Reads one batch: up to apply.batch_max events, or what arrived within
  * apply.batch_wait_ms of the first. *cut: a poison event under halt ends
- * the batch; it sits at index n, not counted. */
+ * the batch; it sits at index n, not counted. The batch grows in a->n_buf
+ * so that a revocation served inside the poll can drop the events of the
+ * partitions it takes away (kafka.c). */
 static size_t read_batch(obx_apply_t *a, int *cut)
 {
-    size_t n = 0;
     int64_t first = 0;
     *cut = 0;
-    while (n < (size_t)a->cfg->apply_batch_max && !*a->stop) {
+    a->n_buf = 0;
+    while (a->n_buf < (size_t)a->cfg->apply_batch_max && !*a->stop && !a->kafka_fatal) {
         int timeout = 100;
-        if (n) {
+        if (a->n_buf) {
             int64_t left = first + a->cfg->apply_batch_wait_ms - obx_mono_ms();
             if (left <= 0) break;
             timeout = left < 100 ? (int)left : 100;
         }
         rd_kafka_message_t *m = rd_kafka_consumer_poll(a->rk, timeout);
-        if (a->revoked) {
-            /* The next owner reads these from the committed offsets. */
-            obx_apply_batch_free(a, n);
-            n = 0;
-            a->revoked = 0;
-        }
         if (!m) {
-            if (!n) break;
+            if (!a->n_buf) break;
             continue;
         }
         if (m->err) {
@@ -167,14 +171,18 @@ static size_t read_batch(obx_apply_t *a, int *cut)
             rd_kafka_message_destroy(m);
             continue;
         }
-        obx_apply_decode(a, m, &a->batch[n]);
-        if (a->batch[n].kind == OBX_EV_POISON && !a->dead_letter) {
+        obx_apply_entry_t *e = &a->batch[a->n_buf];
+        obx_apply_decode(a, m, e);
+        if (e->kind == OBX_EV_POISON && !a->dead_letter) {
             *cut = 1;
             break;
         }
-        if (!n) first = obx_mono_ms();
-        n++;
+        if (!a->n_buf) first = obx_mono_ms();
+        a->n_buf++;
     }
+    /* From here on the caller owns them: no poll until they are written. */
+    size_t n = a->n_buf;
+    a->n_buf = 0;
     return n;
 }
 
@@ -184,6 +192,21 @@ static size_t read_batch(obx_apply_t *a, int *cut)
 static int replica_changed(const obx_err_t *e)
 {
     return e->cls == OBX_ERR_FATAL && e->sqlstate[0] && strcmp(e->sqlstate, "42501") != 0;
+}
+
+/* Debug, one line per event written (poison ones log a warning or error
+ * where they are handled): its trace id joins the relay's trace. */
+static void log_applied(const obx_apply_t *a, size_t n)
+{
+    static const char *const kinds[] = {"upsert", "delete", "skipped (apply.event_types)"};
+    if (!obx_log_enabled(OBX_LOG_DEBUG)) return;
+    for (size_t i = 0; i < n; i++) {
+        const obx_apply_entry_t *e = &a->batch[i];
+        if (e->kind == OBX_EV_POISON) continue;
+        obx_debug("applied", "%s [%d] offset %lld: key %s version %lld %s (trace id %s)",
+                  rd_kafka_topic_name(e->msg->rkt), (int)e->msg->partition, (long long)e->msg->offset,
+                  e->key ? e->key : "?", (long long)e->version, kinds[e->kind], e->trace_id[0] ? e->trace_id : "none");
+    }
 }
 
 /* Writes and acknowledges one batch of n (+ cut) events. 0 to go on, or an
@@ -227,6 +250,7 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
         return 0;
     }
     account(a, &st);
+    log_applied(a, halt_at);
     obx_apply_commit_offsets(a, halt_at);
     if (halt_at < n || cut) {
         log_poison(a, &a->batch[halt_at]);
@@ -243,6 +267,10 @@ static int loop(obx_apply_t *a)
     while (!*a->stop) {
         tick(a);
         int rc = 0;
+        if (a->kafka_fatal) {
+            set_state(a, OBX_STATE_HALTED);
+            return OBX_EXIT_FAIL;
+        }
         if (a->db_down) {
             rc = down_step(a);
         } else {

@@ -481,12 +481,5 @@ int obx_apply_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size
                  "missing required config key \"kafka.bootstrap.servers\": set it in the config file or as OUTBOXD_KAFKA_BOOTSTRAP_SERVERS");
         return -1;
     }
-    const char *strat = obx_config_kafka_get(cfg, "partition.assignment.strategy");
-    if (strat && strstr(strat, "cooperative")) {
-        snprintf(errstr, errstr_size,
-                 "kafka.partition.assignment.strategy = %s: outboxd apply drops its open batch on every revocation and "
-                 "needs the eager protocol (range or roundrobin)", strat);
-        return -1;
-    }
     return 0;
 }

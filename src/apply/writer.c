@@ -197,8 +197,9 @@ int obx_apply_dead_letter(obx_apply_t *a, size_t n, obx_apply_stats_t *st, obx_e
         /* Sent once, even when the transaction around it is retried. */
         e->dead = 1;
         st->dead_lettered++;
-        obx_warn("dead_lettered", "%s [%d] offset %lld -> %s: %s", rd_kafka_topic_name(e->msg->rkt), (int)e->msg->partition,
-                 (long long)e->msg->offset, a->cfg->apply_dlq_topic, e->reason ? e->reason : "poison");
+        obx_warn("dead_lettered", "%s [%d] offset %lld -> %s: %s (trace id %s)", rd_kafka_topic_name(e->msg->rkt),
+                 (int)e->msg->partition, (long long)e->msg->offset, a->cfg->apply_dlq_topic,
+                 e->reason ? e->reason : "poison", e->trace_id[0] ? e->trace_id : "none");
     }
     return 0;
 }

@@ -28,9 +28,13 @@ static const obx_opt_t opts[] = {
     {"pg.conninfo", T_STR, S(pg_conninfo), "", 0, 0, 1,
      "libpq connection string of the producer database (the replication connection adds `replication=database`). The role needs LOGIN REPLICATION and SELECT on the outbox table. Passwords are redacted everywhere outboxd prints config. Prefer a `passfile` or PGPASSWORD from a Secret."},
     {"slot.name", T_STR, S(slot_name), "outboxd", 0, 0, 0,
-     "Logical replication slot (plugin wal2json). One slot per outboxd deployment."},
+     "Logical replication slot (plugin: `decoder`). One slot per outboxd deployment."},
     {"slot.create", T_BOOL, S(slot_create), "true", 0, 0, 0,
      "Create the slot when it does not exist. With `false`, a missing slot is an error (exit 4)."},
+    {"decoder", T_STR, S(decoder), "wal2json", 0, 0, 0,
+     "Logical decoding plugin: `wal2json` (needs the plugin on the server) or `pgoutput` (built into PostgreSQL 10+, faster; uses publication.name). A slot is bound to the plugin it was created with: outboxd refuses a slot made for the other decoder (exit 2)."},
+    {"publication.name", T_STR, S(publication_name), "", 0, 0, 0,
+     "decoder = pgoutput: the publication outboxd creates and streams (`FOR TABLE` the outbox and the signal table, `publish = 'insert'`, `publish_via_partition_root = true`). Empty: slot.name. An existing publication with other tables or options is refused (exit 2) with the ALTER PUBLICATION that fixes it; outboxd never changes a publication it did not create."},
     {"outbox.schema", T_STR, S(outbox_schema), "public", 0, 0, 0, "Schema of the outbox table."},
     {"outbox.table", T_STR, S(outbox_table), "outbox", 0, 0, 0,
      "Outbox table. Only INSERTs are relayed; UPDATEs and DELETEs are ignored, so producers may delete rows right after inserting them."},
@@ -50,6 +54,10 @@ static const obx_opt_t opts[] = {
      "Optional json/jsonb column holding an object; each member becomes an envelope header and a Kafka header."},
     {"outbox.column.occurred_at", T_STR, S(col_occurred_at), "occurred_at", 0, 0, 0,
      "Optional timestamptz column copied to the envelope's `occurred_at_us`."},
+    {"outbox.column.tracingspancontext", T_STR, S(col_tracingspancontext), "tracingspancontext", 0, 0, 0,
+     "Optional text column in Debezium's format (java.util.Properties text, e.g. `traceparent=00-...`): its `traceparent` and `tracestate` become Kafka headers, unchanged, unless the headers column already has them (docs/envelope.md)."},
+    {"outbox.message_prefix", T_STR, S(outbox_message_prefix), "outboxd.event", 0, 0, 0,
+     "Prefix of the transactional logical messages that `outbox_emit()` writes (deploy/sql/outbox.sql, which reads the same name from the PostgreSQL setting `outboxd.message_prefix`): each becomes an event exactly like an outbox row. A non-transactional message with this prefix is poison (poison.policy); messages with other prefixes are ignored. No commas, spaces or backslashes, not `outboxd`."},
     {"topic.template", T_STR, S(topic_template), "outbox.event.${aggregatetype}", 0, 0, 0,
      "Topic for rows whose topic column is NULL. `${aggregatetype}` is replaced by the row's aggregate type (Debezium's EventRouter default)."},
     {"status.interval_ms", T_INT, S(status_interval_ms), "10000", 100, 10000, 0,
@@ -73,9 +81,11 @@ static const obx_opt_t opts[] = {
     {"slot.failover", T_STR, S(slot_failover), "auto", 0, 0, 0,
      "Create the slot as a failover slot (PostgreSQL 17+): standbys running with `sync_replication_slots = on` keep a synchronised copy, so the slot survives a promotion (docs/operations.md, Failover). `auto`: on where the server supports it (17+), off on 15 and 16, where the slot-vanished guard of slot.evidence_topic is the protection; `on`: required, a server before 17 is a configuration error (exit 2); `off`: never. An existing slot of 17+ without the flag gets it at start unless `off`. `outboxd doctor` checks the flag and the standbys' settings."},
     {"exactly_once", T_BOOL, S(exactly_once), "true", 0, 0, 0,
-     "After a restart or reconnect, read back the tail of each partition written to and skip events already there, so a crash re-sends nothing. Requires that outboxd is the only writer of its (topic, key) records from this slot; see docs/guarantees.md. `false` gives plain at-least-once."},
+     "After a restart or reconnect, read back each partition written to (from the commit time of the replay window on) and skip events already there, so a crash re-sends nothing. Requires that outboxd is the only writer of its (topic, key) records from this slot; see docs/guarantees.md. `false` gives plain at-least-once."},
     {"exactly_once.scan_max", T_INT, S(dedup_scan_max), "1000", 1, 1000000, 0,
-     "Records read back per partition when looking for this slot's newest event (other producers' records are skipped over)."},
+     "Fallback only (a broker that cannot look up offsets by time): records read back per partition when looking for this slot's newest event. Normally the read-back starts at the commit time of the replay window's first transaction and has no record budget (docs/guarantees.md)."},
+    {"exactly_once.clock_skew_ms", T_INT, S(dedup_clock_skew_ms), "60000", 0, 86400000, 0,
+     "How far the read-back starts before the commit time of the replay window's first transaction: covers clock differences between PostgreSQL, outboxd (CreateTime topics) or the broker (LogAppendTime topics). Larger clock differences give duplicates, never loss."},
     {"poison.policy", T_STR, S(poison_policy), "halt", 0, 0, 0,
      "What to do with an outbox row that cannot become an event (NULL key, invalid topic, payload the broker refuses): `halt` stops before it without confirming past it (exit 3); `dead-letter` publishes it to poison.dlq_topic with the reason and goes on."},
     {"poison.dlq_topic", T_STR, S(dlq_topic), "outboxd.deadletter", 0, 0, 0,
@@ -302,6 +312,29 @@ static char *trim(char *s)
     return s;
 }
 
+/* A quoted value ends at the first quote followed only by blanks or a
+ * comment; an unquoted one at a `#` after whitespace (or at its start).
+ * Quotes keep outer spaces and a literal " #". */
+static char *value_part(char *val)
+{
+    if (val[0] == '"') {
+        for (char *q = strchr(val + 1, '"'); q; q = strchr(q + 1, '"')) {
+            char *rest = q + 1;
+            while (*rest == ' ' || *rest == '\t') rest++;
+            if (!*rest || *rest == '#') {
+                *q = '\0';
+                return val + 1;
+            }
+        }
+    }
+    for (char *p = val; *p; p++)
+        if (*p == '#' && (p == val || p[-1] == ' ' || p[-1] == '\t')) {
+            *p = '\0';
+            break;
+        }
+    return trim(val);
+}
+
 int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size_t errstr_size)
 {
     FILE *f = fopen(path, "r");
@@ -326,13 +359,7 @@ int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size
             break;
         }
         *eq = '\0';
-        char *key = trim(s), *val = trim(eq + 1);
-        /* Quotes are optional; they allow leading/trailing spaces. */
-        size_t vl = strlen(val);
-        if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
-            val[vl - 1] = '\0';
-            val++;
-        }
+        char *key = trim(s), *val = value_part(trim(eq + 1));
         if (obx_config_set(cfg, key, val, src, errstr, errstr_size) != 0) {
             rc = -1;
             break;
@@ -388,7 +415,8 @@ int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t err
 int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_size)
 {
     const struct { const char *key, *v; int mode; } ids[] = {
-        {"slot.name", cfg->slot_name, 0}, {"outbox.schema", cfg->outbox_schema, 0},
+        {"slot.name", cfg->slot_name, 0}, {"publication.name", cfg->publication_name, 0},
+        {"outbox.schema", cfg->outbox_schema, 0},
         {"outbox.table", cfg->outbox_table, 0}, {"outbox.column.id", cfg->col_id, 0},
         {"outbox.column.aggregatetype", cfg->col_aggregatetype, 0},
         {"outbox.column.aggregateid", cfg->col_aggregateid, 0}, {"outbox.column.type", cfg->col_type, 0},
@@ -396,6 +424,7 @@ int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_
         {"outbox.column.aggregate_version", cfg->col_aggregate_version, 0},
         {"outbox.column.topic", cfg->col_topic, 0}, {"outbox.column.headers", cfg->col_headers, 0},
         {"outbox.column.occurred_at", cfg->col_occurred_at, 0}, {"signal.table", cfg->signal_table, 0},
+        {"outbox.column.tracingspancontext", cfg->col_tracingspancontext, 0},
         {"snapshot.version_column", cfg->snap_version_column, 0}, {"snapshot.columns", cfg->snap_columns, 1},
         {"snapshot.table", cfg->snap_table, 2}, {"signal.allowed_tables", cfg->signal_allowed_tables, 2},
         {"apply.table", cfg->apply_table, 2}, {"apply.tombstone_table", cfg->apply_tombstone_table, 2},
@@ -458,6 +487,14 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
         return -1;
     }
     if (obx_config_check_names(cfg, errstr, errstr_size) != 0) return -1;
+    const char *mp = cfg->outbox_message_prefix;
+    if (!*mp || strpbrk(mp, ", \t\r\n\\") || !strcmp(mp, "outboxd")) {
+        /* wal2json's add-msg-prefixes splits at commas and spaces and keeps
+         * backslashes; "outboxd" is the heartbeat's. */
+        snprintf(errstr, errstr_size, "outbox.message_prefix = \"%.100s\": use a non-empty prefix without commas, "
+                 "spaces or backslashes, other than the heartbeat's \"outboxd\" (default outboxd.event)", mp);
+        return -1;
+    }
     if (!*cfg->slot_evidence_topic) {
         /* Without it a vanished slot could be replaced silently. */
         snprintf(errstr, errstr_size, "slot.evidence_topic is empty: set a Kafka topic name (default outboxd.slots)");
@@ -476,6 +513,10 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
     }
     if (strcmp(cfg->poison_policy, "halt") != 0 && strcmp(cfg->poison_policy, "dead-letter") != 0) {
         snprintf(errstr, errstr_size, "poison.policy = \"%s\": use halt or dead-letter", cfg->poison_policy);
+        return -1;
+    }
+    if (strcmp(cfg->decoder, "wal2json") != 0 && strcmp(cfg->decoder, "pgoutput") != 0) {
+        snprintf(errstr, errstr_size, "decoder = \"%s\": use wal2json or pgoutput", cfg->decoder);
         return -1;
     }
     if (obx_log_format_parse(cfg->log_format, &fmt) != 0) {
@@ -505,7 +546,7 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
         }
     }
     rd_kafka_conf_destroy(kc);
-    return 0;
+    return obx_config_check_values(cfg, errstr, errstr_size);
 }
 
 /* librdkafka's properties flagged _RK_SENSITIVE in rdkafka_conf.c (2.x),
@@ -710,9 +751,13 @@ void obx_config_print(const obx_config_t *cfg, FILE *out)
 void obx_config_print_doc(FILE *out)
 {
     fputs("# Configuration reference\n\n"
-          "<!-- Generated by `outboxd config-doc` from the table in src/common/config.c at build time. Do not edit. -->\n\n"
-          "outboxd reads `key = value` lines (`#` starts a comment) from the file given with\n"
-          "`--config`, then environment variables: `OUTBOXD_` + the key in upper case with\n"
+          "<!-- Generated by `outboxd config-doc` from the table in src/common/config.c (the build writes build/docs/; scripts/docs.sh updates this copy). Do not edit. -->\n\n"
+          "outboxd reads `key = value` lines from the file given with `--config`. A `#` at the\n"
+          "start of a line or after a space or tab starts a comment (`topic.template = x.${aggregatetype}  # per team`\n"
+          "is `x.${aggregatetype}`); put a value in double quotes to keep a literal ` #` or outer spaces\n"
+          "(`snapshot.where = \"note = 'a #1'\"`). Values are checked at start-up and by `outboxd doctor`\n"
+          "(`topic.template` must give a legal topic name; `status.listen` a port 1-65535).\n"
+          "Environment variables come after the file: `OUTBOXD_` + the key in upper case with\n"
           "dots as underscores (`pg.conninfo` -> `OUTBOXD_PG_CONNINFO`). Environment wins.\n"
           "Unknown keys in the file stop outboxd with exit code 2 and the key's name;\n"
           "unknown `OUTBOXD_` variables are ignored because Kubernetes injects\n"
@@ -758,4 +803,9 @@ int obx_config_check_key_rule(const obx_config_t *prev, const obx_config_t *next
              "(e.g. \"%s.v2\") and migrate consumers, or keep the old key rule",
              change, next->topic_template, next->topic_template);
     return -1;
+}
+
+const char *obx_config_publication(const obx_config_t *cfg)
+{
+    return *cfg->publication_name ? cfg->publication_name : cfg->slot_name;
 }

@@ -2,8 +2,9 @@
  * truth for the file format, environment overrides, --print-config and
  * docs/configuration.md.
  *
- * Sources, later wins: built-in defaults, the file (`key = value` lines,
- * `#` comments), then environment variables OUTBOXD_<KEY> with dots as
+ * Sources, later wins: built-in defaults, the file (`key = value` lines;
+ * `#` at the start of a line or after whitespace starts a comment, a value
+ * in double quotes keeps its ` #` and its outer spaces), then environment variables OUTBOXD_<KEY> with dots as
  * underscores (pg.conninfo -> OUTBOXD_PG_CONNINFO). librdkafka properties
  * pass through under `kafka.` (file) or OUTBOXD_KAFKA_<PROP> (env, underscores
  * become dots: OUTBOXD_KAFKA_BOOTSTRAP_SERVERS -> kafka.bootstrap.servers). */
@@ -24,10 +25,14 @@ typedef struct obx_config_s {
     char *pg_conninfo;
     char *slot_name;
     int slot_create;
+    char *decoder;          /* "wal2json" or "pgoutput" */
+    char *publication_name; /* pgoutput; "" = slot_name (obx_config_publication) */
     char *outbox_schema;
     char *outbox_table;
     char *col_id, *col_aggregatetype, *col_aggregateid, *col_type, *col_payload;
     char *col_aggregate_version, *col_topic, *col_headers, *col_occurred_at;
+    char *col_tracingspancontext;
+    char *outbox_message_prefix;
     char *topic_template;
     int status_interval_ms;
     int shutdown_timeout_ms;
@@ -41,6 +46,7 @@ typedef struct obx_config_s {
     char *slot_failover; /* auto | on | off (obx_slot_failover_wanted) */
     int exactly_once;
     int dedup_scan_max;
+    int dedup_clock_skew_ms;
     char *poison_policy;
     char *dlq_topic;
     /* snapshot.* (outboxd snapshot, and snapshots started by a signal) */
@@ -73,6 +79,16 @@ int obx_config_load_file(obx_config_t *cfg, const char *path, char *errstr, size
 int obx_config_load_env(obx_config_t *cfg, char **envp, char *errstr, size_t errstr_size);
 /* Required keys present, values in range, kafka.* accepted by librdkafka. */
 int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_size);
+/* Values beyond type and range (config_check.c): topic.template (known
+ * placeholders, a legal topic for a sample aggregate type), topic names,
+ * status.listen. Called by obx_config_validate. 0 or -1 with errstr. */
+int obx_config_check_values(const obx_config_t *cfg, char *errstr, size_t errstr_size);
+int obx_config_check_template(const char *tmpl, char *errstr, size_t errstr_size);
+/* KEY=VALUE lines read like the environment (config-check --env-file). */
+int obx_config_load_env_file(obx_config_t *cfg, const char *path, char *errstr, size_t errstr_size);
+/* log.format from the file and OUTBOXD_LOG_FORMAT, before loading: an
+ * obx_log_format_t (OBX_LOG_AUTO when unset or unreadable). */
+int obx_config_peek_log_format(const char *path, char **envp);
 /* Refuses identifier keys longer than PostgreSQL's 63 bytes, naming the
  * key (called by obx_config_validate and obx_apply_validate). 0 or -1. */
 int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_size);
@@ -81,6 +97,9 @@ int obx_config_check_names(const obx_config_t *cfg, char *errstr, size_t errstr_
  * schema: refuses (-1, errstr) a change of it that keeps the same topic
  * template. For `outboxd config-check --previous OLD`. */
 int obx_config_check_key_rule(const obx_config_t *prev, const obx_config_t *next, char *errstr, size_t errstr_size);
+
+/* decoder = pgoutput: the publication's name (publication.name, else slot.name). */
+const char *obx_config_publication(const obx_config_t *cfg);
 
 /* Looks up a kafka.* property; NULL when unset. */
 const char *obx_config_kafka_get(const obx_config_t *cfg, const char *prop);

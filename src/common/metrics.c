@@ -171,6 +171,14 @@ static int64_t apply_part_lag(const obx_apply_part_metrics_t *p, int64_t *hi_out
     return hi > c ? hi - c : 0;
 }
 
+/* Partitions assigned to this process (issue 16: several processes share a group). */
+static int apply_owned(obx_metrics_t *m)
+{
+    int n = atomic_load(&m->apply_n_parts), owned = 0;
+    for (int i = 0; i < n; i++) owned += atomic_load(&m->apply_parts[i].assigned) != 0;
+    return owned;
+}
+
 static void render_apply_prometheus(FILE *out)
 {
     obx_metrics_t *m = &g_metrics;
@@ -203,6 +211,7 @@ static void render_apply_prometheus(FILE *out)
         fprintf(out, "outboxd_apply_consumer_lag_messages{group=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n", m->apply_group,
                 p->topic, (int)p->partition, (long long)apply_part_lag(p, &hi));
     }
+    GAUGE("apply_partitions_owned", "Partitions this process owns in its consumer group now.", "%d", apply_owned(m));
     fprintf(out, "# HELP outboxd_state The process's state (1 for the current one).\n# TYPE outboxd_state gauge\n");
     int st = atomic_load(&m->state);
     for (int i = 0; i <= OBX_STATE_HALTED; i++)
@@ -212,8 +221,11 @@ static void render_apply_prometheus(FILE *out)
     char reason[256];
     GAUGE("ready", "1 when /readyz passes.", "%d", obx_metrics_ready(reason, sizeof(reason)));
     GAUGE("start_time_seconds", "Process start, Unix seconds.", "%.3f", (double)atomic_load(&m->started_us) / 1e6);
-    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\noutboxd_build_info{version=\"%s\"} 1\n",
-            OBX_VERSION);
+    /* group: every apply series names its consumer group, so the relay's
+     * alerts (which select slot!="") never match an apply pod. */
+    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\n"
+                 "outboxd_build_info{group=\"%s\",version=\"%s\"} 1\n",
+            m->apply_group, OBX_VERSION);
 }
 
 static void render_apply_json(FILE *out)
@@ -229,7 +241,7 @@ static void render_apply_json(FILE *out)
             "\"source_age_seconds\":%.3f,\"replicated_age_seconds\":%.3f,"
             "\"events\":{\"applied\":%llu,\"stale_ignored\":%llu,\"superseded\":%llu,\"skipped\":%llu,\"dead_lettered\":%llu,\"failed\":%llu},"
             "\"batches\":%llu,\"db_errors\":%llu,\"offset_commits\":%llu,\"offset_commit_failures\":%llu,"
-            "\"apply_lag\":{\"count\":%llu,\"mean_seconds\":%.6f},\"partitions\":[",
+            "\"apply_lag\":{\"count\":%llu,\"mean_seconds\":%.6f},\"partitions_owned\":%d,\"partitions\":[",
             OBX_VERSION, m->apply_group, obx_state_name((obx_state_t)atomic_load(&m->state)), ready ? "true" : "false", reason,
             obx_metrics_live(30000) ? "true" : "false", atomic_load(&m->pg_connected) ? "true" : "false",
             atomic_load(&m->kafka_brokers_up), age_s(atomic_load(&m->apply_newest_source_us), now),
@@ -239,7 +251,7 @@ static void render_apply_json(FILE *out)
             (unsigned long long)atomic_load(&m->apply_failed), (unsigned long long)atomic_load(&m->apply_batches),
             (unsigned long long)atomic_load(&m->apply_db_errors), (unsigned long long)atomic_load(&m->apply_offset_commits),
             (unsigned long long)atomic_load(&m->apply_offset_commit_failures), (unsigned long long)lc,
-            lc ? (double)atomic_load(&m->apply_lag.sum_us) / 1e6 / (double)lc : 0.0);
+            lc ? (double)atomic_load(&m->apply_lag.sum_us) / 1e6 / (double)lc : 0.0, apply_owned(m));
     int n = atomic_load(&m->apply_n_parts), first = 1;
     for (int i = 0; i < n; i++) {
         const obx_apply_part_metrics_t *p = &m->apply_parts[i];
@@ -268,6 +280,7 @@ void obx_metrics_render_prometheus(FILE *out)
     COUNTER("events_acked_total", "Outbox events acknowledged by the broker (acks=all).", events_acked);
     COUNTER("events_failed_total", "Delivery failures reported by the producer (not acked; re-sent or halted).", events_failed);
     COUNTER("events_skipped_duplicate_total", "Re-decoded events already found in Kafka and not sent again (exactly-once).", events_skipped_duplicate);
+    COUNTER("exactly_once_fallback_total", "Partition read-backs that could not start at the replay window's commit time (broker without a time index, records deleted): the replay window may be sent again.", exactly_once_fallbacks);
     COUNTER("events_dead_lettered_total", "Poison rows published to the dead-letter topic.", events_dead_lettered);
     COUNTER("changes_ignored_total", "Updates, deletes and other changes of the outbox table that are not events.", events_ignored);
     COUNTER("transactions_total", "Transactions with at least one outbox event.", transactions);
@@ -309,8 +322,9 @@ void obx_metrics_render_prometheus(FILE *out)
           (long long)atomic_load(&m->snapshot_rows_estimated));
     GAUGE("snapshot_rows_per_second", "Rate of the current (or last) snapshot.", "%.1f",
           (double)atomic_load(&m->snapshot_rows_per_s_milli) / 1000.0);
-    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\noutboxd_build_info{version=\"%s\"} 1\n",
-            OBX_VERSION);
+    fprintf(out, "# HELP outboxd_build_info Version.\n# TYPE outboxd_build_info gauge\n"
+                 "outboxd_build_info{slot=\"%s\",version=\"%s\"} 1\n",
+            m->slot, OBX_VERSION);
 }
 
 void obx_metrics_render_json(FILE *out)

@@ -68,6 +68,7 @@ typedef struct {
     _Atomic uint64_t events_published, events_acked, events_failed, events_skipped_duplicate,
         events_dead_lettered, events_ignored, transactions, restarts, backpressure_episodes,
         heartbeats, status_updates;
+    _Atomic uint64_t exactly_once_fallbacks; /* read-backs that could not use the broker's time index */
     _Atomic int64_t inflight_events, inflight_transactions;
     _Atomic uint64_t received_lsn, confirmed_lsn;
     _Atomic int64_t newest_confirmed_commit_us; /* commit time of the newest confirmed txn or heartbeat */

@@ -1,9 +1,25 @@
 #include "pg.h"
 #include "config.h"
+#include "log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Server notices (e.g. "there is no transaction in progress") go through
+ * the logger, in the process's one format, never raw to stderr. The level
+ * comes from the non-localized severity, not the (translated) text. */
+static void on_notice(void *arg, const PGresult *res)
+{
+    (void)arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
+    msg[strcspn(msg, "\n")] = '\0';
+    obx_log_level_t lvl = sev && !strcmp(sev, "WARNING") ? OBX_LOG_WARN
+                          : sev && (!strcmp(sev, "DEBUG") || !strcmp(sev, "LOG")) ? OBX_LOG_DEBUG : OBX_LOG_INFO;
+    if (obx_log_enabled(lvl)) obx_log(lvl, "pg_notice", "%s", msg);
+}
 
 PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode, obx_err_t *err)
 {
@@ -26,6 +42,7 @@ PGconn *obx_pg_connect(const char *conninfo, const char *key, obx_pg_mode_t mode
         PQfinish(c);
         return NULL;
     }
+    PQsetNoticeReceiver(c, on_notice, NULL);
     return c;
 }
 

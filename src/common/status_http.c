@@ -1,6 +1,7 @@
 #include "status_http.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <microhttpd.h>
@@ -105,25 +106,50 @@ static void raise_fd_limit(void)
     setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+int obx_status_listen_parse(const char *listen, char *host, size_t host_size, int *port, char *errstr,
+                            size_t errstr_size)
+{
+    const char *h = listen, *colon;
+    size_t hl;
+    if (listen[0] == '[') { /* [IPv6]:port */
+        const char *close = strchr(listen, ']');
+        colon = close && close[1] == ':' ? close + 1 : NULL;
+        h = listen + 1;
+        hl = close ? (size_t)(close - h) : 0;
+    } else {
+        colon = strrchr(listen, ':');
+        hl = colon ? (size_t)(colon - listen) : 0;
+        if (colon && memchr(listen, ':', hl)) colon = NULL; /* a bare IPv6 address needs brackets */
+    }
+    char *end = NULL;
+    long p = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (!colon || hl == 0 || hl >= host_size || !isdigit((unsigned char)colon[1]) || *end || p < 1 || p > 65535) {
+        snprintf(errstr, errstr_size,
+                 "status.listen = \"%s\": use host:port with a port 1-65535, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or "
+                 "[::1]:8080 (an empty value turns the status port off)", listen);
+        return -1;
+    }
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
 obx_status_http_t *obx_status_http_start(const char *listen, char *errstr, size_t errstr_size)
 {
     if (!listen || !*listen) return NULL;
-    char host[256];
-    const char *colon = strrchr(listen, ':');
-    if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof(host)) {
-        snprintf(errstr, errstr_size, "status.listen = \"%s\": use host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", listen);
-        return NULL;
-    }
-    memcpy(host, listen, (size_t)(colon - listen));
-    host[colon - listen] = '\0';
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
-    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+    char host[256], portstr[8];
+    int port;
+    if (obx_status_listen_parse(listen, host, sizeof(host), &port, errstr, errstr_size) != 0) return NULL;
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    int gai = getaddrinfo(host, portstr, &hints, &ai);
     if (gai != 0) {
         snprintf(errstr, errstr_size, "status.listen = \"%s\": %s", listen, gai_strerror(gai));
         return NULL;
     }
-    struct sockaddr_in sin;
-    memcpy(&sin, ai->ai_addr, sizeof(sin));
+    struct sockaddr_storage sa;
+    memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(ai);
     obx_status_http_t *h = calloc(1, sizeof(*h));
     if (!h) {
@@ -131,8 +157,9 @@ obx_status_http_t *obx_status_http_start(const char *listen, char *errstr, size_
         return NULL;
     }
     raise_fd_limit();
-    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG, ntohs(sin.sin_port),
-                            NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sin,
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    if (sa.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)OBX_STATUS_IDLE_TIMEOUT_S,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)OBX_STATUS_MAX_CONNECTIONS,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)OBX_STATUS_MAX_PER_IP,

@@ -27,7 +27,12 @@ typedef struct obx_status_http_s obx_status_http_t;
 #define OBX_STATUS_MAX_PER_IP 8
 #define OBX_STATUS_MAX_CONNECTIONS 512
 
-/* listen: "host:port" (IPv4 or a name); "" disables the port (returns NULL
+/* "host:port" or "[IPv6]:port", port 1-65535: host (without brackets)
+ * into host, the port into *port. 0, or -1 with errstr naming the key. */
+int obx_status_listen_parse(const char *listen, char *host, size_t host_size, int *port, char *errstr,
+                            size_t errstr_size);
+
+/* listen: as obx_status_listen_parse (IPv4, IPv6 or a name); "" disables the port (returns NULL
  * without error). NULL + errstr on failure. Caller owns the result. */
 obx_status_http_t *obx_status_http_start(const char *listen, char *errstr, size_t errstr_size);
 void obx_status_http_stop(obx_status_http_t *h);

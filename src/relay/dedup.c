@@ -1,6 +1,7 @@
 #include "dedup.h"
 #include "clock.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,10 +10,11 @@
 #include "envelope.h"
 #include "kconf.h"
 #include "log.h"
+#include "metrics.h"
 #include "strmap.h"
 #include "outboxd/v1/event.pb-c.h"
 
-/* One topic's metadata, or one partition's whole read-back. */
+/* One topic's metadata; a read-back that gets nothing from Kafka this long. */
 #define IO_TIMEOUT_MS 10000
 /* Longest wait on Kafka between two ticks. */
 #define TICK_MS 100
@@ -34,7 +36,8 @@ struct obx_dedup_s {
     rd_kafka_t *prod, *cons;
     obx_partitioner_fn partitioner;
     char slot[64], database[128], system_id[32];
-    int scan_max;
+    int scan_max, skew_ms;
+    int64_t last_tick;
     obx_strmap_t *topics; /* name -> topic_t *, owned */
     obx_dedup_tick_fn tick;
     void *tick_ctx;
@@ -66,6 +69,7 @@ obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const 
     d->tick = tick;
     d->tick_ctx = tick_ctx;
     d->scan_max = cfg->dedup_scan_max;
+    d->skew_ms = cfg->dedup_clock_skew_ms;
     d->partitioner = obx_partitioner_by_name(obx_config_kafka_get(cfg, "partitioner"));
     snprintf(d->slot, sizeof(d->slot), "%s", slot);
     snprintf(d->database, sizeof(d->database), "%s", database);
@@ -117,21 +121,65 @@ void obx_dedup_destroy(obx_dedup_t *d)
 
 size_t obx_dedup_partitions_read(const obx_dedup_t *d) { return d->parts_read; }
 
-/* The owner's tick; then how long the next wait on Kafka may be (0: the
+/* The owner's tick (at most every TICK_MS / 4: a fast read-back calls
+ * here per record); then how long the next wait on Kafka may be (0: the
  * deadline passed), or -1 when the tick said stop. */
 static int64_t next_wait(obx_dedup_t *d, int64_t deadline, int64_t step)
 {
-    if (d->tick && d->tick(d->tick_ctx) != 0) return -1;
-    int64_t left = deadline - obx_mono_ms();
+    int64_t now = obx_mono_ms();
+    if (now - d->last_tick >= TICK_MS / 4) {
+        d->last_tick = now;
+        if (d->tick && d->tick(d->tick_ctx) != 0) return -1;
+    }
+    int64_t left = deadline - now;
     if (left <= 0) return 0;
     return left < step ? left : step;
 }
 
+/* What one scan saw. */
+typedef struct {
+    int64_t end;     /* the partition's end offset */
+    int64_t last_ts; /* timestamp of the newest record read; -1 none */
+    int64_t records; /* records read */
+} scan_out_t;
+
+/* A snapshot's record (`outboxd snapshot` or a signal's): its event id,
+ * field 1 and so first on the wire, starts with "snapshot:". Told apart
+ * without decoding; anything else is decoded and compared. */
+static int is_snapshot(const rd_kafka_message_t *m)
+{
+    const uint8_t *b = m->payload;
+    size_t n = m->len, i = 1;
+    uint64_t len = 0;
+    if (!b || n < 2 || b[0] != 0x0a) return 0;
+    for (int shift = 0; i < n && shift < 35; shift += 7, i++) {
+        len |= (uint64_t)(b[i] & 0x7f) << shift;
+        if (!(b[i] & 0x80)) break;
+    }
+    i++;
+    return len >= 9 && i + 9 <= n && !memcmp(b + i, "snapshot:", 9);
+}
+
+/* Keeps the record if it is ours and newer than what was found. */
+static void consider(obx_dedup_t *d, topic_t *t, int32_t p, const rd_kafka_message_t *m)
+{
+    if (is_snapshot(m)) return;
+    Outboxd__V1__Event *ev = obx_envelope_decode(m->payload, m->len);
+    if (ev && ev->source && !strcmp(ev->source->slot, d->slot) && !strcmp(ev->source->database, d->database) &&
+        *d->system_id && !strcmp(ev->source->system_id, d->system_id)) {
+        obx_pos_t pos = {ev->source->commit_lsn, ev->source->index_in_txn};
+        if (t->state[p] != PART_FOUND || obx_pos_cmp(pos, t->tail[p]) > 0) t->tail[p] = pos;
+        t->state[p] = PART_FOUND;
+    }
+    obx_envelope_free(ev);
+}
+
 /* Reads one partition from `start` (an offset, or RD_KAFKA_OFFSET_TAIL(n))
  * until its end, or until offset stop_at was read (-1: the end), keeping
- * the newest record of ours. *end gets the end offset. */
-static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int64_t stop_at, int64_t deadline,
-                topic_t *t, int64_t *end, char *errstr, size_t errstr_size)
+ * the newest record of ours. No record budget: it fails only when Kafka
+ * gives nothing for IO_TIMEOUT_MS (or the tick says stop). */
+static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int64_t stop_at, topic_t *t,
+                scan_out_t *out, char *errstr, size_t errstr_size)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, topic, p)->offset = start;
@@ -142,6 +190,7 @@ static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int
         return -1;
     }
     int rc = 1;
+    int64_t deadline = obx_mono_ms() + IO_TIMEOUT_MS;
     while (rc > 0) {
         int64_t wait = next_wait(d, deadline, TICK_MS);
         if (wait <= 0) {
@@ -152,23 +201,19 @@ static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int
         }
         rd_kafka_message_t *m = rd_kafka_consumer_poll(d->cons, (int)wait);
         if (!m) continue;
+        deadline = obx_mono_ms() + IO_TIMEOUT_MS;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            *end = m->offset;
+            out->end = m->offset;
             rc = 0;
         } else if (m->err) {
             snprintf(errstr, errstr_size, "reading back %s [%d]: %s", topic, (int)p, rd_kafka_message_errstr(m));
             rc = -1;
         } else if (m->partition == p && !strcmp(rd_kafka_topic_name(m->rkt), topic)) {
-            Outboxd__V1__Event *ev = obx_envelope_decode(m->payload, m->len);
-            if (ev && ev->source && !strcmp(ev->source->slot, d->slot) && !strcmp(ev->source->database, d->database) &&
-                *d->system_id && !strcmp(ev->source->system_id, d->system_id)) {
-                obx_pos_t pos = {ev->source->commit_lsn, ev->source->index_in_txn};
-                if (t->state[p] != PART_FOUND || obx_pos_cmp(pos, t->tail[p]) > 0) t->tail[p] = pos;
-                t->state[p] = PART_FOUND;
-            }
-            obx_envelope_free(ev);
+            consider(d, t, p, m);
+            out->records++;
+            out->last_ts = rd_kafka_message_timestamp(m, NULL);
             if (stop_at >= 0 && m->offset >= stop_at) {
-                *end = m->offset + 1;
+                out->end = m->offset + 1;
                 rc = 0;
             }
         }
@@ -178,27 +223,106 @@ static int scan(obx_dedup_t *d, const char *topic, int32_t p, int64_t start, int
     return rc;
 }
 
-/* The read-back of one partition, bounded by IO_TIMEOUT_MS as a whole. */
-static int read_partition(obx_dedup_t *d, const char *name, topic_t *t, int32_t p, char *errstr,
-                          size_t errstr_size)
+/* The first offset stamped at or after target_ms (*off -1: none), asked in
+ * ticks. 0; 1 when the broker cannot answer (why says so); -1 timed out or
+ * interrupted (errstr). */
+static int offset_for_time(obx_dedup_t *d, const char *topic, int32_t p, int64_t target_ms, int64_t *off,
+                           char *why, size_t why_size, char *errstr, size_t errstr_size)
 {
-    int64_t t0 = obx_mono_ms(), deadline = t0 + IO_TIMEOUT_MS, end = 0;
+    int64_t deadline = obx_mono_ms() + IO_TIMEOUT_MS, step = TICK_MS;
+    for (;;) {
+        int64_t wait = next_wait(d, deadline, step);
+        if (wait <= 0) {
+            snprintf(errstr, errstr_size, "looking up %s [%d] by time: %s", topic, (int)p,
+                     wait < 0 ? "interrupted" : "timed out");
+            return -1;
+        }
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset = target_ms;
+        rd_kafka_resp_err_t e = rd_kafka_offsets_for_times(d->cons, l, (int)wait);
+        if (!e) e = l->elems[0].err;
+        *off = l->elems[0].offset;
+        rd_kafka_topic_partition_list_destroy(l);
+        if (!e) return 0;
+        if (e != RD_KAFKA_RESP_ERR__TIMED_OUT) {
+            snprintf(why, why_size, "the broker did not look up an offset by time (%s)", rd_kafka_err2str(e));
+            return 1;
+        }
+        if ((step *= 2) > METADATA_STEP_MAX_MS) step = METADATA_STEP_MAX_MS;
+    }
+}
+
+/* The read-back bounded by the replay window: every record of ours that
+ * the window may repeat was produced after its first transaction
+ * committed, so reading from the first record stamped at or after that
+ * commit time (less the clock skew allowance) to the end finds the newest
+ * of them, however many foreign records come before. 0; 1 when the broker
+ * cannot answer (why); -1 errstr. */
+static int read_window(obx_dedup_t *d, const char *name, topic_t *t, int32_t p, int64_t commit_time_us,
+                       scan_out_t *sc, char *why, size_t why_size, char *errstr, size_t errstr_size)
+{
+    if (commit_time_us <= 0) {
+        snprintf(why, why_size, "the event carries no commit time");
+        return 1;
+    }
+    int64_t target = commit_time_us / 1000 - d->skew_ms, start = -1, lo = -1, hi = -1;
+    int rc = offset_for_time(d, name, p, target, &start, why, why_size, errstr, errstr_size);
+    if (rc != 0) return rc;
+    if (start < 0 || start >= sc->end) {
+        /* Nothing stamped at or after target; the newest record says
+         * otherwise when the broker keeps no time index for it. */
+        if (sc->last_ts >= target) {
+            snprintf(why, why_size, "the broker found no record stamped at or after %lld ms, yet the newest is stamped %lld",
+                     (long long)target, (long long)sc->last_ts);
+            return 1;
+        }
+        return 0;
+    }
+    if (start < sc->end - 1 && scan(d, name, p, start, sc->end - 1, t, sc, errstr, errstr_size) != 0) return -1;
+    /* Retention or compaction may have removed part of the window. */
+    if (rd_kafka_get_watermark_offsets(d->cons, name, p, &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR && lo > 0 &&
+        start <= lo && t->state[p] != PART_FOUND) {
+        snprintf(why, why_size, "the replay window may begin before the log start offset %lld (records deleted)",
+                 (long long)lo);
+        return 2;
+    }
+    return 0;
+}
+
+/* The read-back of one partition. */
+static int read_partition(obx_dedup_t *d, const char *name, topic_t *t, int32_t p, int64_t commit_time_us,
+                          char *errstr, size_t errstr_size)
+{
+    int64_t t0 = obx_mono_ms();
+    scan_out_t sc = {.end = 0, .last_ts = -1};
+    char why[300] = "";
     t->state[p] = PART_NONE;
     /* Usually the newest record is ours (the first one read ends the scan:
-     * stop_at 0); else look further back. */
-    if (scan(d, name, p, RD_KAFKA_OFFSET_TAIL(1), 0, deadline, t, &end, errstr, errstr_size) != 0) goto fail;
-    if (t->state[p] != PART_FOUND && end > 1 && d->scan_max > 1 &&
-        scan(d, name, p, end > d->scan_max ? end - d->scan_max : 0, end - 1, deadline, t, &end, errstr,
-             errstr_size) != 0)
-        goto fail;
+     * stop_at 0); else search the replay window. */
+    if (scan(d, name, p, RD_KAFKA_OFFSET_TAIL(1), 0, t, &sc, errstr, errstr_size) != 0) goto fail;
+    if (t->state[p] != PART_FOUND && sc.end > 1) {
+        int rc = read_window(d, name, t, p, commit_time_us, &sc, why, sizeof(why), errstr, errstr_size);
+        if (rc < 0) goto fail;
+        if (rc > 0) {
+            atomic_fetch_add(&obx_metrics()->exactly_once_fallbacks, 1);
+            obx_warn("exactly_once_fallback", "%s [%d]: %s%s: events of the replay window may be sent again "
+                     "(duplicates, never loss)", name, (int)p, why,
+                     rc == 1 ? "; reading back at most exactly_once.scan_max records instead" : "");
+        }
+        if (rc == 1 && d->scan_max > 1 &&
+            scan(d, name, p, sc.end > d->scan_max ? sc.end - d->scan_max : 0, sc.end - 1, t, &sc, errstr,
+                 errstr_size) != 0)
+            goto fail;
+    }
     d->parts_read++;
     if (t->state[p] == PART_FOUND)
-        obx_debug("dedup_tail", "%s [%d]: newest event of slot %s at commit " OBX_LSN_FMT " #%u (read in %lld ms)",
+        obx_debug("dedup_tail",
+                  "%s [%d]: newest event of slot %s at commit " OBX_LSN_FMT " #%u (%lld records read in %lld ms)",
                   name, (int)p, d->slot, OBX_LSN_ARGS(t->tail[p].commit_lsn), t->tail[p].index,
-                  (long long)(obx_mono_ms() - t0));
+                  (long long)sc.records, (long long)(obx_mono_ms() - t0));
     else
-        obx_debug("dedup_tail", "%s [%d]: no event of slot %s (read in %lld ms)", name, (int)p, d->slot,
-                  (long long)(obx_mono_ms() - t0));
+        obx_debug("dedup_tail", "%s [%d]: no event of slot %s (%lld records read in %lld ms)", name, (int)p, d->slot,
+                  (long long)sc.records, (long long)(obx_mono_ms() - t0));
     return 0;
 fail:
     t->state[p] = PART_UNREAD;
@@ -267,8 +391,8 @@ fail:
     return NULL;
 }
 
-int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int32_t *partition,
-                    obx_err_t *err)
+int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int64_t commit_time_us,
+                    int32_t *partition, obx_err_t *err)
 {
     char errstr[1024] = "";
     *partition = RD_KAFKA_PARTITION_UA;
@@ -277,7 +401,7 @@ int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_
         int32_t p = d->partitioner(t->rkt, key, strlen(key), t->n_parts, NULL, NULL);
         if (p < 0 || p >= t->n_parts) return 0;
         *partition = p;
-        if (t->state[p] == PART_UNREAD && read_partition(d, topic, t, p, errstr, sizeof(errstr)) != 0) t = NULL;
+        if (t->state[p] == PART_UNREAD && read_partition(d, topic, t, p, commit_time_us, errstr, sizeof(errstr)) != 0) t = NULL;
     }
     if (!t) {
         /* Metadata, read-back: all may work on the next try. */

@@ -1,19 +1,29 @@
 /* Exactly-once into Kafka without Kafka transactions: after a restart the
  * slot re-sends what Kafka acked but Postgres never heard confirmed. Before
- * the first write to a topic in a session, read back the tail of each of its
- * partitions and find the newest event this slot wrote there; an event whose
- * source position (commit LSN, index in transaction) is at or before that is
- * already in Kafka and is skipped.
+ * the first write to a partition in a session, find the newest event this
+ * slot wrote there; an event whose source position (commit LSN, index in
+ * transaction) is at or before that is already in Kafka and is skipped.
  *
- * The read-back is lazy, per partition: only the partition an event's key
- * maps to, the first time the session writes to it. While it waits on
- * Kafka it calls the owner's tick at least every TICK_MS, so the
- * replication connection keeps sending status updates.
+ * The search is bounded by the replay window, not by other writers'
+ * records: the newest record is read first (usually ours); else the broker's
+ * time index gives the first record stamped at or after the commit time of
+ * the first transaction to write there this session (less
+ * exactly_once.clock_skew_ms), and the partition is read from there to its
+ * end. Snapshot records (event id "snapshot:") are skipped undecoded. A
+ * broker that cannot answer falls back to the last exactly_once.scan_max
+ * records (logged, outboxd_exactly_once_fallback_total): duplicates, never
+ * loss.
+ *
+ * The read-back is lazy, per partition. While it waits on Kafka it calls
+ * the owner's tick at least every TICK_MS, so the replication connection
+ * keeps sending status updates.
  *
  * Sound because, per partition, outboxd writes in position order with an
  * idempotent, gapless producer (a failure stops the producer, so nothing
  * after a lost message lands), and only one outboxd streams a slot at a
- * time. Preconditions are in docs/guarantees.md. */
+ * time: if any record of ours lies after the start offset, the newest one
+ * does too, so a start too late finds nothing (resend), never too little.
+ * See docs/guarantees.md. */
 /* Owned by the relay session (stream.c): one per producer session. */
 #ifndef OBX_DEDUP_H
 #define OBX_DEDUP_H
@@ -48,10 +58,12 @@ void obx_dedup_destroy(obx_dedup_t *d);
 
 /* For an event about to be produced: *partition gets the partition the key
  * maps to (RD_KAFKA_PARTITION_UA if the topic does not exist yet).
+ * commit_time_us: the event's commit time (0 unknown: fallback read-back),
+ * used by the first check of a partition in this session.
  * Returns 1: already in Kafka, skip it; 0: produce it; -1: Kafka could not
  * be read, or the tick said stop (err, retriable): restart the session. */
-int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int32_t *partition,
-                    obx_err_t *err);
+int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int64_t commit_time_us,
+                    int32_t *partition, obx_err_t *err);
 
 /* Partitions read back so far in this session (logs, tests). */
 size_t obx_dedup_partitions_read(const obx_dedup_t *d);

@@ -87,8 +87,13 @@ static int map_payload(const obx_config_t *cfg, const obx_w2j_change_t *chg, obx
         snprintf(errstr, errstr_size, "outbox row has no column \"%s\" (payload)", cfg->col_payload);
         return -1;
     }
-    if (!c->type || strcmp(c->type, "bytea") != 0) {
-        row->payload_kind = (c->type && (strcmp(c->type, "jsonb") == 0 || strcmp(c->type, "json") == 0))
+    if (!c->type) {
+        /* Never guess how to carry it (pgoutput names types by OID). */
+        snprintf(errstr, errstr_size, "payload column \"%s\" has a type outboxd could not name", cfg->col_payload);
+        return -1;
+    }
+    if (strcmp(c->type, "bytea") != 0) {
+        row->payload_kind = ((strcmp(c->type, "jsonb") == 0 || strcmp(c->type, "json") == 0))
                                 ? OBX_PAYLOAD_JSON : OBX_PAYLOAD_TEXT;
         row->payload = (const unsigned char *)c->value; /* NULL payload = tombstone-like empty value */
         row->payload_len = c->value_len;
@@ -150,6 +155,8 @@ static int map_optional(const obx_config_t *cfg, const obx_w2j_change_t *chg, ob
         }
     }
     if (*cfg->col_headers && (c = obx_w2j_col(chg, cfg->col_headers)) && c->value) row->headers_json = c->value;
+    if (*cfg->col_tracingspancontext && (c = obx_w2j_col(chg, cfg->col_tracingspancontext)) && c->value)
+        row->trace_props = c->value;
     return 0;
 }
 
@@ -243,4 +250,86 @@ int obx_headers_parse(const char *json, obx_headers_t *h, char *errstr, size_t e
 fail:
     obx_headers_clear(h);
     return -1;
+}
+
+/* One logical line of Properties text: key and value unescaped into k and
+ * v. Returns the start of the next line. */
+static const char *props_line(const char *p, char *k, size_t ks, char *v, size_t vs)
+{
+    size_t kn = 0, vn = 0;
+    int in_value = 0, sep_seen = 0;
+    while (*p == ' ' || *p == '\t' || *p == '\f') p++;
+    if (*p == '#' || *p == '!') {
+        while (*p && *p != '\n' && *p != '\r') p++;
+        k[0] = v[0] = '\0';
+        return p;
+    }
+    while (*p && *p != '\n' && *p != '\r') {
+        char ch = *p++;
+        if (ch == '\\' && *p) {
+            ch = *p++;
+            if (ch == '\n' || ch == '\r') { /* a continued line */
+                while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+                continue;
+            }
+            ch = ch == 't' ? '\t' : ch == 'n' ? '\n' : ch == 'r' ? '\r' : ch == 'f' ? '\f' : ch;
+        } else if (!in_value && (ch == '=' || ch == ':' || ch == ' ' || ch == '\t')) {
+            in_value = 1;
+            sep_seen = ch == '=' || ch == ':';
+            while (*p == ' ' || *p == '\t') p++;
+            if (!sep_seen && (*p == '=' || *p == ':')) {
+                p++;
+                while (*p == ' ' || *p == '\t') p++;
+            }
+            continue;
+        }
+        if (!in_value) {
+            if (kn + 1 < ks) k[kn++] = ch;
+        } else if (vn + 1 < vs) {
+            v[vn++] = ch;
+        }
+    }
+    k[kn] = v[vn] = '\0';
+    return p;
+}
+
+int obx_trace_props_get(const char *props, const char *key, char *out, size_t out_size)
+{
+    char k[64], v[1024];
+    for (const char *p = props; p && *p;) {
+        p = props_line(p, k, sizeof(k), v, sizeof(v));
+        while (*p == '\n' || *p == '\r') p++;
+        if (strcmp(k, key) == 0) {
+            if (strlen(v) >= out_size) return 0;
+            strcpy(out, v);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int obx_headers_add_trace(obx_headers_t *h, const char *props, char *errstr, size_t errstr_size)
+{
+    static const char *const keys[] = {"traceparent", "tracestate"};
+    char v[1024];
+    for (size_t i = 0; i < 2; i++) {
+        int have = 0;
+        for (size_t j = 0; j < h->n; j++) have |= strcmp(h->kv[2 * j], keys[i]) == 0;
+        if (have || !obx_trace_props_get(props, keys[i], v, sizeof(v))) continue;
+        if (h->n == OBX_MAX_HEADERS || h->n_owned == OBX_MAX_HEADERS) {
+            snprintf(errstr, errstr_size, "headers and tracingspancontext make more than %d headers", OBX_MAX_HEADERS);
+            return -1;
+        }
+        char *copy = cJSON_malloc(strlen(v) + 1);
+        if (!copy) {
+            snprintf(errstr, errstr_size, "out of memory");
+            return -1;
+        }
+        strcpy(copy, v);
+        h->owned[h->n_owned++] = copy;
+        h->kv[2 * h->n] = keys[i];
+        h->kv[2 * h->n + 1] = copy;
+        h->n++;
+    }
+    return 0;
 }

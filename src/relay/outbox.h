@@ -29,6 +29,15 @@ typedef struct {
 int obx_headers_parse(const char *json, obx_headers_t *h, char *errstr, size_t errstr_size);
 void obx_headers_clear(obx_headers_t *h);
 
+/* The value of key in Debezium's tracingspancontext text (java.util.Properties:
+ * key=value or key:value lines, # and ! comments, backslash escapes), copied
+ * into out. 1 found, 0 not found (or it does not fit). */
+int obx_trace_props_get(const char *props, const char *key, char *out, size_t out_size);
+/* Appends traceparent and tracestate from a tracingspancontext text to h,
+ * each only when h has no header of that name (the headers column wins).
+ * 0, or -1 with errstr when h is full or out of memory. */
+int obx_headers_add_trace(obx_headers_t *h, const char *props, char *errstr, size_t errstr_size);
+
 /* Borrowed pointers into the change it was mapped from, except `payload`
  * for bytea and `topic`, which point into buffers the row owns.
  * obx_outbox_row_clear frees them. */
@@ -41,6 +50,7 @@ typedef struct {
     int64_t version;
     int64_t occurred_at_us;
     const char *headers_json;  /* object text or NULL */
+    const char *trace_props;   /* tracingspancontext text or NULL */
     const obx_headers_t *headers; /* headers_json already parsed (borrowed), or NULL */
     char topic[256];
     unsigned char *payload_buf;

@@ -8,6 +8,7 @@
 #include "err.h"
 #include "log.h"
 #include "pg.h"
+#include "publication.h"
 
 /* Runs a query with text params; returns the result or NULL (errstr). */
 static PGresult *q(PGconn *c, const char *sql, int n, const char *const *params, char *errstr, size_t errstr_size)
@@ -23,7 +24,7 @@ static PGresult *q(PGconn *c, const char *sql, int n, const char *const *params,
  * configuration_limit_exceeded); anything else as the server said it. */
 static void create_failed(const obx_config_t *cfg, const obx_err_t *e, char *errstr, size_t errstr_size)
 {
-    if (obx_err_is_sqlstate(e, "58P01"))
+    if (obx_err_is_sqlstate(e, "58P01") && !strcmp(cfg->decoder, "wal2json"))
         snprintf(errstr, errstr_size,
                  "creating slot \"%s\": the wal2json plugin is not installed on the server: install "
                  "postgresql-<version>-wal2json (Debian/Ubuntu) or build wal2json (%s)",
@@ -69,12 +70,12 @@ int obx_preflight(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *info, ch
                  "role \"%s\" lacks the REPLICATION privilege: run ALTER ROLE \"%s\" REPLICATION as a superuser",
                  PQgetvalue(r, 0, 4), PQgetvalue(r, 0, 4));
         rc = OBX_EXIT_CONFIG;
-    } else if (!PQgetisnull(r, 0, 3) && !strstr(PQgetvalue(r, 0, 3), "wal2json")) {
+    } else if (!PQgetisnull(r, 0, 3) && !strstr(PQgetvalue(r, 0, 3), cfg->decoder)) {
         /* Only some builds have this GUC; where it exists it gates plugins. */
         snprintf(errstr, errstr_size,
-                 "output_plugin_libraries = \"%s\" does not allow wal2json: run "
+                 "output_plugin_libraries = \"%s\" does not allow %s: run "
                  "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf();",
-                 PQgetvalue(r, 0, 3));
+                 PQgetvalue(r, 0, 3), cfg->decoder);
         rc = OBX_EXIT_CONFIG;
     }
     PQclear(r);
@@ -202,28 +203,48 @@ static void set_failover(const obx_config_t *cfg)
     if (rc) PQfinish(rc);
 }
 
+/* A slot decodes with the plugin it was made with: the other decoder's
+ * output would be unreadable (exit 2, the fix named). */
+static int wrong_plugin(const obx_config_t *cfg, const obx_slot_info_t *s, char *errstr, size_t errstr_size)
+{
+    const char *other = !strcmp(s->plugin, "pgoutput") || !strcmp(s->plugin, "wal2json") ? s->plugin : NULL;
+    snprintf(errstr, errstr_size,
+             "replication slot \"%s\" uses plugin \"%s\", but decoder = %s: %s%s%suse another slot.name, or drop the "
+             "slot (outboxd slot drop) if nothing else uses it",
+             cfg->slot_name, s->plugin, cfg->decoder, other ? "set decoder = " : "", other ? other : "",
+             other ? " to keep using it, or " : "");
+    return OBX_EXIT_CONFIG;
+}
+
 int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out, char *errstr, size_t errstr_size)
 {
     int failover = obx_slot_failover_wanted(cfg, PQserverVersion(conn), errstr, errstr_size);
     if (failover < 0) return OBX_EXIT_CONFIG;
     if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
+    if (out->exists && strcmp(out->plugin, cfg->decoder) != 0) return wrong_plugin(cfg, out, errstr, errstr_size);
+    int pgo = !strcmp(cfg->decoder, "pgoutput");
+    if (pgo && (out->exists || cfg->slot_create)) {
+        /* Before the slot: pgoutput reads the publication as of each change. */
+        int rc = obx_publication_ensure(conn, cfg, out->exists, errstr, errstr_size);
+        if (rc) return rc;
+    }
     if (!out->exists) {
         if (!cfg->slot_create) {
             snprintf(errstr, errstr_size,
                      "replication slot \"%s\" does not exist and slot.create = false: create it with "
-                     "SELECT pg_create_logical_replication_slot('%s', 'wal2json') or set slot.create = true",
-                     cfg->slot_name, cfg->slot_name);
+                     "SELECT pg_create_logical_replication_slot('%s', '%s') or set slot.create = true",
+                     cfg->slot_name, cfg->slot_name, cfg->decoder);
             return OBX_EXIT_SLOT;
         }
-        const char *p[2] = {cfg->slot_name, failover ? "true" : "false"};
+        const char *p[3] = {cfg->slot_name, cfg->decoder, failover ? "true" : "false"};
         obx_err_t e;
         /* The five-argument form (failover last) exists from 17 on. */
         PGresult *r = failover ? obx_pg_exec(conn,
-                                             "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'wal2json', "
-                                             "false, false, $2::boolean)",
-                                             2, p, &e)
-                               : obx_pg_exec(conn, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'wal2json')",
-                                             1, p, &e);
+                                             "SELECT lsn::text FROM pg_create_logical_replication_slot($1, $2, false, "
+                                             "false, $3::boolean)",
+                                             3, p, &e)
+                               : obx_pg_exec(conn, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, $2)", 2,
+                                             p, &e);
         if (!r) {
             /* Lost connection or server shutdown: try again later. */
             if (e.cls == OBX_ERR_RETRIABLE && !e.sqlstate[0]) {
@@ -236,19 +257,13 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
                 return OBX_EXIT_CONFIG;
             }
         } else {
-            obx_info("slot_created", "created replication slot %s (wal2json%s) at %s", cfg->slot_name,
+            obx_info("slot_created", "created replication slot %s (%s%s) at %s", cfg->slot_name, cfg->decoder,
                      failover ? ", failover" : "", PQgetvalue(r, 0, 0));
             PQclear(r);
         }
         if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
     }
-    if (strcmp(out->plugin, "wal2json") != 0) {
-        snprintf(errstr, errstr_size,
-                 "replication slot \"%s\" uses plugin \"%s\", not wal2json: set slot.name to another slot, or drop it "
-                 "(SELECT pg_drop_replication_slot('%s')) if nothing else uses it",
-                 cfg->slot_name, out->plugin, cfg->slot_name);
-        return OBX_EXIT_SLOT;
-    }
+    if (strcmp(out->plugin, cfg->decoder) != 0) return wrong_plugin(cfg, out, errstr, errstr_size);
     if (strcmp(out->wal_status, "lost") == 0) {
         snprintf(errstr, errstr_size,
                  "replication slot \"%s\" is invalidated (wal_status = lost, max_slot_wal_keep_size exceeded): "

@@ -45,10 +45,10 @@ int obx_preflight_outbox(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *i
 /* Reads the slot's row from pg_replication_slots. 0, or -1 on query error. */
 int obx_slot_inspect(PGconn *conn, const char *slot, obx_slot_info_t *out, char *errstr, size_t errstr_size);
 
-/* Makes sure the slot exists with wal2json and is not lost (creating it if
- * cfg->slot_create, as a failover slot where obx_slot_failover_wanted; an
- * existing slot without the flag gets it). Returns 0 or an OBX_EXIT_* code
- * with errstr. */
+/* Makes sure the slot exists with cfg->decoder's plugin and is not lost
+ * (creating it if cfg->slot_create; with pgoutput the publication first;
+ * as a failover slot where obx_slot_failover_wanted, and an existing slot
+ * without the flag gets it). Returns 0 or an OBX_EXIT_* code with errstr. */
 int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out, char *errstr, size_t errstr_size);
 
 /* Drops the slot; for tests and `outboxd slot drop`. */

@@ -34,6 +34,8 @@ static int preflight(obx_relay_proc_t *p)
     obx_conninfo_redact(cfg->pg_conninfo, red, sizeof(red));
     obx_backoff_t backoff;
     obx_backoff_init(&backoff, BACKOFF_INITIAL_MS, cfg->reconnect_backoff_max_ms);
+    /* As the runbook says: connecting, with restarts rising per attempt. */
+    atomic_store(&p->m->state, (int)OBX_STATE_CONNECTING);
     for (;;) {
         tick(p);
         obx_err_t err;
@@ -48,6 +50,7 @@ static int preflight(obx_relay_proc_t *p)
             }
             snprintf(err.msg, sizeof(err.msg), "%s", e);
         }
+        atomic_fetch_add(&p->m->restarts, 1);
         int wait = obx_backoff_next(&backoff);
         obx_warn("pg_connect", "%s (%s); retrying in %d ms", err.msg, red, wait);
         if (obx_sleep_unless(wait, 100, p->stop, tick, p)) return 1;

@@ -15,7 +15,9 @@
 #include "log.h"
 #include "pg.h"
 #include "pg_repl.h"
+#include "pgoutput.h"
 #include "producer.h"
+#include "publication.h"
 #include "relset.h"
 #include "wal2json.h"
 
@@ -42,6 +44,7 @@ typedef struct {
     obx_repl_t *repl;
     obx_producer_t *prod;
     obx_dedup_t *dedup;
+    obx_pgo_t *pgo;           /* decoder = pgoutput: its relation cache */
     int streaming;            /* START_REPLICATION succeeded */
     obx_lsn_t write_lsn, sent_flush;
     int64_t last_status_ms;
@@ -182,7 +185,7 @@ static obx_sink_rc_t sink_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
     char e[1024];
     obx_sink_rc_t rc = OBX_SINK_SENT;
     if (s->dedup) {
-        int d = obx_dedup_check(s->dedup, rec->topic, rec->key, rec->pos, &rec->partition, err);
+        int d = obx_dedup_check(s->dedup, rec->topic, rec->key, rec->pos, rec->commit_time_us, &rec->partition, err);
         if (s->tick_failed) {
             *err = s->tick_err; /* the connection, not Kafka, ended it (send_feedback named it) */
             d = -1;
@@ -227,6 +230,25 @@ static void sink_signal(void *ctx, const char *id, const char *type, const char 
     obx_signals_start(s->p->signals, id, type, data);
 }
 
+/* pgoutput names a missing publication with 42704 too, as a missing slot:
+ * look which one is gone. 1 when it is the publication (err set, exit 2). */
+static int publication_gone(session_t *s, obx_err_t *err, const char *old)
+{
+    char e[1024];
+    int exists = 1;
+    PGconn *c = s->aux ? obx_aux_conn(s->aux) : NULL;
+    if (!c || PQstatus(c) != CONNECTION_OK || obx_publication_check(c, s->cfg, &exists, e, sizeof(e)) == OBX_EXIT_FAIL ||
+        exists)
+        return 0;
+    obx_err_clear(err);
+    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                "publication \"%s\" of slot %s is gone (%.600s): pgoutput cannot decode without it. Recover: outboxd "
+                "slot drop, restart outboxd (publication and slot are created anew), and re-emit current state with a "
+                "snapshot",
+                obx_config_publication(s->cfg), s->cfg->slot_name, old);
+    return 1;
+}
+
 /* A failed START_REPLICATION or stream, by SQLSTATE: 55006 slot in use
  * (stand by), 42704 slot gone or 55000 slot invalidated (exit 4); the
  * rest is retried. */
@@ -238,6 +260,8 @@ static int slot_failure(session_t *s, obx_err_t *err, const char *what)
         err->cls = OBX_ERR_RETRIABLE;
         return failed(s, "standby");
     }
+    if (s->pgo && obx_err_is_sqlstate(err, OBX_SQLSTATE_UNDEFINED_OBJECT) && publication_gone(s, err, old))
+        return failed(s, "publication");
     if (obx_err_is_sqlstate(err, OBX_SQLSTATE_UNDEFINED_OBJECT) || obx_err_is_sqlstate(err, OBX_SQLSTATE_NOT_IN_PREREQ)) {
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_SLOT,
                     "slot %s cannot stream: %.700s. Recover: outboxd slot drop, restart outboxd (new slot), and re-emit "
@@ -249,21 +273,37 @@ static int slot_failure(session_t *s, obx_err_t *err, const char *what)
     return failed(s, !strcmp(what, "START_REPLICATION") ? "start_replication" : "pg_lost");
 }
 
+/* Logical messages the relay reads: the heartbeat's and outbox_emit()'s.
+ * wal2json filters by add-msg-prefixes on the server (whole prefixes;
+ * add-tables does not filter messages); pgoutput sends every one, so the
+ * stream drops the rest: the same set either way. */
+static int prefix_wanted(const session_t *s, const char *prefix)
+{
+    return prefix && (!strcmp(prefix, OBX_HEARTBEAT_PREFIX) || !strcmp(prefix, s->cfg->outbox_message_prefix));
+}
+
+/* wal2json: add-tables (the outbox, its partitions, the signal table) and
+ * add-msg-prefixes. pgoutput: the publication, logical messages, text
+ * values; proto_version 1 is what every server since 10 speaks. */
 static int start_replication(session_t *s, obx_err_t *err)
 {
-    /* add-tables: the outbox and its partitions, plus the signal table. */
-    char *tables = obx_relset_add_tables(s->rels, s->cfg->outbox_schema, s->cfg->signal_table);
-    if (!tables) {
+    char *arg = s->pgo ? obx_pg_quote_ident(obx_config_publication(s->cfg))
+                       : obx_relset_add_tables(s->rels, s->cfg->outbox_schema, s->cfg->signal_table);
+    if (!arg) {
         obx_err_clear(err);
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return failed(s, "oom");
     }
-    const char *opts[] = {
+    char prefixes[512];
+    snprintf(prefixes, sizeof(prefixes), "%s,%s", OBX_HEARTBEAT_PREFIX, s->cfg->outbox_message_prefix);
+    const char *w2j[] = {
         "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",
-        "include-typmod", "0", "add-tables", tables, "add-msg-prefixes", OBX_HEARTBEAT_PREFIX,
+        "include-typmod", "0", "add-tables", arg, "add-msg-prefixes", prefixes,
     };
-    int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, opts, sizeof(opts) / sizeof(opts[0]) / 2, err);
-    free(tables);
+    const char *pgo[] = {"proto_version", "1", "publication_names", arg, "messages", "true"};
+    int rc = obx_repl_start(s->repl, s->cfg->slot_name, s->p->confirmed, s->pgo ? pgo : w2j,
+                            s->pgo ? sizeof(pgo) / sizeof(pgo[0]) / 2 : sizeof(w2j) / sizeof(w2j[0]) / 2, err);
+    free(arg);
     if (rc != 0) return slot_failure(s, err, "START_REPLICATION");
     s->streaming = 1;
     return 0;
@@ -352,6 +392,13 @@ static int open_kafka(session_t *s, obx_err_t *err)
 
 static int load_relations(session_t *s, obx_err_t *err);
 
+/* pgoutput names column types by OID: looked up on the aux connection. */
+static int resolve_type(void *ctx, uint32_t oid, char *name, size_t name_size, obx_err_t *err)
+{
+    session_t *s = ctx;
+    return obx_publication_type_name(obx_aux_conn(s->aux), oid, name, name_size, err);
+}
+
 static int session_open(session_t *s, obx_err_t *err)
 {
     obx_relay_proc_t *p = s->p;
@@ -359,6 +406,11 @@ static int session_open(session_t *s, obx_err_t *err)
     if (check_slot(s, err) != 0) return -1;
     if (load_relations(s, err) != 0) return -1;
     if (!(s->repl = obx_repl_connect(s->cfg->pg_conninfo, err))) return failed(s, "pg_connect");
+    if (!strcmp(s->cfg->decoder, "pgoutput") && !(s->pgo = obx_pgo_new(resolve_type, s))) {
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+        return failed(s, "oom");
+    }
     obx_txn_sink_t sink = {.ctx = s, .produce = sink_produce, .start_signal = sink_signal};
     if (obx_txn_session_start(p->core, p->confirmed, sink) != 0) {
         obx_err_clear(err);
@@ -407,6 +459,17 @@ static int process_message(session_t *s, const obx_repl_msg_t *m, obx_w2j_change
     }
     if (m->data_start > s->write_lsn) s->write_lsn = m->data_start;
     char e[512];
+    if (s->pgo) {
+        int rc = obx_pgo_parse(s->pgo, m->data, m->len, m->data_start, chg, err);
+        if (rc < 0) {
+            obx_err_prefix(err, "at LSN " OBX_LSN_FMT, OBX_LSN_ARGS(m->data_start));
+            return failed(s, err->cls == OBX_ERR_POISON ? "poison_row" : err->cls == OBX_ERR_FATAL ? "pgoutput_parse"
+                                                                                                  : "pgoutput");
+        }
+        /* Relation/Type/Origin, and logical messages wal2json's filter drops. */
+        if (rc == 1 || (chg->kind == OBX_CHG_MESSAGE && !prefix_wanted(s, chg->prefix))) return 0;
+        return obx_txn_change(s->p->core, chg, err);
+    }
     if (obx_w2j_parse(m->data, m->len, chg, e, sizeof(e)) != 0) {
         /* The plugin's own output is malformed: nothing a retry fixes. */
         obx_err_clear(err);
@@ -574,6 +637,7 @@ static void session_close(session_t *s, int final)
     obx_dedup_destroy(s->dedup);
     obx_producer_destroy(s->prod); /* before the ring: purges report failures to the core */
     obx_repl_destroy(s->repl);
+    obx_pgo_destroy(s->pgo);
     obx_aux_destroy(s->aux);
     obx_txn_session_end(s->p->core);
     obx_txn_set_outbox(s->p->core, NULL);

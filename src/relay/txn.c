@@ -13,6 +13,7 @@
 #include "log.h"
 #include "outbox.h"
 #include "outboxd/v1/event.pb-c.h"
+#include "message.h"
 #include "relset.h"
 
 #define MAX_KHEADERS (3 + OBX_MAX_HEADERS) /* id, type, content-type + the row's headers */
@@ -130,6 +131,10 @@ static void __attribute__((format(printf, 4, 5))) set_err(obx_err_t *err, obx_er
     obx_err_set(err, cls, exit_code, "%s", msg);
 }
 
+/* Where pg_replication_slot_advance skips the open transaction: its end,
+ * or (pgoutput's Begin has no end LSN) just past its commit record's start. */
+static obx_lsn_t skip_lsn(const obx_txn_t *t) { return t->end ? t->end : t->lsn + 1; }
+
 /* A row that cannot become an event, with policy halt. */
 static int halt_poison(obx_txn_t *t, const char *what, obx_err_t *err)
 {
@@ -139,7 +144,7 @@ static int halt_poison(obx_txn_t *t, const char *what, obx_err_t *err)
                 "restart, or set poison.policy = dead-letter; to skip the whole transaction on purpose: SELECT "
                 "pg_replication_slot_advance('%s', '" OBX_LSN_FMT "')",
                 what, t->cfg->slot_name, OBX_LSN_ARGS(obx_lsn_ring_flush_lsn(t->ring)), t->cfg->slot_name,
-                OBX_LSN_ARGS(t->end));
+                OBX_LSN_ARGS(skip_lsn(t)));
     return -1;
 }
 
@@ -282,8 +287,8 @@ static obx_source_t source_of(const obx_txn_t *t, const obx_w2j_change_t *chg)
 /* poison.policy = dead-letter: publish what the row has, with the reason.
  * The envelope keeps every readable field; the payload is dropped when it
  * was the problem (too large). */
-static int dead_letter(obx_txn_t *t, const obx_w2j_change_t *chg, const char *reason, const char *orig_topic,
-                       int drop_payload, obx_err_t *err)
+static int dead_letter(obx_txn_t *t, const obx_w2j_change_t *chg, const char *what, const char *reason,
+                       const char *orig_topic, int drop_payload, obx_err_t *err)
 {
     const obx_config_t *c = t->cfg;
     obx_outbox_row_t row;
@@ -299,7 +304,8 @@ static int dead_letter(obx_txn_t *t, const obx_w2j_change_t *chg, const char *re
     }
     row.payload_kind = OBX_PAYLOAD_TEXT; /* as text, exactly as wal2json gave it */
     obx_source_t src = source_of(t, chg);
-    obx_record_t rec = {.topic = c->dlq_topic, .dead_letter = 1, .pos = {t->lsn, t->index}};
+    obx_record_t rec = {.topic = c->dlq_topic, .dead_letter = 1, .pos = {t->lsn, t->index},
+                        .commit_time_us = t->time_us};
     char e[512];
     if (obx_envelope_encode(&row, &src, &rec.value, &rec.value_len, e, sizeof(e)) != 0) {
         set_err(err, OBX_ERR_POISON, OBX_EXIT_POISON, "cannot encode dead letter: %s", e);
@@ -310,8 +316,10 @@ static int dead_letter(obx_txn_t *t, const obx_w2j_change_t *chg, const char *re
     rec.key = *row.aggregate_id ? row.aggregate_id : row.event_id;
     rec.headers = kh;
     rec.n_headers = 5;
-    row_ref_t ref = {"dead letter for outbox row", row.event_id, row.aggregate_id, chg->lsn};
-    obx_warn("dead_letter", "outbox row id=%s (change LSN " OBX_LSN_FMT ", commit LSN " OBX_LSN_FMT ") goes to %s: %s",
+    char refwhat[64];
+    snprintf(refwhat, sizeof(refwhat), "dead letter for %s", what);
+    row_ref_t ref = {refwhat, row.event_id, row.aggregate_id, chg->lsn};
+    obx_warn("dead_letter", "%s id=%s (change LSN " OBX_LSN_FMT ", commit LSN " OBX_LSN_FMT ") goes to %s: %s", what,
              row.event_id, OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), c->dlq_topic, reason);
     int rc = produce(t, &rec, &ref, err);
     if (rc == 0) atomic_fetch_add(&t->m->events_dead_lettered, 1);
@@ -324,13 +332,15 @@ static int encode_row(obx_txn_t *t, const obx_w2j_change_t *chg, obx_outbox_row_
                       obx_record_t *rec, char *e, size_t e_size)
 {
     if (row->headers_json && obx_headers_parse(row->headers_json, hdrs, e, e_size) != 0) return -1;
-    row->headers = row->headers_json ? hdrs : NULL;
+    if (row->trace_props && obx_headers_add_trace(hdrs, row->trace_props, e, e_size) != 0) return -1;
+    row->headers = row->headers_json || row->trace_props ? hdrs : NULL;
     obx_source_t src = source_of(t, chg);
     return obx_envelope_encode(row, &src, &rec->value, &rec->value_len, e, e_size);
 }
 
-/* One outbox INSERT: map, encode, produce (or dead-letter, or halt). */
-static int on_insert(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
+/* One outbox INSERT, or a message read as one (what names it): map,
+ * encode, produce (or dead-letter, or halt). */
+static int on_insert(obx_txn_t *t, const obx_w2j_change_t *chg, const char *what_kind, obx_err_t *err)
 {
     char e[1024], what[1400];
     obx_pos_t pos = {t->lsn, t->index};
@@ -341,22 +351,22 @@ static int on_insert(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
     if (obx_outbox_map(t->cfg, chg, &row, e, sizeof(e)) != 0) {
         const obx_col_t *id = obx_w2j_col(chg, t->cfg->col_id);
         if (t->dead_letter) {
-            rc = dead_letter(t, chg, e, NULL, 0, err);
+            rc = dead_letter(t, chg, what_kind, e, NULL, 0, err);
             goto next;
         }
         snprintf(what, sizeof(what),
-                 "outbox row id=%.200s (change LSN " OBX_LSN_FMT ", commit LSN " OBX_LSN_FMT ", xid %u) cannot become an event: %s",
-                 id && id->value ? id->value : "NULL", OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), t->xid, e);
+                 "%s id=%.200s (change LSN " OBX_LSN_FMT ", commit LSN " OBX_LSN_FMT ", xid %u) cannot become an event: %s",
+                 what_kind, id && id->value ? id->value : "NULL", OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), t->xid, e);
         return halt_poison(t, what, err);
     }
-    obx_record_t rec = {.topic = row.topic, .key = row.aggregate_id, .pos = pos};
+    obx_record_t rec = {.topic = row.topic, .key = row.aggregate_id, .pos = pos, .commit_time_us = t->time_us};
     if (pi >= 0) {
-        rc = dead_letter(t, chg, t->poison[pi].reason, row.topic, 1, err);
+        rc = dead_letter(t, chg, what_kind, t->poison[pi].reason, row.topic, 1, err);
     } else if (encode_row(t, chg, &row, &hdrs, &rec, e, sizeof(e)) != 0) {
         if (t->dead_letter) {
-            rc = dead_letter(t, chg, e, row.topic, 0, err);
+            rc = dead_letter(t, chg, what_kind, e, row.topic, 0, err);
         } else {
-            snprintf(what, sizeof(what), "outbox row id=%.200s (change LSN " OBX_LSN_FMT ") cannot be encoded: %s",
+            snprintf(what, sizeof(what), "%s id=%.200s (change LSN " OBX_LSN_FMT ") cannot be encoded: %s", what_kind,
                      row.event_id, OBX_LSN_ARGS(chg->lsn), e);
             rc = halt_poison(t, what, err);
         }
@@ -366,7 +376,7 @@ static int on_insert(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
         memcpy(kh + 6, hdrs.kv, 2 * hdrs.n * sizeof(kh[0]));
         rec.headers = kh;
         rec.n_headers = 3 + hdrs.n;
-        row_ref_t ref = {"outbox row", row.event_id, row.aggregate_id, chg->lsn};
+        row_ref_t ref = {what_kind, row.event_id, row.aggregate_id, chg->lsn};
         rc = produce(t, &rec, &ref, err);
     }
     obx_headers_clear(&hdrs);
@@ -443,7 +453,7 @@ static int unclassified(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *er
             "here and does not confirm past this transaction (slot %s stays at or before " OBX_LSN_FMT "). Report it; "
             "to skip the whole transaction on purpose: SELECT pg_replication_slot_advance('%s', '" OBX_LSN_FMT "')",
             OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), t->xid, what, t->cfg->slot_name,
-            OBX_LSN_ARGS(t->ring ? obx_lsn_ring_flush_lsn(t->ring) : 0), t->cfg->slot_name, OBX_LSN_ARGS(t->end));
+            OBX_LSN_ARGS(t->ring ? obx_lsn_ring_flush_lsn(t->ring) : 0), t->cfg->slot_name, OBX_LSN_ARGS(skip_lsn(t)));
     return -1;
 }
 
@@ -456,6 +466,66 @@ static int on_signal(obx_txn_t *t, const obx_w2j_change_t *chg)
     return 0;
 }
 
+/* A non-transactional message with the outbox prefix: not atomic with its
+ * producer's transaction (decoded even when it rolled back), so poison.
+ * Decoders deliver it outside any transaction: dead-lettering it then takes
+ * a transaction of its own, confirmable at the message's LSN, which both
+ * decoders report as the record's end: on a restart the server skips a
+ * message that starts before the confirmed LSN, and nothing after it. */
+static int non_transactional(obx_txn_t *t, const obx_w2j_change_t *chg, obx_message_t *msg, obx_err_t *err)
+{
+    static const char why[] = "a non-transactional logical message with the outbox prefix: it is not atomic with its "
+                              "producer's transaction (emit outbox events with transactional = true, e.g. outbox_emit())";
+    const obx_col_t *id = obx_w2j_col(&msg->chg, t->cfg->col_id);
+    int own = !obx_lsn_ring_in_txn(t->ring);
+    if (own) {
+        t->lsn = chg->lsn;
+        t->end = chg->lsn;
+        t->xid = 0;
+        t->index = 0;
+    }
+    if (!t->dead_letter) {
+        char what[1400];
+        snprintf(what, sizeof(what), "outbox message id=%.200s at LSN " OBX_LSN_FMT " (prefix \"%.100s\") is %s",
+                 id && id->value ? id->value : "?", OBX_LSN_ARGS(chg->lsn), chg->prefix, why);
+        return halt_poison(t, what, err);
+    }
+    if (own && obx_lsn_ring_begin(t->ring) != 0) {
+        set_err(err, OBX_ERR_RETRIABLE, 0, "protocol: cannot track the message at " OBX_LSN_FMT, OBX_LSN_ARGS(chg->lsn));
+        return -1;
+    }
+    int rc = dead_letter(t, &msg->chg, "outbox message", why, NULL, 0, err);
+    if (rc == 0 && own) {
+        t->index++;
+        obx_lsn_ring_commit(t->ring, t->end);
+    }
+    return rc;
+}
+
+/* An outbox_emit() message: read as the row it stands for, then relayed
+ * like one (malformed content is poison like a row that cannot map). */
+static int on_message(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
+{
+    char e[512], what[1024];
+    obx_message_t msg;
+    size_t len = chg->content_len ? chg->content_len : (chg->content ? strlen(chg->content) : 0);
+    int parsed = obx_message_parse(t->cfg, chg->content, len, chg->lsn, &msg, e, sizeof(e)), rc;
+    if (!chg->transactional) {
+        rc = non_transactional(t, chg, &msg, err);
+    } else if (parsed == 0) {
+        rc = on_insert(t, &msg.chg, "outbox message", err);
+    } else if (t->dead_letter) {
+        rc = dead_letter(t, &msg.chg, "outbox message", e, NULL, 0, err);
+        if (rc == 0) t->index++;
+    } else {
+        snprintf(what, sizeof(what), "outbox message at LSN " OBX_LSN_FMT " (commit LSN " OBX_LSN_FMT ", xid %u) cannot "
+                 "become an event: %s", OBX_LSN_ARGS(chg->lsn), OBX_LSN_ARGS(t->lsn), t->xid, e);
+        rc = halt_poison(t, what, err);
+    }
+    obx_message_clear(&msg);
+    return rc;
+}
+
 int obx_txn_change(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
 {
     const obx_config_t *c = t->cfg;
@@ -465,9 +535,11 @@ int obx_txn_change(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
     case OBX_CHG_COMMIT:
         return on_commit(t, chg, err);
     case OBX_CHG_MESSAGE:
-        /* Our heartbeat: its empty transaction advances the flush LSN. */
-        if (chg->prefix && !strcmp(chg->prefix, OBX_HEARTBEAT_PREFIX)) return 0;
-        return unclassified(t, chg, err);
+        /* outbox_emit()'s events; anything else (our heartbeat, whose empty
+         * transaction advances the flush LSN, or another tool's messages,
+         * which pgoutput does not filter) is not ours. */
+        if (chg->prefix && !strcmp(chg->prefix, c->outbox_message_prefix)) return on_message(t, chg, err);
+        return 0;
     case OBX_CHG_INSERT:
     case OBX_CHG_UPDATE:
     case OBX_CHG_DELETE:
@@ -475,7 +547,7 @@ int obx_txn_change(obx_txn_t *t, const obx_w2j_change_t *chg, obx_err_t *err)
         if (is_table(chg, c->outbox_schema, c->signal_table))
             return chg->kind == OBX_CHG_INSERT ? on_signal(t, chg) : 0;
         if (!is_outbox(t, chg)) return unclassified(t, chg, err);
-        if (chg->kind == OBX_CHG_INSERT) return on_insert(t, chg, err);
+        if (chg->kind == OBX_CHG_INSERT) return on_insert(t, chg, "outbox row", err);
         /* Updates, deletes, truncates of the outbox are not events. */
         atomic_fetch_add(&t->m->events_ignored, 1);
         return 0;

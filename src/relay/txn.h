@@ -40,6 +40,7 @@ typedef struct {
     const char *const *headers; /* n_headers key/value pairs */
     size_t n_headers;
     obx_pos_t pos;   /* source position, for exactly-once read-back */
+    int64_t commit_time_us; /* the transaction's commit time (0 unknown): where the read-back starts */
     uint64_t ticket; /* pass back to obx_txn_delivered */
     int dead_letter; /* 1: a poison row going to the dead-letter topic */
     int32_t partition; /* out: where it went, for messages; -1 unknown */

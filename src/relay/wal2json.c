@@ -270,6 +270,7 @@ int obx_w2j_parse(const char *line, size_t len, obx_w2j_change_t *out, char *err
         rc = lsn_member(root, "lsn", &out->lsn, 0, errstr, errstr_size);
         out->prefix = str_member(root, "prefix");
         out->content = str_member(root, "content");
+        out->content_len = out->content ? strlen(out->content) : 0;
         out->transactional = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "transactional"));
         break;
     case OBX_CHG_TRUNCATE:

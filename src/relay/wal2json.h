@@ -42,7 +42,8 @@ typedef struct {
     int64_t commit_time_us; /* B/C with include-timestamp; 0 if absent */
     const char *schema, *table;
     const char *prefix;   /* M */
-    const char *content;  /* M */
+    const char *content;  /* M; NUL-terminated, but may hold NUL bytes (pgoutput) */
+    size_t content_len;   /* M: content's length (0: use strlen) */
     int transactional;    /* M */
     int ncols;
     obx_col_t *cols;      /* ncols entries, in the arena (a table may have 1600 columns) */

@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <librdkafka/rdkafka.h>
+#include <regex.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,6 +98,45 @@ static int subscribe(rd_kafka_t *rk, const char *list)
     return e ? -1 : 0;
 }
 
+/* The broker answers and every topic named (or one matching a ^regex)
+ * exists. A metadata request for all topics never creates one. 0 or -1
+ * with why set. */
+static int topics_exist(rd_kafka_t *rk, const obx_consume_opts_t *o, char *why, size_t why_size)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 5000);
+    if (e) {
+        snprintf(why, why_size, "cannot reach Kafka at %s: %s", obx_consume_brokers(o), rd_kafka_err2str(e));
+        return -1;
+    }
+    int rc = 0;
+    if (o->topics[0] == '^') {
+        regex_t re;
+        int found = 0;
+        if (regcomp(&re, o->topics, REG_EXTENDED | REG_NOSUB) == 0) {
+            for (int i = 0; i < md->topic_cnt && !found; i++) found = !regexec(&re, md->topics[i].topic, 0, NULL, 0);
+            regfree(&re);
+        } else {
+            found = 1; /* librdkafka's regex dialect: let the subscription judge */
+        }
+        if (!found) snprintf(why, why_size, "no topic matches %s", o->topics);
+        rc = found ? 0 : -1;
+    } else {
+        char *list = strdup(o->topics), *save = NULL;
+        for (char *t = list ? strtok_r(list, ",", &save) : NULL; t && rc == 0; t = strtok_r(NULL, ",", &save)) {
+            int i = 0;
+            while (i < md->topic_cnt && strcmp(md->topics[i].topic, t) != 0) i++;
+            if (i == md->topic_cnt || md->topics[i].err) {
+                snprintf(why, why_size, "topic %s does not exist", t);
+                rc = -1;
+            }
+        }
+        free(list);
+    }
+    rd_kafka_metadata_destroy(md);
+    return rc;
+}
+
 int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
 {
     obx_err_t err;
@@ -106,7 +146,12 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
         return obx_err_exit_code(&err);
     }
     rd_kafka_poll_set_consumer(rk);
-    int rc = subscribe(rk, o->topics) == 0 ? OBX_EXIT_OK : OBX_EXIT_FAIL;
+    char whybuf[512];
+    int rc = OBX_EXIT_OK;
+    if (o->require_topics && topics_exist(rk, o, o->why ? o->why : whybuf, o->why ? o->why_size : sizeof(whybuf)) != 0)
+        rc = OBX_EXIT_FAIL;
+    else if (subscribe(rk, o->topics) != 0)
+        rc = OBX_EXIT_FAIL;
     long n = 0;
     int halt = rc != OBX_EXIT_OK;
     int64_t last = obx_mono_ms();

@@ -25,6 +25,9 @@ typedef struct {
     int idle_exit_ms;     /* stop after this long without a message; 0 = never */
     obx_event_cb_t on_event; /* NULL: print JSON lines to out */
     void *opaque;
+    int require_topics;   /* verify: fail (1) when Kafka is unreachable or no topic exists */
+    char *why;            /* with require_topics: the failure, for the caller's summary */
+    size_t why_size;
 } obx_consume_opts_t;
 
 /* Returns an OBX_EXIT_* code; errors go to the log. The consumer is built

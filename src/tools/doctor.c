@@ -12,6 +12,7 @@
 #include "lsn.h"
 #include "pg.h"
 #include "preflight.h"
+#include "publication.h"
 #include "relset.h"
 
 typedef struct {
@@ -36,7 +37,7 @@ static PGresult *q1(PGconn *c, const char *sql, int n, const char *const *p)
 
 /* wal_level, slot and sender headroom, REPLICATION, the plugin allow-list
  * (where the GUC exists) and the WAL a stuck slot may keep. */
-static int check_settings(doc_t *d, PGconn *c)
+static int check_settings(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
     char what[1024], fix[1024];
     obx_err_t err;
@@ -67,8 +68,8 @@ static int check_settings(doc_t *d, PGconn *c)
     free(role);
     report(d, !strcmp(PQgetvalue(r, 0, 5), "t"), 0, what, fix);
     if (!PQgetisnull(r, 0, 7)) {
-        snprintf(what, sizeof(what), "output_plugin_libraries = '%s' allows wal2json", PQgetvalue(r, 0, 7));
-        report(d, strstr(PQgetvalue(r, 0, 7), "wal2json") != NULL, 0, what,
+        snprintf(what, sizeof(what), "output_plugin_libraries = '%s' allows %s", PQgetvalue(r, 0, 7), cfg->decoder);
+        report(d, strstr(PQgetvalue(r, 0, 7), cfg->decoder) != NULL, 0, what,
                "ALTER SYSTEM SET output_plugin_libraries = pgoutput, test_decoding, wal2json; SELECT pg_reload_conf(); (unquoted list)");
     }
     const char *keep = PQgetvalue(r, 0, 8);
@@ -81,17 +82,41 @@ static int check_settings(doc_t *d, PGconn *c)
 }
 
 /* Proves the plugin is installed and allowed for this role. */
-static void check_plugin(doc_t *d, PGconn *c)
+static void check_plugin(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
     char tmp[64], what[1400];
     obx_err_t err;
     snprintf(tmp, sizeof(tmp), "outboxd_doctor_%d", (int)getpid());
-    const char *p1[1] = {tmp};
-    PGresult *t = obx_pg_exec(c, "SELECT 1 FROM pg_create_logical_replication_slot($1, 'wal2json', true)", 1, p1, &err);
-    snprintf(what, sizeof(what), "wal2json is installed and usable (temporary slot)%s%s", t ? "" : ": ", t ? "" : err.msg);
-    report(d, t != NULL, 0, what, "install postgresql-<version>-wal2json and allow it (see above)");
+    const char *p2[2] = {tmp, cfg->decoder}, *p1[1] = {tmp};
+    PGresult *t = obx_pg_exec(c, "SELECT 1 FROM pg_create_logical_replication_slot($1, $2, true)", 2, p2, &err);
+    snprintf(what, sizeof(what), "%s is installed and usable (temporary slot)%s%s", cfg->decoder, t ? "" : ": ",
+             t ? "" : err.msg);
+    report(d, t != NULL, 0, what,
+           !strcmp(cfg->decoder, "wal2json") ? "install postgresql-<version>-wal2json and allow it (see above)"
+                                             : "allow pgoutput (see above)");
     if (t) PQclear(q1(c, "SELECT pg_drop_replication_slot($1)", 1, p1));
     PQclear(t);
+}
+
+/* decoder = pgoutput: the publication outboxd streams (publication.h). */
+static void check_publication(doc_t *d, const obx_config_t *cfg, PGconn *c)
+{
+    char what[2048], err[1536];
+    int exists = 0;
+    int rc = obx_publication_check(c, cfg, &exists, err, sizeof(err));
+    if (rc == OBX_EXIT_FAIL) {
+        report(d, 0, 0, "read pg_publication", err);
+        return;
+    }
+    if (!exists) {
+        snprintf(what, sizeof(what), "publication %s does not exist%s", obx_config_publication(cfg),
+                 cfg->slot_create ? " (outboxd run creates it before the slot)" : "");
+        report(d, cfg->slot_create, 1, what, "outboxd slot create (creates publication and slot)");
+        return;
+    }
+    snprintf(what, sizeof(what), "publication %s publishes inserts of the outbox and signal table only, via the "
+             "partition root", obx_config_publication(cfg));
+    report(d, rc == 0, 0, what, rc ? err : NULL);
 }
 
 static void check_slot(doc_t *d, const obx_config_t *cfg, PGconn *c)
@@ -105,11 +130,13 @@ static void check_slot(doc_t *d, const obx_config_t *cfg, PGconn *c)
     if (!s.exists) {
         snprintf(what, sizeof(what), "slot %s does not exist%s", cfg->slot_name,
                  cfg->slot_create ? " (outboxd run creates it; events before that are not captured)" : "");
-        report(d, cfg->slot_create, 1, what, "outboxd slot create (or set slot.create = true)");
+        /* With slot.create = false, run stops on it with exit 4. */
+        report(d, cfg->slot_create, 0, what, "outboxd slot create (or set slot.create = true)");
         return;
     }
     snprintf(what, sizeof(what), "slot %s uses plugin %s", cfg->slot_name, s.plugin);
-    report(d, !strcmp(s.plugin, "wal2json"), 0, what, "use another slot.name, or drop this slot if nothing uses it");
+    report(d, !strcmp(s.plugin, cfg->decoder), 0, what,
+           "set decoder to the slot's plugin, use another slot.name, or drop this slot if nothing uses it");
     snprintf(what, sizeof(what), "slot %s wal_status = %s", cfg->slot_name, *s.wal_status ? s.wal_status : "(none)");
     report(d, strcmp(s.wal_status, "lost") != 0 && strcmp(s.wal_status, "unreserved") != 0,
            strcmp(s.wal_status, "unreserved") == 0, what,
@@ -203,9 +230,13 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     char what[64];
     int ver = PQserverVersion(c);
     snprintf(what, sizeof(what), "server version %d.%d", ver / 10000, ver % 10000);
-    report(d, ver >= 100000, 0, what, "upgrade to PostgreSQL 10 or newer");
-    if (check_settings(d, c) != 0) return;
-    check_plugin(d, c);
+    /* 13: pg_replication_slots.wal_status/safe_wal_size and max_slot_wal_keep_size. */
+    report(d, ver >= 130000, 0, what, "upgrade PostgreSQL to 13 or newer (outboxd reads wal_status and "
+           "max_slot_wal_keep_size, new in 13)");
+    if (ver < 130000) return;
+    if (check_settings(d, cfg, c) != 0) return;
+    check_plugin(d, cfg, c);
+    if (!strcmp(cfg->decoder, "pgoutput")) check_publication(d, cfg, c);
     check_slot(d, cfg, c);
     check_outbox(d, cfg, c);
     check_signals(d, cfg, c);
@@ -262,8 +293,11 @@ static void check_topics(doc_t *d, const obx_config_t *cfg, rd_kafka_t *rk, cons
     report(d, n > 0 || autocreate == 1, 0, what,
            "create the topics for each aggregate type (with the partition count you will keep: it is part of the key rule) or enable auto.create.topics.enable");
     if (!strcmp(cfg->poison_policy, "dead-letter")) {
+        /* Listed from metadata (never auto-created by asking); auto-creation
+         * would give it the broker's default partitions and retention. */
         snprintf(what, sizeof(what), "dead-letter topic %s exists", cfg->dlq_topic);
-        report(d, dlq || autocreate == 1, 0, what, "create it");
+        report(d, dlq, 0, what, "create it with the retention you need to inspect poison rows "
+               "(kafka-topics.sh --create --topic <poison.dlq_topic>)");
     }
 }
 
@@ -295,8 +329,12 @@ static void check_kafka(doc_t *d, const obx_config_t *cfg)
 int obx_doctor_run(const obx_config_t *cfg, FILE *out)
 {
     doc_t d = {.out = out};
-    char red[1024];
+    char red[1024], cerr[1024], cwhat[1200];
     obx_err_t err;
+    /* The same checks as `outboxd run` at start (exit 2 there). */
+    int valid = obx_config_validate(cfg, cerr, sizeof(cerr)) == 0;
+    snprintf(cwhat, sizeof(cwhat), "configuration is valid%s%s", valid ? "" : ": ", valid ? "" : cerr);
+    report(&d, valid, 0, cwhat, "fix the key named above (outboxd run would exit 2)");
     obx_conninfo_redact(cfg->pg_conninfo, red, sizeof(red));
     PGconn *c = obx_pg_connect(cfg->pg_conninfo, "pg.conninfo", OBX_PG_NORMAL, &err);
     char what[2200];

@@ -508,6 +508,8 @@ static int snap_send_row(snap_t *s, PGresult *r, int i, int64_t now_us, obx_err_
         s->eid_cap = need;
     }
     char *eid = s->eid;
+    /* The "snapshot:" prefix (event_id, the envelope's first field) lets the
+     * relay's exactly-once read-back skip these records undecoded (dedup.c). */
     snprintf(eid, need, "snapshot:%s:%s:%s", s->name, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
     obx_outbox_row_t row = {
         .event_id = eid, .aggregate_type = s->atype, .aggregate_id = PQgetvalue(r, i, 0),

@@ -93,7 +93,6 @@ typedef struct {
 } pos_t;
 
 typedef struct {
-    FILE *out;
     map_t seen, aggs, parts;
     long events, duplicates, order_errors, partition_errors, position_errors, oom;
     int reported;
@@ -105,12 +104,12 @@ static void problem(vstate_t *v, const char *fmt, ...) __attribute__((format(pri
 static void problem(vstate_t *v, const char *fmt, ...)
 {
     if (v->reported++ < 20) {
+        char msg[1024];
         va_list ap;
         va_start(ap, fmt);
-        fputs("  ", v->out);
-        vfprintf(v->out, fmt, ap);
-        fputc('\n', v->out);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
+        obx_warn("verify_problem", "%s", msg);
     }
 }
 
@@ -176,49 +175,83 @@ static int on_event(void *opaque, const Outboxd__V1__Event *ev, const char *topi
     return 0;
 }
 
+/* The summary's failure reason; "" when every check passed. */
+static void verdict(const obx_verify_opts_t *o, const vstate_t *v, int rc, const char *why, long missing, char *out,
+                    size_t n)
+{
+    long unique = v->events - v->duplicates;
+    *out = '\0';
+    if (rc != OBX_EXIT_OK) snprintf(out, n, "%s", *why ? why : "reading failed (see the log)");
+    else if (v->oom) snprintf(out, n, "out of memory");
+    else if (missing) snprintf(out, n, "%ld expected event(s) missing", missing);
+    else if (unique < o->expect_min) snprintf(out, n, "read %ld event(s), expected at least %ld", unique, o->expect_min);
+    else if (v->order_errors || v->partition_errors || v->position_errors) snprintf(out, n, "order checks failed");
+    else if (v->duplicates && !o->allow_duplicates) snprintf(out, n, "duplicates");
+}
+
+/* Ids of the expected file that were not seen: counted and reported. -1
+ * when the file cannot be read. */
+static long count_missing(vstate_t *v, const char *path, long *expected)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long missing = 0;
+    char line[512];
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!*line) continue;
+        (*expected)++;
+        int created;
+        void **s = map_get(&v->seen, line, &created);
+        if (s && created) {
+            missing++;
+            problem(v, "missing event %s", line);
+        }
+    }
+    fclose(f);
+    return missing;
+}
+
 int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
 {
     vstate_t v;
     memset(&v, 0, sizeof(v));
-    v.out = out;
+    char why[512] = "", reason[600];
     o->consume.on_event = on_event;
     o->consume.opaque = &v;
-    fprintf(out, "reading %s from %s ...\n", o->consume.topics, obx_consume_brokers(&o->consume));
+    o->consume.require_topics = 1;
+    o->consume.why = why;
+    o->consume.why_size = sizeof(why);
+    obx_info("verify", "reading %s from %s", o->consume.topics, obx_consume_brokers(&o->consume));
     int rc = obx_consume_run(&o->consume, out, stop);
-    if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL) return rc;
     long missing = 0, expected = 0;
-    if (o->expected_path) {
-        FILE *f = fopen(o->expected_path, "r");
-        if (!f) {
+    if (rc == OBX_EXIT_OK || rc == OBX_EXIT_FAIL) {
+        if (o->expected_path && (missing = count_missing(&v, o->expected_path, &expected)) < 0) {
             obx_error("verify", "cannot open %s", o->expected_path);
-            map_free(&v.seen);
-            map_free(&v.aggs);
-            map_free(&v.parts);
-            return OBX_EXIT_CONFIG;
+            rc = OBX_EXIT_CONFIG;
         }
-        char line[512];
-        while (fgets(line, sizeof(line), f)) {
-            line[strcspn(line, "\r\n")] = '\0';
-            if (!*line) continue;
-            expected++;
-            int created;
-            void **s = map_get(&v.seen, line, &created);
-            if (s && created) {
-                missing++;
-                problem(&v, "missing event %s", line);
-            }
-        }
-        fclose(f);
     }
-    int ok = !missing && !v.order_errors && !v.partition_errors && !v.position_errors && !v.oom && rc == OBX_EXIT_OK &&
-             (o->allow_duplicates || !v.duplicates);
+    if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL) {
+        map_free(&v.seen);
+        map_free(&v.aggs);
+        map_free(&v.parts);
+        return rc;
+    }
+    verdict(o, &v, rc, why, missing, reason, sizeof(reason));
+    int ok = !*reason;
+    if (!ok) obx_error("verify_failed", "%s", reason);
     fprintf(out,
             "{\"events\":%ld,\"unique\":%ld,\"expected\":%ld,\"missing\":%ld,\"duplicates\":%ld,"
-            "\"aggregates\":%zu,\"order_errors\":%ld,\"partition_errors\":%ld,\"position_errors\":%ld,\"ok\":%s}\n",
+            "\"aggregates\":%zu,\"order_errors\":%ld,\"partition_errors\":%ld,\"position_errors\":%ld,\"ok\":%s,"
+            "\"reason\":\"",
             v.events, v.events - v.duplicates, expected, missing, v.duplicates, v.aggs.n, v.order_errors,
             v.partition_errors, v.position_errors, ok ? "true" : "false");
+    for (const char *p = reason; *p; p++) /* JSON string: quotes, backslashes, controls */
+        if (*p == '"' || *p == '\\') fprintf(out, "\\%c", *p);
+        else if ((unsigned char)*p >= 0x20) fputc(*p, out);
+    fputs("\"}\n", out);
     map_free(&v.seen);
     map_free(&v.aggs);
     map_free(&v.parts);
-    return ok ? 0 : 1;
+    return ok ? OBX_EXIT_OK : OBX_EXIT_FAIL;
 }

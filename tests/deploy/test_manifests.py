@@ -37,9 +37,18 @@ OUTBOXD_BIN = Path(os.environ.get("OUTBOXD_BIN", ROOT / "build" / "outboxd"))
 REQUIRED_ALERTS = {
     "OutboxdSourceAgeHigh", "OutboxdNoAcks", "OutboxdRetainedWALHigh", "OutboxdSlotWALAtRisk",
     "OutboxdSlotLost", "OutboxdNotReady", "OutboxdHalted", "OutboxdRestartsHigh",
+    "OutboxdApplySourceAgeHigh", "OutboxdApplyHalted", "OutboxdApplyNotApplying",
 }
 # Labels Prometheus (Operator) attaches to every scraped series.
 TARGET_LABELS = {"namespace", "pod", "service", "job", "instance", "endpoint", "container"}
+# The two programs the base deploys, told apart by app.kubernetes.io/name: what
+# each Deployment must look like, and the job its ServiceMonitor gives (the
+# OutboxdDown / OutboxdApplyDown alerts select it).
+APPS = {
+    "outboxd": {"args": "run", "secret_file": "secret.example.yaml", "job": "outboxd", "container": "outboxd"},
+    "outboxd-apply": {"args": "apply", "secret_file": "apply-secret.example.yaml", "job": "outboxd-apply",
+                      "container": "outboxd-apply"},
+}
 # A SIGTERM'd pod needs time after shutdown.timeout_ms for the final status
 # update and exit before the kubelet's SIGKILL.
 SHUTDOWN_MARGIN_MS = 5000
@@ -101,9 +110,14 @@ def metric_catalog():
     (outboxd_x_bucket/_sum/_count), and from "# TYPE outboxd_x type"."""
     text = src("src/common/metrics.c")
     series, types = {}, {}
-    for kind, name in re.findall(r'\b(COUNTER|GAUGE)\(\s*"([a-z0-9_]+)"', text):
-        series["outboxd_" + name] = {"slot"}
-        types["outboxd_" + name] = kind.lower()
+    # COUNTER/GAUGE take the label string of the function they are in: {group}
+    # in render_apply_prometheus, {slot} elsewhere.
+    apply_start = text.index("static void render_apply_prometheus")
+    apply_end = text.index("static void render_apply_json")
+    for m in re.finditer(r'\b(COUNTER|GAUGE)\(\s*"([a-z0-9_]+)"', text):
+        label = "group" if apply_start <= m.start() < apply_end else "slot"
+        series.setdefault("outboxd_" + m[2], set()).add(label)
+        types["outboxd_" + m[2]] = m[1].lower()
     for name, typ in re.findall(r'# TYPE (outboxd_[a-z0-9_]+) (counter|gauge|histogram|summary)', text):
         types[name] = typ
     for name, key in re.findall(r'\bHISTOGRAM\(\s*"([a-z0-9_]+)",\s*"[^"]*",\s*"(\w+)"', text):
@@ -223,7 +237,7 @@ def load_yaml_docs(path):
     return [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
 
 
-def load_bundle():
+def load_bundle(app="outboxd"):
     kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     files = {}
     for p in sorted(BASE.glob("*.yaml")):
@@ -233,6 +247,7 @@ def load_bundle():
         for d in docs:
             by_kind.setdefault(d.get("kind"), []).append(d)
     return {
+        "app": app,
         "kustomization": kust,
         "files": files,
         "kinds": by_kind,
@@ -247,9 +262,17 @@ def bundle():
     return load_bundle()
 
 
+def app_of(doc):
+    return doc.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/name")
+
+
 def one(b, kind, file=None):
+    """The one document of kind for the bundle's app (the PrometheusRule is
+    the relay's and covers both)."""
     docs = b["files"][file] if file else b["kinds"].get(kind, [])
     docs = [d for d in docs if d.get("kind") == kind]
+    if not file and kind != "PrometheusRule":
+        docs = [d for d in docs if app_of(d) == b["app"]]
     assert len(docs) == 1, f"expected exactly one {kind}, got {len(docs)}"
     return docs[0]
 
@@ -263,11 +286,11 @@ def container(b):
 
 
 def configmap(b):
-    return one(b, "ConfigMap", "configmap.yaml")
+    return one(b, "ConfigMap")
 
 
 def secret_example(b):
-    return one(b, "Secret", "secret.example.yaml")
+    return one(b, "Secret", APPS[b["app"]]["secret_file"])
 
 
 def named_port(b, name):
@@ -400,8 +423,10 @@ def check_deployment(b):
     tlabels = spec["template"]["metadata"].get("labels", {})
     if not labels_match(spec.get("selector", {}).get("matchLabels"), tlabels):
         problems.append("Deployment: selector does not match the pod template labels")
-    if spec.get("replicas") != 2:
+    if b["app"] == "outboxd" and spec.get("replicas") != 2:
         problems.append("Deployment: replicas should be 2 (one streams, one stands by)")
+    if b["app"] == "outboxd-apply" and not (isinstance(spec.get("replicas"), int) and spec["replicas"] > 1):
+        problems.append("Deployment: apply should run more than one process in its consumer group")
     st = spec.get("strategy", {})
     ru = st.get("rollingUpdate", {})
     if st.get("type") != "RollingUpdate" or ru.get("maxSurge") is None or ru.get("maxUnavailable") is None:
@@ -412,6 +437,9 @@ def check_deployment(b):
     if len(containers) != 1 or not containers[0].get("name") or not containers[0].get("image"):
         problems.append("Deployment: one named container with an image expected")
         return problems
+    if containers[0]["name"] != APPS[b["app"]]["container"]:
+        problems.append(f"Deployment: container {containers[0]['name']} should be {APPS[b['app']]['container']} "
+                        f"(the CrashLooping alerts select it)")
     c = containers[0]
     psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
     if not (psc.get("runAsNonRoot") or csc.get("runAsNonRoot")):
@@ -454,8 +482,9 @@ def check_image(b):
     if "command" in c and c["command"] != ep:
         problems.append(f"Deployment: command {c['command']} overrides the image ENTRYPOINT {ep}")
     args = c.get("args", cmd)
-    if not args or args[0] != "run":
-        problems.append(f"Deployment: args {args} do not start the relay (`run`)")
+    want = APPS[b["app"]]["args"]
+    if not args or args[0] != want:
+        problems.append(f"Deployment: args {args} do not start `{want}`")
     uid = final["user"]
     run_as = c.get("securityContext", {}).get("runAsUser") or \
         deployment(b)["spec"]["template"]["spec"].get("securityContext", {}).get("runAsUser")
@@ -518,10 +547,13 @@ def check_pdb(b):
     tlabels = deployment(b)["spec"]["template"]["metadata"].get("labels", {})
     if not labels_match(spec.get("selector", {}).get("matchLabels"), tlabels):
         problems.append("PDB: selector does not match the pod labels")
-    if spec.get("minAvailable") != 1:
+    replicas = deployment(b)["spec"]["replicas"]
+    if b["app"] == "outboxd" and spec.get("minAvailable") != 1:
         problems.append("PDB: minAvailable should be 1")
-    elif spec["minAvailable"] >= deployment(b)["spec"]["replicas"]:
+    elif "minAvailable" in spec and spec["minAvailable"] >= replicas:
         problems.append("PDB: minAvailable >= replicas blocks every drain")
+    elif "maxUnavailable" in spec and not 0 < int(spec["maxUnavailable"]) < replicas:
+        problems.append("PDB: maxUnavailable must let one pod go and keep one")
     return problems
 
 
@@ -542,8 +574,9 @@ def check_servicemonitor(b):
         if ep.get("path", "/metrics") != "/metrics" or "/metrics" not in status_paths():
             problems.append(f"ServiceMonitor: path {ep.get('path')} is not /metrics of status_http.c")
     jl = sm["spec"].get("jobLabel")
-    if jl and svc["metadata"].get("labels", {}).get(jl) != "outboxd":
-        problems.append(f"ServiceMonitor: jobLabel {jl} does not give job=outboxd (the OutboxdDown alert)")
+    job = APPS[b["app"]]["job"]
+    if not jl or svc["metadata"].get("labels", {}).get(jl) != job:
+        problems.append(f"ServiceMonitor: jobLabel {jl} does not give job={job} (the *Down alerts)")
     return problems
 
 
@@ -698,11 +731,12 @@ def check_kustomization(b):
             problems.append(f"kustomization.yaml: resource {r} does not exist")
     if len(set(res)) != len(res):
         problems.append("kustomization.yaml: duplicate resources")
-    if "secret.example.yaml" in res:
-        problems.append("kustomization.yaml: secret.example.yaml must not be a resource")
+    examples = {a["secret_file"] for a in APPS.values()}
+    for ex in sorted(examples & set(res)):
+        problems.append(f"kustomization.yaml: {ex} must not be a resource")
     listed = {Path(r).name for r in res}
     for name in b["files"]:
-        if name not in listed | {"kustomization.yaml", "secret.example.yaml"}:
+        if name not in listed | {"kustomization.yaml"} | examples:
             problems.append(f"kustomization.yaml: {name} is in the base but not a resource")
     for name, docs in b["files"].items():
         if name == "kustomization.yaml":
@@ -710,8 +744,8 @@ def check_kustomization(b):
         for d in docs:
             if not d.get("apiVersion") or not d.get("kind") or not d.get("metadata", {}).get("name"):
                 problems.append(f"{name}: a document lacks apiVersion, kind or metadata.name")
-            elif d["metadata"].get("labels", {}).get("app.kubernetes.io/name") != "outboxd":
-                problems.append(f"{name}: {d['kind']} lacks label app.kubernetes.io/name=outboxd")
+            elif app_of(d) not in APPS:
+                problems.append(f"{name}: {d['kind']} lacks label app.kubernetes.io/name=outboxd or outboxd-apply")
     return problems
 
 
@@ -783,6 +817,67 @@ def check_compose(b):
     return problems
 
 
+def check_apps_apart(b):
+    """No selector of one program's Deployment, Service, PDB or ServiceMonitor
+    matches the other's pods: the relay's PDB must never count apply pods, its
+    Service never scrape them as the relay."""
+    problems = []
+    pods = {}
+    for d in b["kinds"].get("Deployment", []):
+        pods[app_of(d)] = d["spec"]["template"]["metadata"].get("labels", {})
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "ServiceMonitor"):
+        for d in b["kinds"].get(kind, []):
+            spec = d.get("spec", {})
+            sel = spec.get("selector", {})
+            sel = sel.get("matchLabels", sel) if kind != "Service" else sel
+            for app, labels in pods.items():
+                if app != app_of(d) and labels_match(sel, labels):
+                    problems.append(f"{kind} {d['metadata']['name']}: selector {sel} matches the pods of {app}")
+    if set(pods) != set(APPS):
+        problems.append(f"Deployments of {sorted(pods)}, expected {sorted(APPS)}")
+    return problems
+
+
+def outboxd_selectors(expr):
+    """(metric, label matchers text) of every outboxd_* selector in expr."""
+    return re.findall(r"\b(outboxd_[a-zA-Z0-9_]+)\s*(?:\{([^}]*)\})?", expr)
+
+
+def check_scopes(b):
+    """The relay's alerts and panels select slot series, apply's group series:
+    apply pods export outboxd_state etc. too, with group and no slot, and a
+    selector without the scope would mix the two (a halted apply paging as a
+    halted relay)."""
+    problems = []
+    scope = {"outboxd": 'slot!=""', "outboxd-apply": 'group!=""'}
+    for g in one(b, "PrometheusRule")["spec"]["groups"]:
+        want = scope.get(g["name"])
+        if want is None:
+            problems.append(f"PrometheusRule: group {g['name']} is neither outboxd nor outboxd-apply")
+            continue
+        for r in g["rules"]:
+            for name, matchers in outboxd_selectors(r["expr"]):
+                if want not in re.sub(r"\s", "", matchers or ""):
+                    problems.append(f"{r.get('alert')}: {name} without {want} (group {g['name']})")
+    for p in dashboard_panels(b["dashboard"]):
+        for t in p.get("targets") or []:
+            for name, matchers in outboxd_selectors(t.get("expr") or ""):
+                m = re.sub(r"\s", "", matchers or "")
+                if name == "outboxd_build_info":
+                    continue
+                if name.startswith("outboxd_apply_") and 'group=~"$group"' not in m:
+                    problems.append(f"dashboard {p.get('title')!r}: {name} without group=~\"$group\"")
+                elif 'slot=~"$slot"' not in m and 'group=~"$group"' not in m:
+                    problems.append(f"dashboard {p.get('title')!r}: {name} selects neither $slot nor $group")
+    variables = {v.get("name"): v for v in b["dashboard"].get("templating", {}).get("list", [])}
+    for v in ("slot", "group"):
+        # Grafana's own All value would be a regex of the values found; ".+"
+        # keeps series without the label (the other program's) out.
+        if variables.get(v, {}).get("allValue") != ".+":
+            problems.append(f"dashboard: variable {v} needs allValue .+")
+    return problems
+
+
 def check_docs(b):
     problems = []
     text = (ROOT / "docs" / "metrics.md").read_text()
@@ -793,7 +888,7 @@ def check_docs(b):
         for v in values:
             if f"`{v}`" not in text:
                 problems.append(f"docs/metrics.md does not explain {label} value {v}")
-    for doc in ("docs/metrics.md", "docs/kubernetes.md"):
+    for doc in ("docs/metrics.md", "docs/kubernetes.md", "docs/operations.md", "docs/security.md"):
         problems += link_problems(doc)
     return problems
 
@@ -819,7 +914,11 @@ def link_problems(doc):
 CHECKS = [check_env, check_configmap_has_no_secrets, check_status_listen, check_probes,
           check_termination_grace, check_deployment, check_image, check_dockerfile_packages,
           check_service, check_pdb, check_servicemonitor, check_prometheusrule, check_dashboard,
-          check_kustomization, check_compose, check_docs]
+          check_kustomization, check_compose, check_docs, check_apps_apart, check_scopes]
+# The same checks of the apply Deployment and what belongs to it.
+APPLY_CHECKS = [check_env, check_configmap_has_no_secrets, check_status_listen, check_probes,
+                check_termination_grace, check_deployment, check_image, check_service, check_pdb,
+                check_servicemonitor]
 
 
 # --------------------------------------------------------------------------
@@ -840,17 +939,10 @@ def test_real_files(bundle, check):
     assert problems == [], "\n".join(problems)
 
 
-def test_kustomize_build_renders():
-    kubectl = shutil.which("kubectl")
-    kustomize = shutil.which("kustomize")
-    if not kubectl and not kustomize:
-        pytest.skip("neither kubectl nor kustomize installed")
-    cmd = [kustomize, "build", str(BASE)] if kustomize else [kubectl, "kustomize", str(BASE)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout) if d)
-    assert kinds == sorted(["ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
-                            "ServiceMonitor", "PrometheusRule"])
+@pytest.mark.parametrize("check", APPLY_CHECKS, ids=lambda f: f.__name__)
+def test_real_files_apply(check):
+    problems = check(load_bundle("outboxd-apply"))
+    assert problems == [], "\n".join(problems)
 
 
 def test_outboxd_accepts_the_configuration(bundle):
@@ -983,6 +1075,19 @@ MUTATIONS = [
     (check_prometheusrule, "no severity", lambda b: _rule(b, "OutboxdNotReady")["labels"].clear()),
     (check_prometheusrule, "required alert missing",
      lambda b: one(b, "PrometheusRule")["spec"]["groups"][0]["rules"].remove(_rule(b, "OutboxdSlotLost"))),
+    (check_scopes, "relay alert without slot scope",
+     lambda b: _rule(b, "OutboxdHalted").update(
+         expr='max by (namespace, pod, slot) (max_over_time(outboxd_state{state="halted"}[15m])) == 1')),
+    (check_scopes, "apply alert without group scope",
+     lambda b: _rule(b, "OutboxdApplyHalted").update(
+         expr='max by (namespace, pod, group) (max_over_time(outboxd_state{state="halted"}[15m])) == 1')),
+    (check_scopes, "apply panel without $group",
+     lambda b: next(p for p in dashboard_panels(b["dashboard"]) if p.get("id") == 23)["targets"][0].update(
+         expr="max by (group, pod) (outboxd_apply_source_age_seconds)")),
+    (check_scopes, "relay panel without $slot",
+     lambda b: _first_target(b).update(expr="max by (pod, state) (outboxd_state) == 1")),
+    (check_scopes, "group variable All matches the relay",
+     lambda b: [v.update(allValue=None) for v in b["dashboard"]["templating"]["list"] if v["name"] == "group"]),
     (check_dashboard, "wrong metric name",
      lambda b: _first_target(b).update(expr='max by (pod) (outboxd_status{slot=~"$slot"})')),
     (check_dashboard, "panel without target",
@@ -1025,8 +1130,47 @@ def test_mistake_is_caught(check, what, mutate):
     assert set(check(b)) - real, f"{check.__name__} accepted a deliberate mistake: {what}"
 
 
+APPLY_MUTATIONS = [
+    (check_env, "unknown apply key", lambda b: configmap(b)["data"].update(OUTBOXD_APPLY_TABLES="x")),
+    (check_env, "bad apply int", lambda b: configmap(b)["data"].update(OUTBOXD_APPLY_BATCH_MAX="0")),
+    (check_configmap_has_no_secrets, "replica password in the ConfigMap",
+     lambda b: configmap(b)["data"].update(OUTBOXD_APPLY_CONNINFO="host=db password=hunter2")),
+    (check_image, "args run the relay", lambda b: container(b).update(args=["run"])),
+    (check_deployment, "one replica", lambda b: deployment(b)["spec"].update(replicas=1)),
+    (check_deployment, "container named as the relay's", lambda b: container(b).update(name="outboxd")),
+    (check_deployment, "reads the relay's Secret",
+     lambda b: container(b).update(envFrom=[{"configMapRef": {"name": "outboxd-apply"}},
+                                            {"secretRef": {"name": "outboxd"}}])),
+    (check_probes, "readiness on /healthz",
+     lambda b: container(b)["readinessProbe"]["httpGet"].update(path="/healthz")),
+    (check_status_listen, "status on loopback",
+     lambda b: configmap(b)["data"].update(OUTBOXD_STATUS_LISTEN="127.0.0.1:8080")),
+    (check_pdb, "maxUnavailable = replicas",
+     lambda b: one(b, "PodDisruptionBudget")["spec"].update(maxUnavailable=3)),
+    (check_servicemonitor, "job of the relay",
+     lambda b: one(b, "ServiceMonitor")["spec"].update(jobLabel="app.kubernetes.io/part-of")),
+    (check_service, "selects the relay's pods",
+     lambda b: one(b, "Service")["spec"].update(selector={"app.kubernetes.io/name": "outboxd"})),
+    (check_apps_apart, "apply pods labelled as the relay",
+     lambda b: deployment(b)["spec"]["template"]["metadata"]["labels"].update({"app.kubernetes.io/name": "outboxd"})),
+    (check_apps_apart, "relay PDB selects by part-of",
+     lambda b: one(dict(b, app="outboxd"), "PodDisruptionBudget")["spec"].update(
+         selector={"matchLabels": {"app.kubernetes.io/part-of": "outboxd"}})),
+]
+
+
+@pytest.mark.parametrize("check,what,mutate", APPLY_MUTATIONS,
+                         ids=[f"{c.__name__}-{w}" for c, w, _ in APPLY_MUTATIONS])
+def test_apply_mistake_is_caught(check, what, mutate):
+    real = set(check(load_bundle("outboxd-apply")))
+    b = copy.deepcopy(load_bundle("outboxd-apply"))
+    mutate(b)
+    assert set(check(b)) - real, f"{check.__name__} accepted a deliberate mistake in apply: {what}"
+
+
 def test_every_check_has_a_mistake():
-    assert {c for c, _, _ in MUTATIONS} >= set(CHECKS) - {check_docs}
+    assert {c for c, _, _ in MUTATIONS + APPLY_MUTATIONS} >= set(CHECKS) - {check_docs}
+    assert {c for c, _, _ in APPLY_MUTATIONS} >= set(APPLY_CHECKS) - {check_termination_grace}
 
 
 def test_docs_check_catches_undocumented_metric(monkeypatch):

@@ -17,8 +17,15 @@ UNICODE = ["Zoë", "Łódź", "東京", "emoji 🥊", 'quote " and \\ backslash'
 
 
 class LoadGen:
-    def __init__(self, dsn, table, aggregates=200, seed=1, aggregate_types=("athlete", "bout")):
+    def __init__(self, dsn, table, aggregates=200, seed=1, aggregate_types=("athlete", "bout"), emit=0.0,
+                 message_prefix=None):
+        """emit: the share of events written with outbox_emit() (a logical
+        message, deploy/sql/outbox.sql) instead of an outbox row; the rest
+        are rows, mixed in the same transactions. message_prefix: the
+        session's outboxd.message_prefix."""
         self.dsn = dsn
+        self.emit = emit
+        self.message_prefix = message_prefix
         self.table = table
         self.counter = table + "_agg"
         self.other = table + "_other"
@@ -59,6 +66,17 @@ class LoadGen:
                 payload = {"aggregateId": agg, "version": ver, "name": rnd.choice(UNICODE),
                            "n": rnd.randint(-10**12, 10**12), "pad": "x" * rnd.randint(0, 600)}
                 headers = {"trace": uuid.uuid4().hex, "attempt": 1} if rnd.random() < 0.3 else None
+                if self.emit and rnd.random() < self.emit:
+                    eid, occurred = conn.execute(
+                        "SELECT outbox_emit(%s, %s, %s, %s, %s, NULL, %s)::text,"
+                        " (extract(epoch FROM now()) * 1000000)::bigint",
+                        (atype, agg, "Updated" if ver > 1 else "Created", json.dumps(payload), ver,
+                         json.dumps(headers) if headers else None)).fetchone()
+                    rows.append({"event_id": eid, "aggregate_type": atype, "aggregate_id": agg,
+                                 "event_type": "Updated" if ver > 1 else "Created", "payload": payload,
+                                 "aggregate_version": ver, "headers": headers, "occurred_at_us": occurred,
+                                 "via": "message"})
+                    continue
                 occurred = conn.execute(
                     f"INSERT INTO {self.table}(id, aggregatetype, aggregateid, type, payload, aggregate_version, headers)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -88,6 +106,8 @@ class LoadGen:
             rnd = random.Random(self.seed * 1_000_000 + run_no * 1000 + i)
             try:
                 with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    if self.message_prefix:
+                        conn.execute("SELECT set_config('outboxd.message_prefix', %s, false)", (self.message_prefix,))
                     while True:
                         with self.lock:
                             if len(self.committed) >= target:

@@ -161,7 +161,7 @@ def test_vanished_slot_stops_with_exit_4_not_a_new_slot(harness):
     assert p3.stop() == 0
     # `outboxd slot drop` is the other deliberate act: it forgets the evidence,
     # so the next start creates a slot instead of stopping.
-    out = subprocess.run([BIN, "slot", "drop"], env={**os.environ, **harness.env()}, capture_output=True,
+    out = subprocess.run([BIN, "slot", "drop", "--yes"], env={**os.environ, **harness.env()}, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "cleared" in out.stdout, out.stdout + out.stderr
     p4 = harness.start()
@@ -267,6 +267,8 @@ def german_role():
         c.execute("ALTER ROLE outboxd_de SET lc_messages = 'de_DE.UTF-8'")
     yield f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd_de password=outboxd_de"
     with pg(SUPER_DSN) as c:
+        # With decoder = pgoutput the role owns the publication it created.
+        c.execute("DROP OWNED BY outboxd_de")
         c.execute("DROP ROLE IF EXISTS outboxd_de")
 
 

@@ -100,11 +100,11 @@ def test_config_check_refuses_a_key_change_without_a_new_topic(tmp_path):
     same_topic.write_text(old.read_text() + "outbox.column.aggregateid = tenant_id\n")
     r = subprocess.run([BIN, "config-check", "--previous", str(old), "--config", str(same_topic)],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "outbox.column.aggregateid" in r.stderr and "topic.template" in r.stderr
+    assert r.returncode == 5 and "outbox.column.aggregateid" in r.stderr and "topic.template" in r.stderr
     part = tmp_path / "part.conf"
     part.write_text(old.read_text() + "kafka.partitioner = consistent\n")
     r = subprocess.run([BIN, "config-check", "--previous", str(old), "--config", str(part)], capture_output=True, text=True)
-    assert r.returncode == 2 and "partitioner" in r.stderr
+    assert r.returncode == 5 and "partitioner" in r.stderr
     bumped = tmp_path / "bumped.conf"
     bumped.write_text(same_topic.read_text() + "topic.template = outbox.event.${aggregatetype}.v2\n")
     r = subprocess.run([BIN, "config-check", "--previous", str(old), "--config", str(bumped)], capture_output=True, text=True)
@@ -132,7 +132,7 @@ def test_verify_command_finds_missing_and_duplicates(harness, tmp_path):
     exp.write_text("\n".join(ids + ["00000000-0000-0000-0000-000000000000"]) + "\n")
     bad = subprocess.run([BIN, "verify", "--brokers", BROKERS, "--topic", topic, "--expected", str(exp),
                           "--idle-exit-ms", "3000"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and '"missing":1' in bad.stdout and "missing event 00000000" in bad.stdout
+    assert bad.returncode == 1 and '"missing":1' in bad.stdout and "missing event 00000000" in bad.stderr
 
 
 def test_consume_and_verify_take_kafka_settings_from_the_config(harness, tmp_path):
@@ -161,7 +161,7 @@ def test_consume_and_verify_take_kafka_settings_from_the_config(harness, tmp_pat
     dead.write_text("kafka.bootstrap.servers = 127.0.0.1:1\n")
     r = subprocess.run([BIN, "verify", "--config", str(dead), "--brokers", BROKERS, "--topic", topic,
                         "--idle-exit-ms", "3000"], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and BROKERS in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and BROKERS in r.stderr, r.stdout + r.stderr
     # Security settings reach the client: a bad one is refused by name.
     bad = tmp_path / "bad.conf"
     bad.write_text(f"kafka.bootstrap.servers = {BROKERS}\nkafka.security.protocol = bogus\n")

@@ -216,7 +216,11 @@ static void test_validate(void **state)
     assert_int_equal(obx_apply_validate(c, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "both"));
     obx_config_destroy(c);
-    invalid("kafka.partition.assignment.strategy", "cooperative-sticky", "eager");
+    /* Cooperative rebalancing is supported (issue 16). */
+    c = apply_cfg();
+    assert_int_equal(obx_config_set(c, "kafka.partition.assignment.strategy", "cooperative-sticky", "test", err, sizeof(err)), 0);
+    assert_int_equal(obx_apply_validate(c, err, sizeof(err)), 0);
+    obx_config_destroy(c);
     c = apply_cfg();
     assert_int_equal(obx_config_set(c, "apply.event_types", "Updated", "test", err, sizeof(err)), 0);
     assert_int_equal(obx_config_set(c, "apply.source_time", "payload:meta.updatedAt", "test", err, sizeof(err)), 0);

@@ -18,15 +18,16 @@
 #include "metrics.h"
 #include "pg.h"
 #include "preflight.h"
+#include "status_http.h"
 
 /* Every key of the table, as documented. */
 static const char *const all_keys[] = {
-    "pg.conninfo", "slot.name", "slot.create", "outbox.schema", "outbox.table",
+    "pg.conninfo", "slot.name", "slot.create", "decoder", "publication.name", "outbox.schema", "outbox.table",
     "outbox.column.id", "outbox.column.aggregatetype", "outbox.column.aggregateid", "outbox.column.type",
     "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
-    "outbox.column.occurred_at", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
+    "outbox.column.occurred_at", "outbox.column.tracingspancontext", "outbox.message_prefix", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
     "reconnect.backoff_max_ms", "poll.batch", "status.listen", "heartbeat.interval_ms", "standby.retry_ms",
-    "slot.poll_interval_ms", "slot.evidence_topic", "slot.failover", "exactly_once", "exactly_once.scan_max", "poison.policy", "poison.dlq_topic",
+    "slot.poll_interval_ms", "slot.evidence_topic", "slot.failover", "exactly_once", "exactly_once.scan_max", "exactly_once.clock_skew_ms", "poison.policy", "poison.dlq_topic",
     "snapshot.table", "snapshot.name", "snapshot.where", "snapshot.topic", "snapshot.aggregate_type",
     "snapshot.version_column", "snapshot.columns", "snapshot.payload_sql", "snapshot.event_type",
     "snapshot.page_size", "snapshot.rate_limit", "signal.table", "signal.allowed_tables",
@@ -313,6 +314,13 @@ static void test_validate(void **state)
     validate_fails(c, "\"kafka.bootstrap.servers\"", "OUTBOXD_KAFKA_BOOTSTRAP_SERVERS");
     set(c, "kafka.bootstrap.servers", "127.0.0.1:9092");
     assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+    /* decoder: wal2json by default; the publication defaults to the slot's name */
+    assert_string_equal(c->decoder, "wal2json");
+    assert_string_equal(obx_config_publication(c), "outboxd");
+    set(c, "decoder", "pgoutput");
+    set(c, "publication.name", "outbox_pub");
+    assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+    assert_string_equal(obx_config_publication(c), "outbox_pub");
 
     set(c, "kafka.no.such.property", "1");
     validate_fails(c, "kafka.no.such.property", "No such configuration property");
@@ -326,6 +334,7 @@ static void test_validate(void **state)
         {"slot.name", "", "slot.name", NULL},
         {"log.level", "loud", "log.level", "\"loud\""},
         {"log.format", "xml", "log.format", "\"xml\""},
+        {"decoder", "pgjson", "decoder", "wal2json or pgoutput"},
         {"outbox.column.id", "", "outbox.column", NULL},
         {"outbox.column.payload", "", "outbox.column", NULL},
         {"pg.conninfo", "", "pg.conninfo", NULL},
@@ -387,10 +396,10 @@ static void test_identifier_lengths(void **state)
     memset(n64, 'b', 64);
     n64[64] = '\0';
     static const char *const keys[] = {
-        "slot.name", "outbox.schema", "outbox.table", "outbox.column.id", "outbox.column.aggregatetype",
+        "slot.name", "publication.name", "outbox.schema", "outbox.table", "outbox.column.id", "outbox.column.aggregatetype",
         "outbox.column.aggregateid", "outbox.column.type", "outbox.column.payload",
         "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
-        "outbox.column.occurred_at", "signal.table", "snapshot.version_column", "snapshot.columns",
+        "outbox.column.occurred_at", "outbox.column.tracingspancontext", "signal.table", "snapshot.version_column", "snapshot.columns",
         "snapshot.table", "signal.allowed_tables", "apply.table", "apply.tombstone_table", "apply.key_column",
         "apply.column.source_version", "apply.column.source_updated_at", "apply.column.replicated_at",
     };
@@ -759,6 +768,124 @@ static void test_brokers_gauge_owner(void **state)
     obx_log_setup(OBX_LOG_INFO, OBX_LOG_TEXT);
 }
 
+
+/* Issue 17 item 4: `#` after whitespace starts a comment; quotes keep one. */
+static void test_trailing_comments(void **state)
+{
+    (void)state;
+    obx_config_t *c = cfg_new();
+    load_ok(c, "topic.template = outbox.${aggregatetype}   # per team\n"
+               "slot.name = s1# not a comment: no space before it\n"
+               "outbox.table = \"events #1\"   # quoted: the # inside stays\n"
+               "snapshot.where = \"a = 'x'\"\n"
+               "status.interval_ms = 5000\t# tab before the comment\n"
+               "outbox.schema = \"  spaced  \"\n"
+               "signal.table = # only a comment: empty value\n"
+               "snapshot.name = \"a\"b\"  # the last quote before the comment closes\n");
+    assert_string_equal(c->topic_template, "outbox.${aggregatetype}");
+    assert_string_equal(c->slot_name, "s1# not a comment: no space before it");
+    assert_string_equal(c->outbox_table, "events #1");
+    assert_string_equal(c->snap_where, "a = 'x'");
+    assert_int_equal(c->status_interval_ms, 5000);
+    assert_string_equal(c->outbox_schema, "  spaced  ");
+    assert_string_equal(c->signal_table, "");
+    assert_string_equal(c->snap_name, "a\"b");
+    obx_config_destroy(c);
+}
+
+static void check_refused(const char *key, const char *value, const char *needle)
+{
+    obx_config_t *c = cfg_new();
+    char err[1024] = "";
+    assert_int_equal(obx_config_set(c, "pg.conninfo", "host=x", "t", err, sizeof(err)), 0);
+    assert_int_equal(obx_config_set(c, "kafka.bootstrap.servers", "k:9092", "t", err, sizeof(err)), 0);
+    assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+    assert_int_equal(obx_config_set(c, key, value, "t", err, sizeof(err)), 0);
+    if (obx_config_validate(c, err, sizeof(err)) != -1) fail_msg("%s = %s accepted", key, value);
+    if (!strstr(err, needle)) fail_msg("errstr \"%s\" lacks \"%s\"", err, needle);
+    obx_config_destroy(c);
+}
+
+static void check_accepted(const char *key, const char *value)
+{
+    obx_config_t *c = cfg_new();
+    char err[1024] = "";
+    assert_int_equal(obx_config_set(c, "pg.conninfo", "host=x", "t", err, sizeof(err)), 0);
+    assert_int_equal(obx_config_set(c, "kafka.bootstrap.servers", "k:9092", "t", err, sizeof(err)), 0);
+    assert_int_equal(obx_config_set(c, key, value, "t", err, sizeof(err)), 0);
+    if (obx_config_validate(c, err, sizeof(err)) != 0) fail_msg("%s = %s refused: %s", key, value, err);
+    obx_config_destroy(c);
+}
+
+/* Checked at start (and by doctor), not at the first row. */
+static void test_topic_template_validated(void **state)
+{
+    (void)state;
+    check_accepted("topic.template", "outbox.event.${aggregatetype}");
+    check_accepted("topic.template", "fixed-topic");
+    check_refused("topic.template", "outbox.${aggregatetype}   # per team", "not a legal Kafka topic name");
+    check_refused("topic.template", "outbox.${aggregate_type}", "unknown placeholder \"${aggregate_type}\"");
+    check_refused("topic.template", "outbox/${aggregatetype}", "outbox/order");
+    check_refused("topic.template", "", "not a legal");
+    check_refused("slot.evidence_topic", "bad topic", "slot.evidence_topic");
+    check_refused("snapshot.topic", "a:b", "snapshot.topic");
+    check_accepted("poison.dlq_topic", ""); /* unused with poison.policy = halt */
+    obx_config_t *c = cfg_new();
+    char err[512];
+    assert_int_equal(obx_config_check_template("x.${aggregatetype}.v2", err, sizeof(err)), 0);
+    obx_config_destroy(c);
+}
+
+/* Issue 17 item 5: ports 1-65535, IPv6 in brackets, garbage refused. */
+static void test_status_listen(void **state)
+{
+    (void)state;
+    char host[256], err[512];
+    int port = 0;
+    assert_int_equal(obx_status_listen_parse("127.0.0.1:8080", host, sizeof(host), &port, err, sizeof(err)), 0);
+    assert_string_equal(host, "127.0.0.1");
+    assert_int_equal(port, 8080);
+    assert_int_equal(obx_status_listen_parse("[::1]:9000", host, sizeof(host), &port, err, sizeof(err)), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(port, 9000);
+    assert_int_equal(obx_status_listen_parse("localhost:65535", host, sizeof(host), &port, err, sizeof(err)), 0);
+    const char *bad[] = {"127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:", "127.0.0.1", ":8080", "::1:8080",
+                         "[::1]8080", "[::1", "127.0.0.1:80x", "127.0.0.1:-1", "garbage", "127.0.0.1: 80"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        if (obx_status_listen_parse(bad[i], host, sizeof(host), &port, err, sizeof(err)) != -1)
+            fail_msg("accepted %s", bad[i]);
+        assert_non_null(strstr(err, "1-65535"));
+    }
+    check_refused("status.listen", "127.0.0.1:99999", "status.listen");
+    check_accepted("status.listen", "[::1]:8080");
+    check_accepted("status.listen", "");
+    /* A real listener on IPv6 loopback (skipped where the host has no ::1). */
+    obx_status_http_t *h = obx_status_http_start("[::1]:0", err, sizeof(err));
+    assert_null(h); /* port 0 is refused, not a random port */
+}
+
+/* config-check --env-file and the early log format peek. */
+static void test_env_file_and_peek(void **state)
+{
+    (void)state;
+    char path[64], err[512] = "";
+    write_file(path, sizeof(path), "# comment\nexport OUTBOXD_SLOT_NAME=from_env_file\nOUTBOXD_KAFKA_CLIENT_ID=x\n"
+                                   "OTHER=1\n\nOUTBOXD_LOG_FORMAT=json\n");
+    obx_config_t *c = cfg_new();
+    assert_int_equal(obx_config_load_env_file(c, path, err, sizeof(err)), 0);
+    assert_string_equal(c->slot_name, "from_env_file");
+    assert_string_equal(obx_config_kafka_get(c, "client.id"), "x");
+    obx_config_destroy(c);
+    unlink(path);
+    write_file(path, sizeof(path), "log.format = json  # c\n");
+    assert_int_equal(obx_config_peek_log_format(path, NULL), OBX_LOG_JSON);
+    char *env[] = {"OUTBOXD_LOG_FORMAT=text", NULL};
+    assert_int_equal(obx_config_peek_log_format(path, env), OBX_LOG_TEXT);
+    assert_int_equal(obx_config_peek_log_format(NULL, NULL), OBX_LOG_AUTO);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -780,6 +907,10 @@ int main(void)
         cmocka_unit_test(test_secret_registry),
         cmocka_unit_test(test_config_errors_hide_values),
         cmocka_unit_test(test_brokers_gauge_owner),
+        cmocka_unit_test(test_trailing_comments),
+        cmocka_unit_test(test_topic_template_validated),
+        cmocka_unit_test(test_status_listen),
+        cmocka_unit_test(test_env_file_and_peek),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

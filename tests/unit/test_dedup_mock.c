@@ -2,6 +2,7 @@
  * (more than the old 256 in one session), the read-back is lazy per
  * partition, and the owner's tick runs while it waits (and can stop it). */
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +18,7 @@
 #include "config.h"
 #include "dedup.h"
 #include "envelope.h"
+#include "metrics.h"
 #include "producer.h"
 
 #define N_TOPICS 300
@@ -48,11 +50,11 @@ static void set(obx_config_t *cfg, const char *k, const char *v)
 }
 
 /* One event of slot "s" in database "d" at (lsn, index) into topic/partition. */
-static void produce(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, uint32_t index)
+static void produce_id(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, uint32_t index, const char *id)
 {
     obx_outbox_row_t row;
     memset(&row, 0, sizeof(row));
-    row.event_id = "00000000-0000-0000-0000-000000000001";
+    row.event_id = id;
     row.aggregate_type = "a";
     row.aggregate_id = "k";
     row.event_type = "created";
@@ -67,6 +69,28 @@ static void produce(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, u
     char err[256];
     assert_int_equal(obx_envelope_encode(&row, &src, &buf, &len, err, sizeof(err)), 0);
     assert_int_equal(obx_producer_send(f->prod, topic, p, "k", buf, len, NULL, 0, 1, err, sizeof(err)), OBX_PRODUCE_OK);
+}
+
+static void produce(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, uint32_t index)
+{
+    produce_id(f, topic, p, lsn, index, "00000000-0000-0000-0000-000000000001");
+}
+
+/* Another writer's record: not an envelope at all. */
+static void produce_foreign(fixture_t *f, const char *topic, int32_t p)
+{
+    char err[256];
+    uint8_t *v = (uint8_t *)strdup("{\"not\": \"an envelope\"}");
+    assert_non_null(v);
+    assert_int_equal(obx_producer_send(f->prod, topic, p, "k", v, strlen((char *)v), NULL, 0, 1, err, sizeof(err)),
+                     OBX_PRODUCE_OK);
+}
+
+static void wait_acks(fixture_t *f, int n)
+{
+    int64_t end = obx_mono_ms() + 30000;
+    while (f->dr.acks + f->dr.failures < n && obx_mono_ms() < end) obx_producer_poll(f->prod, 50);
+    assert_int_equal(f->dr.acks, n);
 }
 
 static int setup(void **state)
@@ -149,12 +173,12 @@ static void test_more_than_256_topics(void **state)
     for (int i = 0; i < N_TOPICS; i++) {
         snprintf(name, sizeof(name), "t%03d", i);
         obx_pos_t at = {100, (uint32_t)i}, after = {100, (uint32_t)i + 1}, before = {99, 7};
-        int rc = obx_dedup_check(d, name, "k", at, &part, &err);
+        int rc = obx_dedup_check(d, name, "k", at, obx_now_us(), &part, &err);
         if (rc < 0) fail_msg("%s: %s", name, err.msg);
         assert_int_equal(rc, 1);
         assert_int_equal(part, 0);
-        assert_int_equal(obx_dedup_check(d, name, "k", before, &part, &err), 1);
-        assert_int_equal(obx_dedup_check(d, name, "k", after, &part, &err), 0);
+        assert_int_equal(obx_dedup_check(d, name, "k", before, obx_now_us(), &part, &err), 1);
+        assert_int_equal(obx_dedup_check(d, name, "k", after, obx_now_us(), &part, &err), 0);
         assert_int_equal(obx_dedup_partitions_read(d), (size_t)i + 1);
     }
     assert_true(t.ticks > 0);
@@ -170,20 +194,20 @@ static void test_read_back_is_per_partition(void **state)
     obx_err_t err;
     int32_t part = -1, again = -1;
     obx_pos_t pos = {200, 0};
-    int rc = obx_dedup_check(d, "wide", "some-key", pos, &part, &err);
+    int rc = obx_dedup_check(d, "wide", "some-key", pos, obx_now_us(), &part, &err);
     if (rc < 0) fail_msg("%s", err.msg);
     assert_in_range(part, 0, WIDE_PARTS - 1);
     assert_int_equal(obx_dedup_partitions_read(d), 1);
     /* partition p holds (200, p): at or before it is in Kafka */
     pos.index = (uint32_t)part;
-    assert_int_equal(obx_dedup_check(d, "wide", "some-key", pos, &again, &err), 1);
+    assert_int_equal(obx_dedup_check(d, "wide", "some-key", pos, obx_now_us(), &again, &err), 1);
     assert_int_equal(again, part);
     pos.index++;
-    assert_int_equal(obx_dedup_check(d, "wide", "some-key", pos, &again, &err), 0);
+    assert_int_equal(obx_dedup_check(d, "wide", "some-key", pos, obx_now_us(), &again, &err), 0);
     assert_int_equal(obx_dedup_partitions_read(d), 1);
     /* A topic without events: nothing to skip (the mock creates it on
      * metadata requests, a real broker does not for consumers). */
-    rc = obx_dedup_check(d, "no-such-topic", "k", pos, &part, &err);
+    rc = obx_dedup_check(d, "no-such-topic", "k", pos, obx_now_us(), &part, &err);
     if (rc != 0) fail_msg("no-such-topic: %d %s", rc, err.msg);
     obx_dedup_destroy(d);
 }
@@ -198,9 +222,69 @@ static void test_tick_can_stop_the_read_back(void **state)
     obx_err_t err;
     int32_t part;
     obx_pos_t pos = {100, 0};
-    assert_int_equal(obx_dedup_check(d, "t000", "k", pos, &part, &err), -1);
+    assert_int_equal(obx_dedup_check(d, "t000", "k", pos, obx_now_us(), &part, &err), -1);
     assert_int_equal(err.cls, OBX_ERR_RETRIABLE);
     assert_int_equal(obx_dedup_partitions_read(d), 0);
+    obx_dedup_destroy(d);
+}
+
+
+/* Ours, then records a read-back must look past: a snapshot's (event id
+ * "snapshot:", skipped undecoded even when its envelope claims this slot)
+ * and another writer's. The mock cluster keeps no time index (it answers
+ * every lookup by time with "none"), which contradicts the newest record's
+ * timestamp: the read-back says so (fallback counter) and reads the last
+ * exactly_once.scan_max records instead. */
+static void mixed_topic(fixture_t *f, const char *name, int n_foreign)
+{
+    rd_kafka_mock_cluster_t *mc = rd_kafka_handle_mock_cluster((rd_kafka_t *)obx_producer_rk(f->prod));
+    assert_int_equal(rd_kafka_mock_topic_create(mc, name, 1, 1), 0);
+    int before = f->dr.acks;
+    produce(f, name, 0, 300, 0);
+    for (int i = 0; i < 3; i++) produce_id(f, name, 0, 900, (uint32_t)i, "snapshot:athletes:7:1");
+    for (int i = 0; i < n_foreign; i++) produce_foreign(f, name, 0);
+    wait_acks(f, before + 1 + 3 + n_foreign);
+}
+
+static void test_no_time_index_falls_back_and_skips_snapshots(void **state)
+{
+    fixture_t *f = *state;
+    mixed_topic(f, "mixed", 5);
+    tick_t t = {0};
+    obx_dedup_t *d = mk_dedup(f, &t);
+    obx_err_t err;
+    int32_t part;
+    uint64_t fb = atomic_load(&obx_metrics()->exactly_once_fallbacks);
+    obx_pos_t at = {300, 0}, after = {300, 1};
+    int rc = obx_dedup_check(d, "mixed", "k", at, obx_now_us(), &part, &err);
+    if (rc < 0) fail_msg("%s", err.msg);
+    assert_int_equal(rc, 1);
+    /* (900, x) of the snapshot records was not taken for ours */
+    assert_int_equal(obx_dedup_check(d, "mixed", "k", after, obx_now_us(), &part, &err), 0);
+    assert_int_equal(atomic_load(&obx_metrics()->exactly_once_fallbacks), fb + 1);
+    obx_dedup_destroy(d);
+}
+
+/* The fallback keeps its record budget: more foreign records than
+ * exactly_once.scan_max after ours means nothing of ours is found and the
+ * event is sent again (a duplicate, never a loss). An event without a
+ * commit time takes the fallback too. */
+static void test_fallback_budget_gives_duplicates_not_loss(void **state)
+{
+    fixture_t *f = *state;
+    mixed_topic(f, "crowded", 10);
+    set(f->dcfg, "exactly_once.scan_max", "5");
+    tick_t t = {0};
+    obx_dedup_t *d = mk_dedup(f, &t);
+    obx_err_t err;
+    int32_t part;
+    uint64_t fb = atomic_load(&obx_metrics()->exactly_once_fallbacks);
+    obx_pos_t at = {300, 0};
+    int rc = obx_dedup_check(d, "crowded", "k", at, 0, &part, &err);
+    set(f->dcfg, "exactly_once.scan_max", "1000");
+    if (rc < 0) fail_msg("%s", err.msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(atomic_load(&obx_metrics()->exactly_once_fallbacks), fb + 1);
     obx_dedup_destroy(d);
 }
 
@@ -210,6 +294,8 @@ int main(void)
         cmocka_unit_test(test_more_than_256_topics),
         cmocka_unit_test(test_read_back_is_per_partition),
         cmocka_unit_test(test_tick_can_stop_the_read_back),
+        cmocka_unit_test(test_no_time_index_falls_back_and_skips_snapshots),
+        cmocka_unit_test(test_fallback_budget_gives_duplicates_not_loss),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -14,6 +14,7 @@
 #include "envelope.h"
 #include "outboxd/v1/event.pb-c.h"
 #include "relset.h"
+#include "trace.h"
 #include "metrics.h"
 #include "txn.h"
 #include "wal2json.h"
@@ -22,7 +23,7 @@
 #define START 0x1000
 
 typedef struct {
-    char topic[128], key[64], error_header[256];
+    char topic[128], key[64], error_header[256], headers[512];
     uint64_t ticket;
     obx_pos_t pos;
     int dead_letter;
@@ -68,6 +69,11 @@ static obx_sink_rc_t fake_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
         r->ticket = rec->ticket;
         r->pos = rec->pos;
         r->dead_letter = rec->dead_letter;
+        r->headers[0] = '\0';
+        for (size_t i = 0; i < rec->n_headers; i++) {
+            size_t hl = strlen(r->headers);
+            snprintf(r->headers + hl, sizeof(r->headers) - hl, "%s=%s;", rec->headers[2 * i], rec->headers[2 * i + 1]);
+        }
         for (size_t i = 0; i < rec->n_headers; i++)
             if (!strcmp(rec->headers[2 * i], "outboxd-error"))
                 snprintf(r->error_header, sizeof(r->error_header), "%s", rec->headers[2 * i + 1]);
@@ -522,7 +528,9 @@ static void test_unclassified_relation_halts(void **state)
     assert_non_null(strstr(f->err.msg, "a DELETE from s.t"));
 }
 
-static void test_foreign_message_halts_heartbeat_does_not(void **state)
+/* Messages with other prefixes are not events: pgoutput does not filter
+ * them, and the heartbeat's empty transaction still advances the slot. */
+static void test_foreign_message_ignored_heartbeat_advances(void **state)
 {
     fx_t *f = *state;
     begin(f, 0x2000, 0x2100);
@@ -534,10 +542,273 @@ static void test_foreign_message_halts_heartbeat_does_not(void **state)
     begin(f, 0x3000, 0x3100);
     assert_int_equal(feed(f, "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/3010\",\"prefix\":\"other\","
                              "\"content\":\"x\"}"),
-                     -1);
-    assert_int_equal(f->err.cls, OBX_ERR_POISON);
-    assert_non_null(strstr(f->err.msg, "prefix \"other\""));
+                     0);
+    assert_int_equal(feed(f, "{\"action\":\"M\",\"transactional\":false,\"lsn\":\"0/3020\",\"prefix\":\"outboxd.event.x\","
+                             "\"content\":\"x\"}"),
+                     0);
+    commit(f, 0x3000, 0x3100);
+    assert_int_equal(f->n_recs, 0);
+    assert_int_equal(flush(f), 0x3100);
+}
+
+/* An outbox_emit() message as deploy/sql/outbox.sql writes it. */
+#define EMIT(id, agg, extra)                                                                                            \
+    "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/%x\",\"prefix\":\"outboxd.event\",\"content\":"           \
+    "\"{\\\"id\\\" : \\\"" id "\\\", \\\"aggregatetype\\\" : \\\"athlete\\\", \\\"aggregateid\\\" : \\\"" agg      \
+    "\\\", \\\"type\\\" : \\\"AthleteUpdated\\\", \\\"payload\\\" : \\\"{\\\\\\\"a\\\\\\\": [1.50, 1e30]}\\\", "     \
+    "\\\"aggregate_version\\\" : \\\"9007199254740993\\\"" extra "}\"}"
+
+static int emit(fx_t *f, const char *fmt, unsigned lsn)
+{
+    char l[2048];
+    snprintf(l, sizeof(l), fmt, lsn);
+    return feed(f, l);
+}
+
+static Outboxd__V1__Event *event_of(fx_t *f, size_t i)
+{
+    Outboxd__V1__Event *ev = obx_envelope_decode(f->recs[i].value, f->recs[i].value_len);
+    assert_non_null(ev);
+    return ev;
+}
+
+/* Rows and messages of one transaction: one sequence of events, in WAL
+ * order, and a message maps exactly like a row with the same values. */
+static void test_message_events_mix_with_rows(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(insert(f, 0x2010, "r1"), 0);
+    assert_int_equal(emit(f, EMIT("m1", "a1", ", \\\"headers\\\" : \\\"{\\\\\\\"traceparent\\\\\\\": \\\\\\\"tp\\\\\\\", "
+                                  "\\\\\\\"n\\\\\\\": 5}\\\", \\\"occurred_at\\\" : \\\"2026-11-29T16:19:00.389657+00:00\\\""),
+                          0x2020),
+                     0);
+    assert_int_equal(insert(f, 0x2030, "r2"), 0);
+    assert_int_equal(emit(f, EMIT("m2", "a2", ", \\\"topic\\\" : \\\"custom.topic\\\""), 0x2040), 0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(f->n_recs, 4);
+    const char *ids[] = {"r1", "m1", "r2", "m2"};
+    for (size_t i = 0; i < 4; i++) {
+        Outboxd__V1__Event *ev = event_of(f, i);
+        assert_string_equal(ev->event_id, ids[i]);
+        assert_int_equal(f->recs[i].pos.commit_lsn, 0x2000);
+        assert_int_equal(f->recs[i].pos.index, i);
+        assert_int_equal(ev->source->change_lsn, 0x2010 + 0x10 * i);
+        assert_string_equal(ev->source->table, "outbox");
+        obx_envelope_free(ev);
+    }
+    assert_string_equal(f->recs[1].topic, "outbox.event.athlete"); /* topic.template, like a row */
+    assert_string_equal(f->recs[1].key, "a1");
+    assert_string_equal(f->recs[3].topic, "custom.topic");
+    assert_string_equal(f->recs[3].key, "a2");
+    assert_string_equal(f->recs[1].headers, "id=m1;type=AthleteUpdated;content-type=application/json;traceparent=tp;n=5;");
+    Outboxd__V1__Event *ev = event_of(f, 1);
+    assert_int_equal(ev->version_case, OUTBOXD__V1__EVENT__VERSION_AGGREGATE_VERSION);
+    assert_true(ev->aggregate_version == 9007199254740993LL); /* beyond 2^53, exact */
+    assert_int_equal(ev->payload.len, strlen("{\"a\": [1.50, 1e30]}"));
+    assert_memory_equal(ev->payload.data, "{\"a\": [1.50, 1e30]}", ev->payload.len); /* jsonb's text, unchanged */
+    assert_string_equal(ev->content_type, "application/json");
+    assert_true(ev->occurred_at_us == 1795969140389657LL);
+    assert_int_equal(ev->n_headers, 2);
+    obx_envelope_free(ev);
+    for (size_t i = 0; i < 4; i++) ack(f, i);
     assert_int_equal(flush(f), 0x2100);
+    assert_int_equal(atomic_load(&f->m->events_published), 4);
+}
+
+/* outbox.message_prefix decides which messages are events. */
+static void test_message_prefix_configurable(void **state)
+{
+    fx_t *f = *state;
+    char e[256];
+    assert_int_equal(obx_config_set(f->cfg, "outbox.message_prefix", "orders.event", "test", e, sizeof(e)), 0);
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(emit(f, EMIT("m1", "a1", ""), 0x2010), 0); /* outboxd.event: not ours now */
+    assert_int_equal(f->n_recs, 0);
+    assert_int_equal(feed(f, "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2020\",\"prefix\":\"orders.event\","
+                             "\"content\":\"{\\\"id\\\":\\\"m2\\\",\\\"aggregatetype\\\":\\\"order\\\",\\\"aggregateid\\\":"
+                             "\\\"o1\\\",\\\"type\\\":\\\"Placed\\\",\\\"payload\\\":null,\\\"aggregate_version\\\":3}\"}"),
+                     0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(f->n_recs, 1);
+    assert_string_equal(f->recs[0].topic, "outbox.event.order");
+    Outboxd__V1__Event *ev = event_of(f, 0);
+    assert_true(ev->aggregate_version == 3);
+    assert_int_equal(ev->payload.len, 0);
+    obx_envelope_free(ev);
+    /* Config validation: wal2json's prefix list cannot hold these. */
+    obx_config_t *c = obx_config_new();
+    const char *bad[] = {"a,b", "a b", "a\\b", "outboxd", ""};
+    for (size_t i = 0; i < 5; i++) {
+        assert_int_equal(obx_config_set(c, "outbox.message_prefix", bad[i], "test", e, sizeof(e)), 0);
+        assert_int_equal(obx_config_set(c, "pg.conninfo", "host=x", "test", e, sizeof(e)), 0);
+        assert_int_equal(obx_config_validate(c, e, sizeof(e)), -1);
+        assert_non_null(strstr(e, "outbox.message_prefix"));
+    }
+    obx_config_destroy(c);
+}
+
+#define NONTX "{\"action\":\"M\",\"xid\":null,\"transactional\":false,\"lsn\":\"0/%x\",\"prefix\":\"outboxd.event\"," \
+              "\"content\":\"{\\\"id\\\":\\\"nt1\\\",\\\"aggregatetype\\\":\\\"athlete\\\",\\\"aggregateid\\\":\\\"a1\\\"," \
+              "\\\"type\\\":\\\"T\\\",\\\"payload\\\":\\\"{}\\\"}\"}"
+
+/* Non-transactional: decoded even when its transaction rolled back, so
+ * poison; with halt nothing past it is confirmed. */
+static void test_message_non_transactional_halts(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(emit(f, NONTX, 0x2200), -1);
+    assert_int_equal(f->err.cls, OBX_ERR_POISON);
+    assert_int_equal(f->err.exit_code, 3);
+    assert_non_null(strstr(f->err.msg, "non-transactional"));
+    assert_non_null(strstr(f->err.msg, "nt1"));
+    assert_non_null(strstr(f->err.msg, "pg_replication_slot_advance('outboxd', '0/2200')"));
+    assert_int_equal(f->n_recs, 0);
+    assert_int_equal(flush(f), 0x2100);
+}
+
+/* With dead-letter it goes to the dead-letter topic in a transaction of its
+ * own, confirmable at its LSN once acked, and not before. */
+static void test_message_non_transactional_dead_lettered(void **state)
+{
+    fx_t *f = *state;
+    assert_int_equal(emit(f, NONTX, 0x2200), 0);
+    assert_int_equal(f->n_recs, 1);
+    assert_true(f->recs[0].dead_letter);
+    assert_string_equal(f->recs[0].key, "a1");
+    assert_non_null(strstr(f->recs[0].error_header, "non-transactional"));
+    assert_int_equal(f->recs[0].pos.commit_lsn, 0x2200);
+    assert_false(obx_txn_open(f->t));
+    obx_txn_keepalive(f->t, 0x3000);
+    assert_int_equal(flush(f), START); /* in flight */
+    begin(f, 0x2300, 0x2400);
+    assert_int_equal(insert(f, 0x2310, "r1"), 0);
+    commit(f, 0x2300, 0x2400);
+    ack(f, 1);
+    assert_int_equal(flush(f), START);
+    ack(f, 0);
+    assert_int_equal(flush(f), 0x2400);
+    assert_int_equal(atomic_load(&f->m->events_dead_lettered), 1);
+}
+
+/* Content that is no outbox event: poison like a row that cannot map. */
+static void test_message_malformed_content(void **state)
+{
+    fx_t *f = *state;
+    static const char *bad[] = {
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":\"not json\"}",
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":\"[1]\"}",
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":7,\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\"}\"}",
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"type\\\":\\\"t\\\",\\\"payload\\\":\\\"{}\\\"}\"}",
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\","
+        "\\\"aggregate_version\\\":1.5}\"}",
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\","
+        "\\\"headers\\\":[1]}\"}",
+    };
+    const char *why[] = {"not a JSON object", "not a JSON object", "\"id\" is not a string", "is NULL",
+                         "beyond 2^53 or fractional", "\"headers\" is not an object"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        session(f, START);
+        begin(f, 0x2000, 0x2100);
+        assert_int_equal(feed(f, bad[i]), -1);
+        assert_int_equal(f->err.cls, OBX_ERR_POISON);
+        assert_int_equal(f->err.exit_code, 3);
+        assert_non_null(strstr(f->err.msg, why[i]));
+        assert_non_null(strstr(f->err.msg, "outbox message"));
+        assert_int_equal(f->n_recs, 0);
+    }
+}
+
+static void test_message_malformed_dead_lettered(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\","
+                             "\"content\":\"not json\"}"),
+                     0);
+    assert_int_equal(emit(f, EMIT("m1", "a1", ""), 0x2020), 0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(f->n_recs, 2);
+    assert_true(f->recs[0].dead_letter);
+    assert_non_null(strstr(f->recs[0].error_header, "not a JSON object"));
+    Outboxd__V1__Event *ev = event_of(f, 0);
+    assert_int_equal(ev->payload.len, 8); /* the content as it came */
+    assert_memory_equal(ev->payload.data, "not json", 8);
+    obx_envelope_free(ev);
+    assert_false(f->recs[1].dead_letter);
+    assert_int_equal(f->recs[1].pos.index, 1);
+    ack(f, 0);
+    ack(f, 1);
+    assert_int_equal(flush(f), 0x2100);
+}
+
+/* Debezium's tracingspancontext column: traceparent and tracestate become
+ * headers, unchanged; the headers column wins when it has them. */
+static void test_tracingspancontext_column(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"I\",\"lsn\":\"0/2010\",\"schema\":\"public\",\"table\":\"outbox\",\"columns\":["
+                             "{\"name\":\"id\",\"type\":\"uuid\",\"value\":\"e1\"},"
+                             "{\"name\":\"aggregatetype\",\"type\":\"text\",\"value\":\"athlete\"},"
+                             "{\"name\":\"aggregateid\",\"type\":\"text\",\"value\":\"a1\"},"
+                             "{\"name\":\"type\",\"type\":\"text\",\"value\":\"T\"},"
+                             "{\"name\":\"payload\",\"type\":\"jsonb\",\"value\":\"{}\"},"
+                             "{\"name\":\"tracingspancontext\",\"type\":\"text\",\"value\":\"#Mon Nov 30 10:00:00 UTC 2026\\n"
+                             "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\\ntracestate = "
+                             "rojo\\\\=00f067aa0ba902b7,congo=t61rcWkgMzE\\n\"}]}"),
+                     0);
+    assert_int_equal(feed(f, "{\"action\":\"I\",\"lsn\":\"0/2020\",\"schema\":\"public\",\"table\":\"outbox\",\"columns\":["
+                             "{\"name\":\"id\",\"type\":\"uuid\",\"value\":\"e2\"},"
+                             "{\"name\":\"aggregatetype\",\"type\":\"text\",\"value\":\"athlete\"},"
+                             "{\"name\":\"aggregateid\",\"type\":\"text\",\"value\":\"a1\"},"
+                             "{\"name\":\"type\",\"type\":\"text\",\"value\":\"T\"},"
+                             "{\"name\":\"payload\",\"type\":\"jsonb\",\"value\":\"{}\"},"
+                             "{\"name\":\"headers\",\"type\":\"jsonb\",\"value\":\"{\\\"traceparent\\\": \\\"mine\\\"}\"},"
+                             "{\"name\":\"tracingspancontext\",\"type\":\"text\",\"value\":\"traceparent:theirs\"}]}"),
+                     0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(f->n_recs, 2);
+    assert_string_equal(f->recs[0].headers, "id=e1;type=T;content-type=application/json;"
+                                            "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01;"
+                                            "tracestate=rojo=00f067aa0ba902b7,congo=t61rcWkgMzE;");
+    assert_string_equal(f->recs[1].headers, "id=e2;type=T;content-type=application/json;traceparent=mine;");
+    Outboxd__V1__Event *ev = event_of(f, 0);
+    assert_int_equal(ev->n_headers, 2); /* in the envelope too */
+    obx_envelope_free(ev);
+}
+
+/* traceparent: the trace id of a valid one, nothing of an invalid one. */
+static void test_traceparent_trace_id(void **state)
+{
+    (void)state;
+    char id[OBX_TRACE_ID_LEN + 1];
+    const char *ok = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    assert_int_equal(obx_trace_id(ok, strlen(ok), id), 1);
+    assert_string_equal(id, "0af7651916cd43dd8448eb211c80319c");
+    const char *later = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-later";
+    assert_int_equal(obx_trace_id(later, strlen(later), id), 1);
+    const char *bad[] = {
+        "", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x", /* 00 has nothing after the flags */
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",     /* upper case */
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",     /* zero trace id */
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",     /* zero parent id */
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",     /* version ff */
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",        /* short */
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
+        "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(obx_trace_id(bad[i], strlen(bad[i]), id), 0);
+        assert_string_equal(id, "");
+    }
+    assert_int_equal(obx_trace_id(ok, 54, id), 0); /* length, not NUL, ends it */
 }
 
 /* A partitioned outbox: rows of any leaf, in any schema, are the outbox's
@@ -650,7 +921,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_and_pipeline_failure_from_the_sink, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_protocol_errors_are_retriable, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_unclassified_relation_halts, setup_dlq, teardown),
-        cmocka_unit_test_setup_teardown(test_foreign_message_halts_heartbeat_does_not, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_message_ignored_heartbeat_advances, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_message_events_mix_with_rows, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_message_prefix_configurable, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_message_non_transactional_halts, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_message_non_transactional_dead_lettered, setup_dlq, teardown),
+        cmocka_unit_test_setup_teardown(test_message_malformed_content, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_message_malformed_dead_lettered, setup_dlq, teardown),
+        cmocka_unit_test_setup_teardown(test_tracingspancontext_column, setup_halt, teardown),
+        cmocka_unit_test(test_traceparent_trace_id),
         cmocka_unit_test_setup_teardown(test_partition_rows_relayed_under_the_parent, setup_halt, teardown),
         cmocka_unit_test(test_relset_add_tables_option),
         cmocka_unit_test(test_relset_merge_keeps_gone_leaves_until_confirmed),

@@ -1,0 +1,36 @@
+/* pgoutput's catalog side: the type names its resolver needs, and the
+ * publication it streams (decoder = pgoutput): outboxd creates
+ * it when missing, FOR TABLE the outbox and the signal table (when that
+ * exists), publish = 'insert', publish_via_partition_root = true, and
+ * refuses one that differs, naming the ALTER PUBLICATION that fixes it.
+ * It never alters a publication itself: one may be shared, and what it
+ * publishes decides what the slot sends.
+ *
+ * The caller owns the connection (a normal one). */
+#ifndef OBX_PUBLICATION_H
+#define OBX_PUBLICATION_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "err.h"
+
+/* Makes sure the publication exists as described above. slot_exists: the
+ * slot is already there, so a missing publication is refused (pgoutput
+ * reads publications as of each change's time: changes from before the
+ * publication existed cannot be decoded). 0, or an OBX_EXIT_* code with
+ * errstr (OBX_EXIT_FAIL: query failed, retry; OBX_EXIT_CONFIG: fix it). */
+int obx_publication_ensure(PGconn *conn, const obx_config_t *cfg, int slot_exists, char *errstr, size_t errstr_size);
+
+/* Only checks. *exists says whether it is there; 0 when it is missing or
+ * as outboxd needs it, else an OBX_EXIT_* code with errstr (what differs
+ * and the fix). For doctor. */
+int obx_publication_check(PGconn *conn, const obx_config_t *cfg, int *exists, char *errstr, size_t errstr_size);
+
+/* pgoutput's resolver (pgoutput.h): format_type() of a type OID, as
+ * wal2json names types. 0 found, 1 no such type, -1 with err (retriable). */
+int obx_publication_type_name(PGconn *conn, uint32_t oid, char *name, size_t name_size, obx_err_t *err);
+
+#endif

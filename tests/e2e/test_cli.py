@@ -1,0 +1,246 @@
+"""The command line as an operator meets it (issue 17): options each command
+takes, help without a config, exit codes, one log format, verify that can
+fail, doctor verdicts that match `run`, the state while PostgreSQL is down."""
+import json
+import os
+import re
+import subprocess
+
+from conftest import BIN, BROKERS, ROOT, Outboxd, current_lsn, http_get, metric, pg, wait_until
+
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOXD_")}
+COMMANDS = ["run", "slot", "doctor", "apply", "config-check", "snapshot", "consume", "verify", "config-doc"]
+
+
+def run(args, env=None, **kw):
+    return subprocess.run([BIN, *args], env={**CLEAN_ENV, **(env or {})}, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, **kw)
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_help_and_version_need_no_config():
+    """`outboxd <command> --help` prints that command's usage, options and
+    exit codes with no config at all; -V prints the CMake project version."""
+    version = re.search(r"project\(outboxd VERSION ([0-9.]+)", open(os.path.join(ROOT, "CMakeLists.txt")).read())[1]
+    for args in (["-V"], ["--version"], ["version"], ["run", "-V"]):
+        r = run(args)
+        assert r.returncode == 0 and r.stdout.startswith(f"outboxd {version} (librdkafka "), (args, r.stdout)
+    for cmd in COMMANDS:
+        r = run([cmd, "--help"])
+        assert r.returncode == 0 and r.stdout.startswith(f"usage: outboxd {cmd}"), (cmd, r.stdout, r.stderr)
+        if cmd != "config-doc":
+            assert "exit codes:" in r.stdout and "64" in r.stdout and "-c, --config" in r.stdout, (cmd, r.stdout)
+    assert "drop" in run(["slot", "status", "--help"]).stdout
+    assert "--previous-env" in run(["help", "config-check"]).stdout
+
+
+def test_usage_errors_are_exit_64_in_the_log_format():
+    """Unknown or misplaced options and malformed numbers: exit 64, one log
+    line in the process's format (JSON when stderr is not a terminal)."""
+    cases = [["doctor", "--topic", "foo"], ["verify", "--table", "x"], ["consume", "--max", "abc"],
+             ["consume", "--idle-exit-ms", "-5"], ["verify", "--expect", "2x"], ["run", "--bogus"],
+             ["snapshot", "--page-size", "ten"], ["slot"], ["slot", "list"], ["config-check"], ["nocmd"],
+             ["run", "extra"], ["consume", "--topic"], ["slot", "status", "--yes"], ["config-doc", "-x"],
+             ["apply", "--set", "a=b"]]
+    for args in cases:
+        r = run(args)
+        assert r.returncode == 64, (args, r.returncode, r.stderr)
+        lines = json_lines(r.stderr)
+        assert len(lines) == 1 and lines[0]["event"] == "usage" and "--help" in lines[0]["msg"], (args, r.stderr)
+
+
+def test_one_log_format_from_the_first_line(tmp_path):
+    """Early config errors use the format the config asks for (or the
+    default), like every later line."""
+    bad = tmp_path / "bad.conf"
+    bad.write_text("slot.nmae = x\n")
+    r = run(["run", "-c", str(bad)])
+    assert r.returncode == 2 and json_lines(r.stderr)[0]["event"] == "config", r.stderr
+    text = tmp_path / "text.conf"
+    text.write_text("log.format = text   # for people\nslot.nmae = x\n")
+    r = run(["run", "-c", str(text)])
+    assert r.returncode == 2 and re.match(r"^\S+Z error\s+config: .*slot\.nmae", r.stderr), r.stderr
+    r = run(["run", "-c", str(bad)], env={"OUTBOXD_LOG_FORMAT": "text"})
+    assert r.returncode == 2 and not r.stderr.startswith("{"), r.stderr
+    r = run(["doctor", "--topic", "x"], env={"OUTBOXD_LOG_FORMAT": "text"})
+    assert r.returncode == 64 and " usage: " in r.stderr, r.stderr
+
+
+def test_trailing_comments_and_checked_values(tmp_path):
+    """`key = value   # comment` keeps only the value; a template or port that
+    cannot work stops outboxd at start (exit 2), not at the first row."""
+    conf = tmp_path / "c.conf"
+    conf.write_text("pg.conninfo = host=127.0.0.1 port=1\nkafka.bootstrap.servers = 127.0.0.1:1\n"
+                    "topic.template = outbox.${aggregatetype}   # per team\n"
+                    "outbox.table = \"odd #name\"\n")
+    r = run(["--print-config", "-c", str(conf)])
+    assert r.returncode == 0, r.stderr
+    assert "topic.template = outbox.${aggregatetype}\n" in r.stdout and "outbox.table = odd #name\n" in r.stdout
+    for key, value, needle in [("topic.template", "outbox.${type}", "unknown placeholder"),
+                               ("topic.template", "out box.${aggregatetype}", "legal Kafka topic"),
+                               ("status.listen", "127.0.0.1:99999", "1-65535"),
+                               ("status.listen", "nonsense", "1-65535")]:
+        r = run(["run", "-c", str(conf), "--set", f"{key}={value}"])
+        assert r.returncode == 2 and needle in r.stderr and key in r.stderr, (key, value, r.stderr)
+
+
+def test_status_port_on_ipv6(harness):
+    """status.listen = [::1]:PORT serves /healthz over IPv6."""
+    p = harness.start(OUTBOXD_STATUS_LISTEN="[::1]:25702")
+    import urllib.request
+    with urllib.request.urlopen("http://[::1]:25702/healthz", timeout=5) as r:
+        assert r.status == 200
+    assert p.stop() == 0
+
+
+def test_connecting_state_while_postgres_is_down(harness):
+    """PostgreSQL unreachable or refusing the login at start: state
+    `connecting`, restarts_total rising (the runbook's reading)."""
+    for conninfo in ("host=127.0.0.1 port=1 dbname=app user=outboxd connect_timeout=2",
+                     RELAY_BAD_PASSWORD):
+        env = harness.env(OUTBOXD_PG_CONNINFO=conninfo, OUTBOXD_RECONNECT_BACKOFF_MAX_MS="300")
+        port = int(env["OUTBOXD_STATUS_LISTEN"].rsplit(":", 1)[1])
+        p = Outboxd(env)
+        harness.procs.append(p)
+        wait_until(lambda: _status_up(port), what="status port")
+        first = wait_until(lambda: (lambda s: s["state"] == "connecting" and s["restarts"] >= 1 and s)(
+            json.loads(http_get(port, "/status")[1])), timeout=15, what="connecting")
+        wait_until(lambda: metric(http_get(port, "/metrics")[1], "outboxd_restarts_total") > first["restarts"],
+                   timeout=15, what="restarts rising")
+        assert metric(http_get(port, "/metrics")[1], "outboxd_state", state="connecting") == 1
+        version = re.search(r"project\(outboxd VERSION ([0-9.]+)", open(os.path.join(ROOT, "CMakeLists.txt")).read())[1]
+        assert first["version"] == version
+        assert metric(http_get(port, "/metrics")[1], "outboxd_build_info", version=version) == 1
+        assert p.stop() == 0
+
+
+def _status_up(port):
+    try:
+        return http_get(port, "/status")[0] == 200
+    except OSError:
+        return False
+
+
+# The test server trusts loopback logins, so a refused login is a role that
+# does not exist: the same FATAL at connect (class 28) as a wrong password.
+RELAY_BAD_PASSWORD = "host=127.0.0.1 port={} dbname=app user=no_such_role password=wrong-password".format(
+    os.environ.get("OBX_PG_PORT", "55432"))
+
+
+def test_verify_fails_when_it_read_nothing(harness, tmp_path):
+    """verify fails (exit 1, a reason in the JSON) when Kafka cannot be
+    reached, a topic does not exist or fewer events arrived than expected;
+    stdout is exactly one JSON line; -X overrides the config's kafka.*."""
+    p = harness.start()
+    with pg() as c:
+        for i in range(3):
+            c.execute(f"INSERT INTO {harness.table}(aggregatetype, aggregateid, type, payload, aggregate_version)"
+                      f" VALUES ('athlete', 'a{i}', 'U', '{{}}', 1)")
+    harness.wait_confirmed(current_lsn())
+    assert p.stop() == 0
+    topic = harness.prefix + ".athlete"
+    dead = tmp_path / "dead.conf"
+    dead.write_text("kafka.bootstrap.servers = 127.0.0.1:1\n")
+
+    def verify(*args):
+        r = run(["verify", "-c", str(dead), "--idle-exit-ms", "2000", *args])
+        out = json_lines(r.stdout)
+        assert len(out) == 1, r.stdout  # progress and problems went to stderr
+        return r.returncode, out[0], r.stderr
+
+    rc, s, err = verify("--topic", topic)
+    assert rc == 1 and not s["ok"] and "cannot reach Kafka at 127.0.0.1:1" in s["reason"], s
+    rc, s, err = verify("-X", f"bootstrap.servers={BROKERS}", "--topic", topic)
+    assert rc == 0 and s["ok"] and s["events"] == 3 and s["reason"] == "", s
+    assert "reading " in err and BROKERS in err
+    rc, s, _ = verify("-X", f"bootstrap.servers={BROKERS}", "--topic", topic + "x")
+    assert rc == 1 and s["reason"] == f"topic {topic}x does not exist", s
+    rc, s, _ = verify("-b", BROKERS, "--topic", "^" + topic.replace(".", "[.]") + "-nomatch")
+    assert rc == 1 and s["reason"].startswith("no topic matches"), s
+    rc, s, _ = verify("-b", BROKERS, "--topic", topic, "--expect", "4")
+    assert rc == 1 and s["reason"] == "read 3 event(s), expected at least 4", s
+    rc, s, _ = verify("-b", BROKERS, "--topic", "^" + topic.replace(".", "[.]") + "$", "--expect", "3")
+    assert rc == 0 and s["unique"] == 3, s
+    r = run(["verify", "-X", "no.such.property=1", "-b", BROKERS, "--topic", topic])
+    assert r.returncode == 2 and "kafka.no.such.property" in r.stderr, r.stderr
+
+
+def test_slot_exit_codes_and_drop_confirmation(harness):
+    """A missing slot is 4 for `slot status` and `slot drop`; drop needs
+    --yes when stdin is not a terminal and then leaves the slot alone."""
+    env = harness.env()
+    r = run(["slot", "status"], env)
+    assert r.returncode == 4 and "does not exist" in r.stdout, r.stdout + r.stderr
+    r = run(["slot", "drop", "--yes"], env)
+    assert r.returncode == 4 and "did not exist" in r.stdout and "cleared" in r.stdout, r.stdout + r.stderr
+    assert run(["slot", "create"], env).returncode == 0
+    r = run(["slot", "drop"], env)
+    assert r.returncode == 64 and "--yes" in r.stderr, r.stderr
+    assert run(["slot", "status"], env).returncode == 0  # still there
+    r = run(["slot", "drop", "-y"], env)
+    assert r.returncode == 0 and "dropped" in r.stdout, r.stdout + r.stderr
+    assert run(["slot", "status"], env).returncode == 4
+
+
+def test_config_check_compares_the_effective_config(tmp_path):
+    """The environment is part of the configuration: a key rule changed
+    through OUTBOXD_* is refused (exit 5, not a usage error's 64)."""
+    old = tmp_path / "old.conf"
+    old.write_text("pg.conninfo = host=x\nkafka.bootstrap.servers = k:9092\n")
+    change = {"OUTBOXD_OUTBOX_COLUMN_AGGREGATEID": "tenant_id"}
+    r = run(["config-check", "--previous", str(old), "-c", str(old)], env=change)
+    assert r.returncode == 5 and "tenant_id" in r.stderr, r.stderr
+    prev_env = tmp_path / "prev.env"
+    prev_env.write_text("export OUTBOXD_OUTBOX_COLUMN_AGGREGATEID=tenant_id\n")
+    r = run(["config-check", "--previous", str(old), "--previous-env", str(prev_env), "-c", str(old)], env=change)
+    assert r.returncode == 0, r.stderr
+    r = run(["config-check", "--previous", str(old), "-c", str(old), "--env-file", str(prev_env)])
+    assert r.returncode == 5, r.stderr
+
+
+def test_doctor_verdicts_match_run(harness):
+    """slot.create = false with no slot is a FAIL (run exits 4); a missing
+    dead-letter topic FAILs although this broker auto-creates topics, and
+    asking does not create it; a bad template is a config FAIL."""
+    env = harness.env(OUTBOXD_SLOT_CREATE="false", OUTBOXD_POISON_POLICY="dead-letter",
+                      OUTBOXD_POISON_DLQ_TOPIC=harness.prefix + ".dlq")
+    r = run(["doctor"], env)
+    assert r.returncode == 1, r.stdout
+    assert re.search(rf"FAIL  slot {harness.slot} does not exist", r.stdout), r.stdout
+    assert f"FAIL  dead-letter topic {harness.prefix}.dlq exists" in r.stdout, r.stdout
+    assert "auto.create.topics.enable = true" in r.stdout and "PASS  configuration is valid" in r.stdout
+    assert re.search(r"PASS  server version 1[3-9]|PASS  server version [2-9]\d", r.stdout), r.stdout
+    r = run(["doctor"], env)  # asking twice: still missing, doctor never created it
+    assert f"FAIL  dead-letter topic {harness.prefix}.dlq exists" in r.stdout
+    r = run(["doctor"], harness.env(OUTBOXD_TOPIC_TEMPLATE="x.${aggregate_type}"))
+    assert r.returncode == 1 and "FAIL  configuration is valid: topic.template" in r.stdout, r.stdout
+
+
+def test_supported_versions_table_matches_the_test_stack():
+    """README's supported-versions table names, as "tested in CI", what this
+    stack runs: the PostgreSQL server, the Kafka jars, outboxd's librdkafka."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme[readme.index("## Supported versions"):]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] not in ("component", "---"):
+            rows[cells[0]] = cells
+    assert set(rows) == {"PostgreSQL", "Kafka", "librdkafka"}, rows
+    with pg() as c:
+        major = c.execute("SHOW server_version_num").fetchone()[0]
+    assert rows["PostgreSQL"][2] == str(int(major) // 10000), (rows["PostgreSQL"], major)
+    assert rows["PostgreSQL"][2] in rows["PostgreSQL"][1]
+    libs = os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "kafka", "libs")
+    jars = [re.match(r"kafka_2\.13-(\d+\.\d+)\.\d+\.jar$", f) for f in os.listdir(libs)]
+    kafka = {m[1] for m in jars if m}
+    pom = re.search(r"<artifactId>kafka_2\.13</artifactId>\s*<version>(\d+\.\d+)", open(
+        os.path.join(ROOT, "deploy", "kafka", "pom.xml")).read())[1]
+    assert kafka == {pom} == {rows["Kafka"][2]}, (kafka, pom, rows["Kafka"])
+    rdk = re.search(r"librdkafka (\S+?),", run(["-V"]).stdout)[1]
+    assert rows["librdkafka"][2] == rdk, (rows["librdkafka"], rdk)
