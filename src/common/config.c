@@ -78,6 +78,8 @@ static const obx_opt_t opts[] = {
      "How often to read the slot's retained WAL and wal_status from pg_replication_slots (metrics; wal_status = lost stops with exit 4)."},
     {"slot.evidence_topic", T_STR, S(slot_evidence_topic), "outboxd.slots", 0, 0, 0,
      "Compacted Kafka topic where the relay records, per server, database and slot, that the slot has published and how far it has confirmed. A missing slot with such a record stops the relay (exit 4) instead of silently creating a new slot that would skip what was committed meanwhile; `outboxd slot create` is the explicit way forward. Must not be empty."},
+    {"slot.failover", T_STR, S(slot_failover), "auto", 0, 0, 0,
+     "Create the slot as a failover slot (PostgreSQL 17+): standbys running with `sync_replication_slots = on` keep a synchronised copy, so the slot survives a promotion (docs/operations.md, Failover). `auto`: on where the server supports it (17+), off on 15 and 16, where the slot-vanished guard of slot.evidence_topic is the protection; `on`: required, a server before 17 is a configuration error (exit 2); `off`: never. An existing slot of 17+ without the flag gets it at start unless `off`. `outboxd doctor` checks the flag and the standbys' settings."},
     {"exactly_once", T_BOOL, S(exactly_once), "true", 0, 0, 0,
      "After a restart or reconnect, read back each partition written to (from the commit time of the replay window on) and skip events already there, so a crash re-sends nothing. Requires that outboxd is the only writer of its (topic, key) records from this slot; see docs/guarantees.md. `false` gives plain at-least-once."},
     {"exactly_once.scan_max", T_INT, S(dedup_scan_max), "1000", 1, 1000000, 0,
@@ -502,6 +504,11 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
     if (!*cfg->slot_evidence_topic) {
         /* Without it a vanished slot could be replaced silently. */
         snprintf(errstr, errstr_size, "slot.evidence_topic is empty: set a Kafka topic name (default outboxd.slots)");
+        return -1;
+    }
+    if (strcmp(cfg->slot_failover, "auto") != 0 && strcmp(cfg->slot_failover, "on") != 0 &&
+        strcmp(cfg->slot_failover, "off") != 0) {
+        snprintf(errstr, errstr_size, "slot.failover = \"%s\": use auto, on or off", cfg->slot_failover);
         return -1;
     }
     obx_log_level_t lvl;

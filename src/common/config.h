@@ -43,6 +43,7 @@ typedef struct obx_config_s {
     int standby_retry_ms;
     int slot_poll_interval_ms;
     char *slot_evidence_topic;
+    char *slot_failover; /* auto | on | off (obx_slot_failover_wanted) */
     int exactly_once;
     int dedup_scan_max;
     int dedup_clock_skew_ms;

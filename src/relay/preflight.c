@@ -137,10 +137,17 @@ int obx_slot_inspect(PGconn *conn, const char *slot, obx_slot_info_t *out, char 
 {
     memset(out, 0, sizeof(*out));
     const char *p[1] = {slot};
+    /* failover and synced exist from PostgreSQL 17 on. */
     PGresult *r = q(conn,
-                    "SELECT plugin, active, coalesce(active_pid, 0), coalesce(wal_status, ''),"
-                    " coalesce(confirmed_flush_lsn::text, ''), coalesce(restart_lsn::text, ''), database = current_database()"
-                    " FROM pg_replication_slots WHERE slot_name = $1",
+                    PQserverVersion(conn) >= 170000
+                        ? "SELECT plugin, active, coalesce(active_pid, 0), coalesce(wal_status, ''),"
+                          " coalesce(confirmed_flush_lsn::text, ''), coalesce(restart_lsn::text, ''),"
+                          " database = current_database(), failover, synced"
+                          " FROM pg_replication_slots WHERE slot_name = $1"
+                        : "SELECT plugin, active, coalesce(active_pid, 0), coalesce(wal_status, ''),"
+                          " coalesce(confirmed_flush_lsn::text, ''), coalesce(restart_lsn::text, ''),"
+                          " database = current_database(), false, false"
+                          " FROM pg_replication_slots WHERE slot_name = $1",
                     1, p, errstr, errstr_size);
     if (!r) return -1;
     if (PQntuples(r) == 1) {
@@ -151,9 +158,49 @@ int obx_slot_inspect(PGconn *conn, const char *slot, obx_slot_info_t *out, char 
         snprintf(out->wal_status, sizeof(out->wal_status), "%s", PQgetvalue(r, 0, 3));
         obx_lsn_parse(PQgetvalue(r, 0, 4), &out->confirmed_flush);
         obx_lsn_parse(PQgetvalue(r, 0, 5), &out->restart_lsn);
+        out->failover = strcmp(PQgetvalue(r, 0, 7), "t") == 0;
+        out->synced = strcmp(PQgetvalue(r, 0, 8), "t") == 0;
     }
     PQclear(r);
     return 0;
+}
+
+int obx_slot_failover_wanted(const obx_config_t *cfg, int server_version, char *errstr, size_t errstr_size)
+{
+    if (!strcmp(cfg->slot_failover, "off")) return 0;
+    if (server_version >= 170000) return 1;
+    if (!strcmp(cfg->slot_failover, "auto")) return 0;
+    snprintf(errstr, errstr_size,
+             "slot.failover = on, but PostgreSQL %d has no failover slots (they came with 17): set slot.failover = auto "
+             "or off, and keep the slot across a failover another way (docs/operations.md, Failover: Patroni's "
+             "permanent slots)",
+             server_version);
+    return -1;
+}
+
+/* An existing slot on 17+ without the failover flag (made by an older
+ * outboxd or by hand) gets it: ALTER_REPLICATION_SLOT needs a replication
+ * connection and an idle slot. Failing is a warning, doctor names it too. */
+static void set_failover(const obx_config_t *cfg)
+{
+    obx_err_t e;
+    PGconn *rc = obx_pg_connect(cfg->pg_conninfo, "pg.conninfo", OBX_PG_REPLICATION, &e);
+    char *qslot = obx_pg_quote_ident(cfg->slot_name);
+    char sql[256];
+    int ok = rc && qslot;
+    if (ok) {
+        snprintf(sql, sizeof(sql), "ALTER_REPLICATION_SLOT %s ( FAILOVER true )", qslot);
+        ok = obx_pg_command(rc, sql, &e) == 0;
+    }
+    if (ok)
+        obx_info("slot_failover", "replication slot %s is now a failover slot (slot.failover)", cfg->slot_name);
+    else
+        obx_warn("slot_failover", "replication slot %s has failover = false and could not be changed (%s): a failover "
+                 "to a standby loses it; run ALTER_REPLICATION_SLOT %s (FAILOVER true) on a replication connection "
+                 "while outboxd is stopped, or set slot.failover = off",
+                 cfg->slot_name, qslot ? e.msg : "out of memory", cfg->slot_name);
+    free(qslot);
+    if (rc) PQfinish(rc);
 }
 
 /* A slot decodes with the plugin it was made with: the other decoder's
@@ -171,6 +218,8 @@ static int wrong_plugin(const obx_config_t *cfg, const obx_slot_info_t *s, char 
 
 int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out, char *errstr, size_t errstr_size)
 {
+    int failover = obx_slot_failover_wanted(cfg, PQserverVersion(conn), errstr, errstr_size);
+    if (failover < 0) return OBX_EXIT_CONFIG;
     if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
     if (out->exists && strcmp(out->plugin, cfg->decoder) != 0) return wrong_plugin(cfg, out, errstr, errstr_size);
     int pgo = !strcmp(cfg->decoder, "pgoutput");
@@ -187,9 +236,15 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
                      cfg->slot_name, cfg->slot_name, cfg->decoder);
             return OBX_EXIT_SLOT;
         }
-        const char *p[2] = {cfg->slot_name, cfg->decoder};
+        const char *p[3] = {cfg->slot_name, cfg->decoder, failover ? "true" : "false"};
         obx_err_t e;
-        PGresult *r = obx_pg_exec(conn, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, $2)", 2, p, &e);
+        /* The five-argument form (failover last) exists from 17 on. */
+        PGresult *r = failover ? obx_pg_exec(conn,
+                                             "SELECT lsn::text FROM pg_create_logical_replication_slot($1, $2, false, "
+                                             "false, $3::boolean)",
+                                             3, p, &e)
+                               : obx_pg_exec(conn, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, $2)", 2,
+                                             p, &e);
         if (!r) {
             /* Lost connection or server shutdown: try again later. */
             if (e.cls == OBX_ERR_RETRIABLE && !e.sqlstate[0]) {
@@ -202,8 +257,8 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
                 return OBX_EXIT_CONFIG;
             }
         } else {
-            obx_info("slot_created", "created replication slot %s (%s) at %s", cfg->slot_name, cfg->decoder,
-                     PQgetvalue(r, 0, 0));
+            obx_info("slot_created", "created replication slot %s (%s%s) at %s", cfg->slot_name, cfg->decoder,
+                     failover ? ", failover" : "", PQgetvalue(r, 0, 0));
             PQclear(r);
         }
         if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
@@ -216,6 +271,11 @@ int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out,
                  "decoded. Recover: outboxd slot drop, restart outboxd (it creates a new slot), and re-emit current state with a snapshot",
                  cfg->slot_name, OBX_LSN_ARGS(out->confirmed_flush));
         return OBX_EXIT_SLOT;
+    }
+    /* A synced copy on a standby is the primary's to change. */
+    if (failover && !out->failover && !out->synced) {
+        set_failover(cfg);
+        if (obx_slot_inspect(conn, cfg->slot_name, out, errstr, errstr_size) != 0) return OBX_EXIT_FAIL;
     }
     return 0;
 }

@@ -27,7 +27,13 @@ typedef struct {
     char wal_status[32];
     obx_lsn_t confirmed_flush;
     obx_lsn_t restart_lsn;
+    int failover, synced;   /* PostgreSQL 17+ columns; 0 before */
 } obx_slot_info_t;
+
+/* Whether the slot is to be a failover slot on a server of this version
+ * (slot.failover): 1 or 0, or -1 with errstr when `on` meets a server
+ * before 17 (a configuration error). */
+int obx_slot_failover_wanted(const obx_config_t *cfg, int server_version, char *errstr, size_t errstr_size);
 
 /* Server settings, privileges and the outbox table. Returns 0, or an
  * OBX_EXIT_* code with errstr saying what is wrong and how to fix it. */
@@ -40,7 +46,9 @@ int obx_preflight_outbox(PGconn *conn, const obx_config_t *cfg, obx_pg_info_t *i
 int obx_slot_inspect(PGconn *conn, const char *slot, obx_slot_info_t *out, char *errstr, size_t errstr_size);
 
 /* Makes sure the slot exists with cfg->decoder's plugin and is not lost
- * (creating it if cfg->slot_create; with pgoutput the publication first). Returns 0 or an OBX_EXIT_* code with errstr. */
+ * (creating it if cfg->slot_create; with pgoutput the publication first;
+ * as a failover slot where obx_slot_failover_wanted, and an existing slot
+ * without the flag gets it). Returns 0 or an OBX_EXIT_* code with errstr. */
 int obx_slot_ensure(PGconn *conn, const obx_config_t *cfg, obx_slot_info_t *out, char *errstr, size_t errstr_size);
 
 /* Drops the slot; for tests and `outboxd slot drop`. */

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "doctor_failover.h"
 #include "kconf.h"
 #include "lsn.h"
 #include "pg.h"
@@ -219,6 +220,11 @@ static void check_signals(doc_t *d, const obx_config_t *cfg, PGconn *c)
     free(qt);
 }
 
+static void report_cb(void *d, int ok, int warn_only, const char *what, const char *fix)
+{
+    report(d, ok, warn_only, what, fix);
+}
+
 static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
     char what[64];
@@ -234,6 +240,7 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     check_slot(d, cfg, c);
     check_outbox(d, cfg, c);
     check_signals(d, cfg, c);
+    obx_doctor_failover(cfg, c, report_cb, d);
 }
 
 /* Does the broker create topics on first write? 1, 0, or -1 unknown. */

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pg.h"
+#include "preflight.h"
 #include "status_http.h"
 
 /* Every key of the table, as documented. */
@@ -26,7 +27,7 @@ static const char *const all_keys[] = {
     "outbox.column.payload", "outbox.column.aggregate_version", "outbox.column.topic", "outbox.column.headers",
     "outbox.column.occurred_at", "outbox.column.tracingspancontext", "outbox.message_prefix", "topic.template", "status.interval_ms", "shutdown.timeout_ms",
     "reconnect.backoff_max_ms", "poll.batch", "status.listen", "heartbeat.interval_ms", "standby.retry_ms",
-    "slot.poll_interval_ms", "slot.evidence_topic", "exactly_once", "exactly_once.scan_max", "exactly_once.clock_skew_ms", "poison.policy", "poison.dlq_topic",
+    "slot.poll_interval_ms", "slot.evidence_topic", "slot.failover", "exactly_once", "exactly_once.scan_max", "exactly_once.clock_skew_ms", "poison.policy", "poison.dlq_topic",
     "snapshot.table", "snapshot.name", "snapshot.where", "snapshot.topic", "snapshot.aggregate_type",
     "snapshot.version_column", "snapshot.columns", "snapshot.payload_sql", "snapshot.event_type",
     "snapshot.page_size", "snapshot.rate_limit", "signal.table", "signal.allowed_tables",
@@ -146,6 +147,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->exactly_once, 1);
     assert_int_equal(c->dedup_scan_max, 1000);
     assert_string_equal(c->poison_policy, "halt");
+    assert_string_equal(c->slot_failover, "auto");
     assert_string_equal(c->dlq_topic, "outboxd.deadletter");
     assert_null(obx_config_kafka_get(c, "bootstrap.servers"));
     obx_config_destroy(c);
@@ -336,6 +338,7 @@ static void test_validate(void **state)
         {"outbox.column.id", "", "outbox.column", NULL},
         {"outbox.column.payload", "", "outbox.column", NULL},
         {"pg.conninfo", "", "pg.conninfo", NULL},
+        {"slot.failover", "yes", "slot.failover", "auto, on or off"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         c = cfg_new();
@@ -357,6 +360,27 @@ static void test_validate(void **state)
     set(c, "slot.name", "outboxd_2");
     set(c, "kafka.acks", "all");
     assert_int_equal(obx_config_validate(c, err, sizeof(err)), 0);
+    obx_config_destroy(c);
+}
+
+/* slot.failover: auto follows the server (17+), on is an error before 17
+ * naming the fix, off never. */
+static void test_slot_failover_wanted(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    obx_config_t *c = cfg_new();
+    assert_int_equal(obx_slot_failover_wanted(c, 150020, err, sizeof(err)), 0);
+    assert_int_equal(obx_slot_failover_wanted(c, 160004, err, sizeof(err)), 0);
+    assert_int_equal(obx_slot_failover_wanted(c, 170000, err, sizeof(err)), 1);
+    assert_int_equal(obx_slot_failover_wanted(c, 180006, err, sizeof(err)), 1);
+    set(c, "slot.failover", "on");
+    assert_int_equal(obx_slot_failover_wanted(c, 180006, err, sizeof(err)), 1);
+    assert_int_equal(obx_slot_failover_wanted(c, 160004, err, sizeof(err)), -1);
+    assert_has(err, "slot.failover = auto");
+    assert_has(err, "Patroni");
+    set(c, "slot.failover", "off");
+    assert_int_equal(obx_slot_failover_wanted(c, 180006, err, sizeof(err)), 0);
     obx_config_destroy(c);
 }
 
@@ -923,6 +947,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_slot_failover_wanted),
         cmocka_unit_test(test_load_file_errors),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_validate),
