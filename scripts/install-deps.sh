@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(
     build-essential cmake pkg-config
-    libpq-dev librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev libcmocka-dev libmicrohttpd-dev
+    libpq-dev libssl-dev librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libcjson-dev libcmocka-dev libmicrohttpd-dev
     postgresql-15 postgresql-15-wal2json postgresql-client-15
     kcat curl
     # libFuzzer targets (scripts/fuzz.sh): clang 14 and its sanitizer/fuzzer runtimes

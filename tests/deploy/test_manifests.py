@@ -208,6 +208,7 @@ PKGCONFIG_DEBIAN = {
     "libcjson": ("libcjson-dev", "libcjson1"),
     "libmicrohttpd": ("libmicrohttpd-dev", "libmicrohttpd12"),
     "cmocka": ("libcmocka-dev", "libcmocka0"),
+    "libcrypto": ("libssl-dev", "libssl3"),
 }
 
 
