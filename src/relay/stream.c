@@ -260,7 +260,7 @@ static int start_replication(session_t *s, obx_err_t *err)
     }
     /* Messages: the heartbeat's and outbox_emit()'s (add-tables does not
      * filter messages; add-msg-prefixes matches whole prefixes). */
-    char prefixes[512];
+    char prefixes[sizeof(OBX_HEARTBEAT_PREFIX) + OBX_MESSAGE_PREFIX_MAX + 1]; /* config bounds the prefix: never cut */
     snprintf(prefixes, sizeof(prefixes), "%s,%s", OBX_HEARTBEAT_PREFIX, s->cfg->outbox_message_prefix);
     const char *opts[] = {
         "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",
