@@ -96,10 +96,32 @@ LANGUAGE plpgsql VOLATILE
 AS $fn$
 DECLARE
     event_id uuid := gen_random_uuid();
+    prefix text := coalesce(nullif(current_setting('outboxd.message_prefix', true), ''), 'outboxd.event');
 BEGIN
+    -- Refuse here, in the producer's transaction, what the relay could only
+    -- treat as poison after the commit (the table's NOT NULLs, bad headers or
+    -- topic), and prefixes outboxd can never be configured to read.
+    IF outbox_emit.aggregatetype IS NULL OR outbox_emit.aggregateid IS NULL OR outbox_emit.type IS NULL THEN
+        RAISE EXCEPTION 'outbox_emit: aggregatetype, aggregateid and type must not be NULL'
+            USING ERRCODE = 'not_null_violation';
+    END IF;
+    IF outbox_emit.headers IS NOT NULL AND (jsonb_typeof(outbox_emit.headers) <> 'object'
+            OR outbox_emit.headers ?| ARRAY['id', 'type', 'content-type']) THEN
+        RAISE EXCEPTION 'outbox_emit: headers must be a JSON object without the members id, type and content-type (outboxd sets those Kafka headers), not %',
+            left(outbox_emit.headers::text, 200) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF coalesce(outbox_emit.topic, '') <> '' AND (outbox_emit.topic !~ '^[A-Za-z0-9._-]{1,249}$'
+            OR outbox_emit.topic IN ('.', '..')) THEN
+        RAISE EXCEPTION 'outbox_emit: topic "%" is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)',
+            left(outbox_emit.topic, 300) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF prefix = 'outboxd' OR prefix ~ '[, \t\r\n\\]' OR octet_length(prefix) > 200 THEN
+        RAISE EXCEPTION 'outbox_emit: outboxd.message_prefix "%" can never match outboxd''s outbox.message_prefix (no commas, blanks or backslashes, at most 200 bytes, not the heartbeat''s "outboxd")',
+            left(prefix, 300) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM pg_logical_emit_message(
         true,
-        coalesce(nullif(current_setting('outboxd.message_prefix', true), ''), 'outboxd.event'),
+        prefix,
         json_build_object(
             'id', event_id,
             'aggregatetype', outbox_emit.aggregatetype,

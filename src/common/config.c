@@ -57,7 +57,7 @@ static const obx_opt_t opts[] = {
     {"outbox.column.tracingspancontext", T_STR, S(col_tracingspancontext), "tracingspancontext", 0, 0, 0,
      "Optional text column in Debezium's format (java.util.Properties text, e.g. `traceparent=00-...`): its `traceparent` and `tracestate` become Kafka headers, unchanged, unless the headers column already has them (docs/envelope.md)."},
     {"outbox.message_prefix", T_STR, S(outbox_message_prefix), "outboxd.event", 0, 0, 0,
-     "Prefix of the transactional logical messages that `outbox_emit()` writes (deploy/sql/outbox.sql, which reads the same name from the PostgreSQL setting `outboxd.message_prefix`): each becomes an event exactly like an outbox row. A non-transactional message with this prefix is poison (poison.policy); messages with other prefixes are ignored. No commas, spaces or backslashes, not `outboxd`."},
+     "Prefix of the transactional logical messages that `outbox_emit()` writes (deploy/sql/outbox.sql, which reads the same name from the PostgreSQL setting `outboxd.message_prefix`): each becomes an event exactly like an outbox row. A non-transactional message with this prefix is poison (poison.policy); messages with other prefixes are ignored. No commas, spaces or backslashes, at most 200 bytes, not `outboxd`."},
     {"topic.template", T_STR, S(topic_template), "outbox.event.${aggregatetype}", 0, 0, 0,
      "Topic for rows whose topic column is NULL. `${aggregatetype}` is replaced by the row's aggregate type (Debezium's EventRouter default)."},
     {"status.interval_ms", T_INT, S(status_interval_ms), "10000", 100, 10000, 0,
@@ -494,11 +494,13 @@ int obx_config_validate(const obx_config_t *cfg, char *errstr, size_t errstr_siz
     }
     if (obx_config_check_names(cfg, errstr, errstr_size) != 0) return -1;
     const char *mp = cfg->outbox_message_prefix;
-    if (!*mp || strpbrk(mp, ", \t\r\n\\") || !strcmp(mp, "outboxd")) {
+    if (!*mp || strpbrk(mp, ", \t\r\n\\") || !strcmp(mp, "outboxd") || strlen(mp) > OBX_MESSAGE_PREFIX_MAX) {
         /* wal2json's add-msg-prefixes splits at commas and spaces and keeps
-         * backslashes; "outboxd" is the heartbeat's. */
-        snprintf(errstr, errstr_size, "outbox.message_prefix = \"%.100s\": use a non-empty prefix without commas, "
-                 "spaces or backslashes, other than the heartbeat's \"outboxd\" (default outboxd.event)", mp);
+         * backslashes; "outboxd" is the heartbeat's; a bound keeps the
+         * option from being cut (a cut prefix filters every event away). */
+        snprintf(errstr, errstr_size, "outbox.message_prefix = \"%.100s\": use a non-empty prefix of at most %d bytes "
+                 "without commas, spaces or backslashes, other than the heartbeat's \"outboxd\" (default outboxd.event)",
+                 mp, OBX_MESSAGE_PREFIX_MAX);
         return -1;
     }
     if (!*cfg->slot_evidence_topic) {

@@ -15,6 +15,8 @@
 #include <stdio.h>
 
 
+#define OBX_MESSAGE_PREFIX_MAX 200
+
 typedef struct obx_kv_s {
     char *key;
     char *value;
@@ -32,7 +34,7 @@ typedef struct obx_config_s {
     char *col_id, *col_aggregatetype, *col_aggregateid, *col_type, *col_payload;
     char *col_aggregate_version, *col_topic, *col_headers, *col_occurred_at;
     char *col_tracingspancontext;
-    char *outbox_message_prefix;
+    char *outbox_message_prefix; /* at most OBX_MESSAGE_PREFIX_MAX bytes (deploy/sql/outbox.sql checks the same) */
     char *topic_template;
     int status_interval_ms;
     int shutdown_timeout_ms;

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "outbox.h"
+
 void obx_message_clear(obx_message_t *m)
 {
     cJSON_Delete(m->tree);
@@ -44,7 +46,17 @@ static int version_field(obx_message_t *m, const cJSON *root, obx_col_t *c, char
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "aggregate_version");
     if (!v || cJSON_IsNull(v) || !c) return 0;
-    if (cJSON_IsString(v)) return text_field(root, "aggregate_version", c, errstr, errstr_size);
+    if (cJSON_IsString(v)) {
+        /* Digits only, as bigint::text gives them: strtoll would also take
+         * " +12", so the event would depend on who parses it. */
+        const char *d = v->valuestring + (v->valuestring[0] == '-');
+        if (!*d || strspn(d, "0123456789") != strlen(d)) {
+            snprintf(errstr, errstr_size, "outbox message field \"aggregate_version\" = \"%.40s\" is not an integer's digits",
+                     v->valuestring);
+            return -1;
+        }
+        return text_field(root, "aggregate_version", c, errstr, errstr_size);
+    }
     if (!cJSON_IsNumber(v)) {
         snprintf(errstr, errstr_size, "outbox message field \"aggregate_version\" is not a number");
         return -1;
@@ -61,9 +73,11 @@ static int version_field(obx_message_t *m, const cJSON *root, obx_col_t *c, char
     return 0;
 }
 
-/* headers: an object (printed, then parsed like a row's column), its text
- * as a string, or null. */
-static int headers_field(obx_message_t *m, const cJSON *root, obx_col_t *c, char *errstr, size_t errstr_size)
+/* headers: an object (its text as written in the content, then parsed like
+ * a row's column: a reprint would round numbers through a double), its
+ * text as a string, or null. */
+static int headers_field(obx_message_t *m, const cJSON *root, const char *content, obx_col_t *c, char *errstr,
+                         size_t errstr_size)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "headers");
     if (!v || cJSON_IsNull(v) || !c) return 0;
@@ -72,27 +86,45 @@ static int headers_field(obx_message_t *m, const cJSON *root, obx_col_t *c, char
         snprintf(errstr, errstr_size, "outbox message field \"headers\" is not an object");
         return -1;
     }
-    m->headers = cJSON_PrintUnformatted(v);
-    if (!m->headers) {
+    const char *raw = obx_json_members(content), *start = NULL, *end = NULL;
+    for (const cJSON *mb = root->child; mb; mb = mb->next) {
+        raw = obx_json_member_next(raw, &start, &end);
+        if (mb == v) break;
+    }
+    if (!start || !(m->headers = cJSON_malloc((size_t)(end - start) + 1))) {
         snprintf(errstr, errstr_size, "out of memory");
         return -1;
     }
+    memcpy(m->headers, start, (size_t)(end - start));
+    m->headers[end - start] = '\0';
     c->value = m->headers;
     c->value_len = strlen(m->headers);
     return 0;
 }
 
-static int map_fields(const obx_config_t *cfg, obx_message_t *m, const cJSON *root, char *errstr, size_t errstr_size)
+static int map_fields(const obx_config_t *cfg, obx_message_t *m, const cJSON *root, const char *content, char *errstr,
+                      size_t errstr_size)
 {
     static const char *const text[][2] = {{"id", "uuid"}, {"aggregatetype", "text"}, {"aggregateid", "text"},
                                           {"type", "text"}, {"payload", "jsonb"}, {"topic", "text"},
                                           {"occurred_at", "timestamptz"}, {"tracingspancontext", "text"}};
     const char *cols[] = {cfg->col_id, cfg->col_aggregatetype, cfg->col_aggregateid, cfg->col_type, cfg->col_payload,
                           cfg->col_topic, cfg->col_occurred_at, cfg->col_tracingspancontext};
+    /* A field given twice is ambiguous (cJSON reads the first, jsonb keeps
+     * the last): poison, not a guess. Other members are ignored. */
+    static const char *const fields[] = {"id", "aggregatetype", "aggregateid", "type", "payload", "topic",
+                                         "occurred_at", "tracingspancontext", "aggregate_version", "headers"};
+    int seen[sizeof(fields) / sizeof(fields[0])] = {0};
+    for (const cJSON *mb = root->child; mb; mb = mb->next)
+        for (size_t i = 0; mb->string && i < sizeof(fields) / sizeof(fields[0]); i++)
+            if (!strcmp(mb->string, fields[i]) && seen[i]++) {
+                snprintf(errstr, errstr_size, "outbox message field \"%s\" appears more than once", fields[i]);
+                return -1;
+            }
     for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++)
         if (text_field(root, text[i][0], add_col(m, cols[i], text[i][1]), errstr, errstr_size) != 0) return -1;
     if (version_field(m, root, add_col(m, cfg->col_aggregate_version, "bigint"), errstr, errstr_size) != 0) return -1;
-    return headers_field(m, root, add_col(m, cfg->col_headers, "jsonb"), errstr, errstr_size);
+    return headers_field(m, root, content, add_col(m, cfg->col_headers, "jsonb"), errstr, errstr_size);
 }
 
 int obx_message_parse(const obx_config_t *cfg, const char *content, size_t len, obx_lsn_t lsn, obx_message_t *m,
@@ -108,7 +140,7 @@ int obx_message_parse(const obx_config_t *cfg, const char *content, size_t len, 
         snprintf(errstr, errstr_size, "outbox message content is not a JSON object (%zu bytes)", len);
         goto fail;
     }
-    if (map_fields(cfg, m, root, errstr, errstr_size) == 0) return 0;
+    if (map_fields(cfg, m, root, content, errstr, errstr_size) == 0) return 0;
 fail:
     /* What a dead letter can carry: the content as it came. */
     cJSON_Delete(m->tree);

@@ -217,6 +217,53 @@ void obx_headers_clear(obx_headers_t *h)
     memset(h, 0, sizeof(*h));
 }
 
+/* A walk over the text of JSON that cJSON has already accepted: lets a non-string
+ * header value be passed on as written (cJSON keeps numbers as doubles, so
+ * reprinting 12345678901234567890 gave 1.2345678901234567e+19). */
+static const char *skip_ws(const char *p)
+{
+    while (*p && (unsigned char)*p <= 32) p++; /* what cJSON skips */
+    return p;
+}
+
+static const char *skip_string(const char *p)
+{
+    for (p++; *p && *p != '"'; p++)
+        if (*p == '\\' && p[1]) p++;
+    return *p ? p + 1 : p;
+}
+
+static const char *skip_value(const char *p)
+{
+    if (*p == '"') return skip_string(p);
+    if (*p != '{' && *p != '[') {
+        while ((unsigned char)*p > 32 && *p != ',' && *p != '}' && *p != ']') p++;
+        return p;
+    }
+    int depth = 0;
+    while (*p) {
+        if (*p == '"') {
+            p = skip_string(p);
+            continue;
+        }
+        if (*p == '{' || *p == '[') depth++;
+        else if ((*p == '}' || *p == ']') && --depth == 0) return p + 1;
+        p++;
+    }
+    return p;
+}
+
+const char *obx_json_members(const char *json) { return skip_ws(json) + 1; }
+
+const char *obx_json_member_next(const char *p, const char **value, const char **value_end)
+{
+    p = skip_ws(skip_string(skip_ws(p))); /* the key */
+    *value = skip_ws(*p == ':' ? p + 1 : p);
+    *value_end = skip_value(*value);
+    p = skip_ws(*value_end);
+    return *p == ',' ? p + 1 : p;
+}
+
 int obx_headers_parse(const char *json, obx_headers_t *h, char *errstr, size_t errstr_size)
 {
     memset(h, 0, sizeof(*h));
@@ -227,18 +274,22 @@ int obx_headers_parse(const char *json, obx_headers_t *h, char *errstr, size_t e
         goto fail;
     }
     const cJSON *m;
+    const char *raw = obx_json_members(json), *start, *end;
     cJSON_ArrayForEach(m, tree) {
         if (h->n == OBX_MAX_HEADERS) {
             snprintf(errstr, errstr_size, "headers object has more than %d members", OBX_MAX_HEADERS);
             goto fail;
         }
+        raw = obx_json_member_next(raw, &start, &end);
         const char *v = m->valuestring;
         if (!cJSON_IsString(m)) {
-            char *text = cJSON_PrintUnformatted(m);
+            char *text = cJSON_malloc((size_t)(end - start) + 1);
             if (!text) {
                 snprintf(errstr, errstr_size, "out of memory");
                 goto fail;
             }
+            memcpy(text, start, (size_t)(end - start));
+            text[end - start] = '\0';
             h->owned[h->n_owned++] = text;
             v = text;
         }

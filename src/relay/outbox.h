@@ -14,7 +14,8 @@ typedef enum { OBX_PAYLOAD_JSON, OBX_PAYLOAD_BYTES, OBX_PAYLOAD_TEXT } obx_paylo
 #define OBX_MAX_HEADERS 64
 
 /* The row's headers object as key/value strings (non-string values as
- * their JSON text). kv points into `tree` and `owned`, which
+ * their JSON text as written, e.g. jsonb's {"a": [1, 2]}, never reprinted
+ * through a double). kv points into `tree` and `owned`, which
  * obx_headers_clear frees. */
 typedef struct {
     const char *kv[2 * OBX_MAX_HEADERS];
@@ -28,6 +29,13 @@ typedef struct {
  * OBX_MAX_HEADERS members. h is cleared either way first. */
 int obx_headers_parse(const char *json, obx_headers_t *h, char *errstr, size_t errstr_size);
 void obx_headers_clear(obx_headers_t *h);
+
+/* The text of an object's member values, as written, for JSON that cJSON
+ * has already parsed (so it is well formed; members come in cJSON's order):
+ * p = obx_json_members(json), then each p = obx_json_member_next(p, &v,
+ * &v_end) gives the next member's value text [v, v_end). */
+const char *obx_json_members(const char *json);
+const char *obx_json_member_next(const char *p, const char **value, const char **value_end);
 
 /* The value of key in Debezium's tracingspancontext text (java.util.Properties:
  * key=value or key:value lines, # and ! comments, backslash escapes), copied

@@ -295,7 +295,9 @@ static int start_replication(session_t *s, obx_err_t *err)
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return failed(s, "oom");
     }
-    char prefixes[512];
+    /* Messages: the heartbeat's and outbox_emit()'s (add-tables does not
+     * filter messages; add-msg-prefixes matches whole prefixes). */
+    char prefixes[sizeof(OBX_HEARTBEAT_PREFIX) + OBX_MESSAGE_PREFIX_MAX + 1]; /* config bounds the prefix: never cut */
     snprintf(prefixes, sizeof(prefixes), "%s,%s", OBX_HEARTBEAT_PREFIX, s->cfg->outbox_message_prefix);
     const char *w2j[] = {
         "format-version", "2", "include-xids", "1", "include-lsn", "1", "include-timestamp", "1",

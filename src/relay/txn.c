@@ -338,6 +338,11 @@ static int encode_row(obx_txn_t *t, const obx_w2j_change_t *chg, obx_outbox_row_
     return obx_envelope_encode(row, &src, &rec->value, &rec->value_len, e, e_size);
 }
 
+static int reserved_header(const char *k)
+{
+    return !strcmp(k, "id") || !strcmp(k, "type") || !strcmp(k, "content-type");
+}
+
 /* One outbox INSERT, or a message read as one (what names it): map,
  * encode, produce (or dead-letter, or halt). */
 static int on_insert(obx_txn_t *t, const obx_w2j_change_t *chg, const char *what_kind, obx_err_t *err)
@@ -373,9 +378,18 @@ static int on_insert(obx_txn_t *t, const obx_w2j_change_t *chg, const char *what
     } else {
         const char *kh[2 * MAX_KHEADERS] = {"id", row.event_id, "type", row.event_type,
                                             "content-type", obx_payload_content_type(row.payload_kind)};
-        memcpy(kh + 6, hdrs.kv, 2 * hdrs.n * sizeof(kh[0]));
+        size_t nk = 3;
+        for (size_t i = 0; i < hdrs.n; i++) {
+            /* outboxd's own three stay the only ones of their names: Kafka
+             * clients read the last header of a name, so a row's "id" would
+             * pass for the event id. The envelope keeps the row's member. */
+            if (reserved_header(hdrs.kv[2 * i])) continue;
+            kh[2 * nk] = hdrs.kv[2 * i];
+            kh[2 * nk + 1] = hdrs.kv[2 * i + 1];
+            nk++;
+        }
         rec.headers = kh;
-        rec.n_headers = 3 + hdrs.n;
+        rec.n_headers = nk;
         row_ref_t ref = {what_kind, row.event_id, row.aggregate_id, chg->lsn};
         rc = produce(t, &rec, &ref, err);
     }

@@ -220,6 +220,48 @@ static void check_signals(doc_t *d, const obx_config_t *cfg, PGconn *c)
     free(qt);
 }
 
+/* outbox_emit() reads its prefix from the PostgreSQL setting
+ * outboxd.message_prefix; wal2json drops messages with any other prefix
+ * before outboxd sees them, so a mismatch loses events without a trace.
+ * Warn only: another outboxd may read that prefix on purpose. */
+static void check_message_prefix(doc_t *d, const obx_config_t *cfg, PGconn *c)
+{
+    char what[1400], fix[1400];
+    obx_err_t err;
+    const char *p[1] = {cfg->outbox_message_prefix};
+    PGresult *r = obx_pg_exec(c,
+                              "SELECT coalesce('role ' || quote_ident(r.rolname), 'every role') || ' in ' ||"
+                              " coalesce('database ' || quote_ident(d.datname), 'every database'), v"
+                              " FROM pg_db_role_setting x LEFT JOIN pg_roles r ON r.oid = x.setrole"
+                              " LEFT JOIN pg_database d ON d.oid = x.setdatabase,"
+                              " unnest(x.setconfig) s, substr(s, 24) v"
+                              " WHERE x.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))"
+                              " AND s LIKE 'outboxd.message\\_prefix=%' AND coalesce(nullif(v, ''), 'outboxd.event') <> $1"
+                              " UNION ALL SELECT 'the server configuration', setting FROM pg_settings"
+                              " WHERE name = 'outboxd.message_prefix' AND source = 'configuration file'"
+                              " AND coalesce(nullif(setting, ''), 'outboxd.event') <> $1 ORDER BY 1",
+                              1, p, &err);
+    if (!r) {
+        report(d, 0, 1, "outbox_emit() prefix settings", err.msg);
+        return;
+    }
+    if (PQntuples(r) == 0) {
+        snprintf(what, sizeof(what), "no database or role setting outboxd.message_prefix differs from "
+                 "outbox.message_prefix = %.300s (outbox_emit() events reach this relay)", cfg->outbox_message_prefix);
+        report(d, 1, 0, what, NULL);
+    }
+    for (int i = 0; i < PQntuples(r); i++) {
+        snprintf(what, sizeof(what), "outboxd.message_prefix = '%.300s' for %.300s, but outbox.message_prefix = %.300s: "
+                 "its outbox_emit() events are skipped by this relay", PQgetvalue(r, i, 1), PQgetvalue(r, i, 0),
+                 cfg->outbox_message_prefix);
+        snprintf(fix, sizeof(fix), "set the same prefix on both sides (ALTER DATABASE/ROLE ... SET "
+                 "outboxd.message_prefix, or outbox.message_prefix), unless another outboxd reads '%.300s'",
+                 PQgetvalue(r, i, 1));
+        report(d, 0, 1, what, fix);
+    }
+    PQclear(r);
+}
+
 static void report_cb(void *d, int ok, int warn_only, const char *what, const char *fix)
 {
     report(d, ok, warn_only, what, fix);
@@ -241,6 +283,7 @@ static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
     check_outbox(d, cfg, c);
     check_signals(d, cfg, c);
     obx_doctor_failover(cfg, c, report_cb, d);
+    check_message_prefix(d, cfg, c);
 }
 
 /* Does the broker create topics on first write? 1, 0, or -1 unknown. */

@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 
-from conftest import BIN, BROKERS, ROOT, Outboxd, current_lsn, http_get, metric, pg, wait_until
+from conftest import BIN, BROKERS, ROOT, SUPER_DSN, Outboxd, current_lsn, http_get, metric, pg, wait_until
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOXD_")}
 COMMANDS = ["run", "slot", "doctor", "apply", "config-check", "snapshot", "consume", "verify", "config-doc"]
@@ -269,6 +269,32 @@ def test_doctor_verdicts_match_run(harness):
     assert f"FAIL  dead-letter topic {harness.prefix}.dlq exists" in r.stdout
     r = run(["doctor"], harness.env(OUTBOXD_TOPIC_TEMPLATE="x.${aggregate_type}"))
     assert r.returncode == 1 and "FAIL  configuration is valid: topic.template" in r.stdout, r.stdout
+
+
+def test_doctor_message_prefix_mismatch(harness):
+    """A producer role whose outboxd.message_prefix differs from the relay's
+    outbox.message_prefix would lose its outbox_emit() events silently
+    (wal2json drops other prefixes): doctor names the role and both values
+    (WARN: another relay may read it). The same prefix is no warning; ''
+    means the default, outboxd.event."""
+    roles = [f"obx_{harness.slot}_{n}"[:60] for n in ("typo", "same", "empty")]
+    mine = "outboxd.event." + harness.name
+    with pg(SUPER_DSN) as c:
+        for role, value in zip(roles, (mine + "x", mine, "")):
+            c.execute(f'CREATE ROLE "{role}"')
+            c.execute(f'ALTER ROLE "{role}" SET outboxd.message_prefix = ' + "'%s'" % value)
+    try:
+        r = run(["doctor"], harness.env(OUTBOXD_OUTBOX_MESSAGE_PREFIX=mine))
+        warned = [l for l in r.stdout.splitlines() if l.startswith("WARN  outboxd.message_prefix")]
+        assert {roles[0], roles[2]} == {w.split(" for role ")[1].split()[0] for w in warned}, r.stdout
+        assert any(f"'{mine}x' for role {roles[0]} in every database" in w for w in warned), warned
+        r = run(["doctor"], harness.env(OUTBOXD_OUTBOX_MESSAGE_PREFIX="outboxd.event"))
+        warned = [l for l in r.stdout.splitlines() if l.startswith("WARN  outboxd.message_prefix")]
+        assert {roles[0], roles[1]} == {w.split(" for role ")[1].split()[0] for w in warned}, r.stdout
+    finally:
+        with pg(SUPER_DSN) as c:
+            for role in roles:
+                c.execute(f'DROP ROLE "{role}"')
 
 
 def test_supported_versions_table_matches_the_test_stack():

@@ -178,6 +178,41 @@ def test_rollback_emits_nothing_non_transactional_is_poison(harness):
     assert p.stop() == 0
 
 
+def test_emit_refuses_what_the_relay_could_not_relay(harness):
+    """outbox_emit() fails in the producer's transaction (with a SQLSTATE)
+    for every argument the relay could only treat as poison after the
+    commit: NULL type/key/aggregate type (the table's NOT NULLs), headers
+    that are not an object or name outboxd's own Kafka headers, a topic that
+    is not a Kafka name, a prefix outboxd can never be configured to read.
+    The relay keeps going; the edge values that are fine still pass."""
+    p = start(harness)
+    bad = [("NULL, 'k', 'T', '{}'", "23502"), ("'athlete', NULL, 'T', '{}'", "23502"),
+           ("'athlete', 'k', NULL, '{}'", "23502"),
+           ("'athlete', 'k', 'T', '{}', headers => '[1]'", "22023"),
+           ("'athlete', 'k', 'T', '{}', headers => '\"s\"'", "22023"),
+           ("'athlete', 'k', 'T', '{}', headers => '{\"id\": \"spoof\"}'", "22023"),
+           ("'athlete', 'k', 'T', '{}', headers => '{\"content-type\": \"x\"}'", "22023"),
+           ("'athlete', 'k', 'T', '{}', topic => 'bad topic'", "22023"),
+           ("'athlete', 'k', 'T', '{}', topic => '..'", "22023"),
+           ("'athlete', 'k', 'T', '{}', topic => repeat('t', 250)", "22023")]
+    with producer(harness) as c:
+        for args, state in bad:
+            with pytest.raises(psycopg.Error) as ex:
+                c.execute(f"SELECT outbox_emit({args})")
+            assert ex.value.sqlstate == state, (args, ex.value)
+        for pfx in ("outboxd", "a,b", "a b", "p" * 201):
+            with pytest.raises(psycopg.Error) as ex, c.transaction():
+                c.execute("SELECT set_config('outboxd.message_prefix', %s, true)", (pfx,))
+                c.execute("SELECT outbox_emit('athlete', 'k', 'T', '{}')")
+            assert ex.value.sqlstate == "22023", (pfx, ex.value)
+        c.execute("SELECT outbox_emit('athlete', 'ok-1', 'T', NULL, NULL, '', '{\"n\": 1}')")
+        c.execute("SELECT outbox_emit('athlete', 'ok-2', 'T', '{}', NULL, %s)", (harness.prefix + "." + "t" * 40,))
+    harness.wait_confirmed(current_lsn())
+    keys = sorted(e["aggregate_id"] for e in harness.consume(["athlete", "t" * 40]))
+    assert keys == ["ok-1", "ok-2"], keys
+    assert p.stop() == 0
+
+
 def test_trace_context_arrives_unchanged_and_apply_logs_trace_ids(harness):
     """traceparent/tracestate from outbox_emit()'s headers and from a row's
     tracingspancontext column (Debezium's java.util.Properties text) become

@@ -636,15 +636,24 @@ static void test_message_prefix_configurable(void **state)
     assert_true(ev->aggregate_version == 3);
     assert_int_equal(ev->payload.len, 0);
     obx_envelope_free(ev);
-    /* Config validation: wal2json's prefix list cannot hold these. */
+    /* Config validation: wal2json's prefix list cannot hold these (one
+     * byte over the bound would be cut from add-msg-prefixes: every event
+     * filtered away on the server). */
     obx_config_t *c = obx_config_new();
-    const char *bad[] = {"a,b", "a b", "a\\b", "outboxd", ""};
-    for (size_t i = 0; i < 5; i++) {
+    char longest[OBX_MESSAGE_PREFIX_MAX + 2];
+    memset(longest, 'p', sizeof(longest) - 1);
+    longest[sizeof(longest) - 1] = '\0';
+    const char *bad[] = {"a,b", "a b", "a\\b", "outboxd", "", longest};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(obx_config_set(c, "outbox.message_prefix", bad[i], "test", e, sizeof(e)), 0);
         assert_int_equal(obx_config_set(c, "pg.conninfo", "host=x", "test", e, sizeof(e)), 0);
         assert_int_equal(obx_config_validate(c, e, sizeof(e)), -1);
         assert_non_null(strstr(e, "outbox.message_prefix"));
     }
+    longest[OBX_MESSAGE_PREFIX_MAX] = '\0';
+    assert_int_equal(obx_config_set(c, "outbox.message_prefix", longest, "test", e, sizeof(e)), 0);
+    assert_int_equal(obx_config_set(c, "kafka.bootstrap.servers", "k:9092", "test", e, sizeof(e)), 0);
+    if (obx_config_validate(c, e, sizeof(e)) != 0) fail_msg("%s", e);
     obx_config_destroy(c);
 }
 
@@ -710,9 +719,20 @@ static void test_message_malformed_content(void **state)
         "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
         "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\","
         "\\\"headers\\\":[1]}\"}",
+        /* lenient readings would make the event depend on the parser */
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\","
+        "\\\"aggregate_version\\\":\\\" +12\\\"}\"}",
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\","
+        "\\\"aggregate_version\\\":\\\"\\\"}\"}",
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\","
+        "\\\"aggregateid\\\":\\\"k2\\\"}\"}",
     };
     const char *why[] = {"not a JSON object", "not a JSON object", "\"id\" is not a string", "is NULL",
-                         "beyond 2^53 or fractional", "\"headers\" is not an object"};
+                         "beyond 2^53 or fractional", "\"headers\" is not an object", "not an integer's digits",
+                         "not an integer's digits", "\"aggregateid\" appears more than once"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         session(f, START);
         begin(f, 0x2000, 0x2100);
@@ -746,6 +766,39 @@ static void test_message_malformed_dead_lettered(void **state)
     ack(f, 0);
     ack(f, 1);
     assert_int_equal(flush(f), 0x2100);
+}
+
+/* A row's or a message's headers: members named like outboxd's own Kafka
+ * headers (id, type, content-type) stay in the envelope but never become a
+ * second Kafka header of that name; non-string values pass as written. */
+static void test_headers_reserved_names_and_exact_values(void **state)
+{
+    fx_t *f = *state;
+    begin(f, 0x2000, 0x2100);
+    assert_int_equal(feed(f, "{\"action\":\"I\",\"lsn\":\"0/2010\",\"schema\":\"public\",\"table\":\"outbox\",\"columns\":["
+                             "{\"name\":\"id\",\"type\":\"uuid\",\"value\":\"e1\"},"
+                             "{\"name\":\"aggregatetype\",\"type\":\"text\",\"value\":\"athlete\"},"
+                             "{\"name\":\"aggregateid\",\"type\":\"text\",\"value\":\"a1\"},"
+                             "{\"name\":\"type\",\"type\":\"text\",\"value\":\"T\"},"
+                             "{\"name\":\"payload\",\"type\":\"jsonb\",\"value\":\"{}\"},"
+                             "{\"name\":\"headers\",\"type\":\"jsonb\",\"value\":\"{\\\"k\\\": 12345678901234567890, "
+                             "\\\"id\\\": \\\"spoof\\\", \\\"type\\\": 1.10, \\\"content-type\\\": \\\"text/xml\\\"}\"}]}"),
+                     0);
+    assert_int_equal(emit(f, EMIT("m1", "a1", ", \\\"headers\\\" : {\\\"id\\\": \\\"spoof\\\", "
+                                              "\\\"k\\\": 12345678901234567890, \\\"f\\\": 1.10}"),
+                          0x2020),
+                     0);
+    commit(f, 0x2000, 0x2100);
+    assert_int_equal(f->n_recs, 2);
+    assert_string_equal(f->recs[0].headers, "id=e1;type=T;content-type=application/json;k=12345678901234567890;");
+    assert_string_equal(f->recs[1].headers,
+                        "id=m1;type=AthleteUpdated;content-type=application/json;k=12345678901234567890;f=1.10;");
+    Outboxd__V1__Event *ev = event_of(f, 0);
+    assert_int_equal(ev->n_headers, 4); /* the envelope keeps every member */
+    assert_string_equal(ev->headers[1]->key, "id");
+    assert_string_equal(ev->headers[1]->value, "spoof");
+    assert_string_equal(ev->headers[2]->value, "1.10");
+    obx_envelope_free(ev);
 }
 
 /* Debezium's tracingspancontext column: traceparent and tracestate become
@@ -922,6 +975,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_protocol_errors_are_retriable, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_unclassified_relation_halts, setup_dlq, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_message_ignored_heartbeat_advances, setup_halt, teardown),
+        cmocka_unit_test_setup_teardown(test_headers_reserved_names_and_exact_values, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_message_events_mix_with_rows, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_message_prefix_configurable, setup_halt, teardown),
         cmocka_unit_test_setup_teardown(test_message_non_transactional_halts, setup_halt, teardown),
