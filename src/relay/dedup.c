@@ -28,6 +28,7 @@ typedef struct {
     int32_t n_parts;  /* 0: topic does not exist (yet) */
     uint8_t *state;   /* per partition: PART_* */
     obx_pos_t *tail;  /* per partition: newest position of ours (PART_FOUND) */
+    int32_t *tail_parts; /* per partition: partition count the tail was written with (0: not said) */
     rd_kafka_topic_t *rkt;  /* the producer's, for the partitioner */
     rd_kafka_topic_t *crkt; /* the read-back consumer's */
 } topic_t;
@@ -76,13 +77,17 @@ obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const 
     snprintf(d->system_id, sizeof(d->system_id), "%s", system_id ? system_id : "");
     /* Same brokers and security settings as the producer, same logger. */
     if (!(conf = obx_kconf_new(cfg, OBX_KCONF_CONSUMER, err))) goto fail;
-    /* Only what the producer's idempotent writes made durable counts. A
-     * window reaching before the log start begins at the start, and the
-     * end of a partition is reported at once, not after a long poll. */
+    /* read_uncommitted: outboxd's records are not transactional, and
+     * read_committed stops at the last stable offset, so one open
+     * transaction of another producer would hide every record of ours after
+     * it (the whole window sent again). The broker still serves only
+     * records below the high watermark (acked with acks=all). A window
+     * reaching before the log start begins at the start, and the end of a
+     * partition is reported at once, not after a long poll. */
     if (obx_kconf_set(conf, "group.id", "outboxd-dedup", err) != 0 ||
         obx_kconf_set(conf, "enable.auto.commit", "false", err) != 0 ||
         obx_kconf_set(conf, "enable.partition.eof", "true", err) != 0 ||
-        obx_kconf_set(conf, "isolation.level", "read_committed", err) != 0 ||
+        obx_kconf_set(conf, "isolation.level", "read_uncommitted", err) != 0 ||
         obx_kconf_set(conf, "auto.offset.reset", "earliest", err) != 0 ||
         obx_kconf_set(conf, "fetch.wait.max.ms", "10", err) != 0)
         goto fail;
@@ -106,6 +111,7 @@ static void topic_free(void *v)
     if (!t) return;
     free(t->state);
     free(t->tail);
+    free(t->tail_parts);
     if (t->rkt) rd_kafka_topic_destroy(t->rkt);
     if (t->crkt) rd_kafka_topic_destroy(t->crkt);
     free(t);
@@ -121,6 +127,12 @@ void obx_dedup_destroy(obx_dedup_t *d)
 }
 
 size_t obx_dedup_partitions_read(const obx_dedup_t *d) { return d->parts_read; }
+
+int32_t obx_dedup_partition_count(obx_dedup_t *d, const char *topic)
+{
+    const topic_t *t = obx_strmap_get(d->topics, topic);
+    return t ? t->n_parts : 0;
+}
 
 /* The owner's tick (at most every TICK_MS / 4: a fast read-back calls
  * here per record); then how long the next wait on Kafka may be (0: the
@@ -161,6 +173,26 @@ static int is_snapshot(const rd_kafka_message_t *m)
     return len >= 9 && i + 9 <= n && !memcmp(b + i, "snapshot:", 9);
 }
 
+/* The partition count a record of ours says it was partitioned with
+ * (OBX_DEDUP_PARTS_HEADER); 0 when it says none (an older outboxd, or a
+ * topic that did not exist yet when its session began). */
+static int32_t parts_header(const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v = NULL;
+    size_t n = 0;
+    char buf[16];
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(h, OBX_DEDUP_PARTS_HEADER, &v, &n) != RD_KAFKA_RESP_ERR_NO_ERROR || !v || !n ||
+        n >= sizeof(buf))
+        return 0;
+    memcpy(buf, v, n);
+    buf[n] = 0;
+    char *end;
+    long parts = strtol(buf, &end, 10);
+    return *end || parts <= 0 || parts > INT32_MAX ? 0 : (int32_t)parts;
+}
+
 /* Keeps the record if it is ours and newer than what was found. */
 static void consider(obx_dedup_t *d, topic_t *t, int32_t p, const rd_kafka_message_t *m)
 {
@@ -169,7 +201,10 @@ static void consider(obx_dedup_t *d, topic_t *t, int32_t p, const rd_kafka_messa
     if (ev && ev->source && !strcmp(ev->source->slot, d->slot) && !strcmp(ev->source->database, d->database) &&
         *d->system_id && !strcmp(ev->source->system_id, d->system_id)) {
         obx_pos_t pos = {ev->source->commit_lsn, ev->source->index_in_txn};
-        if (t->state[p] != PART_FOUND || obx_pos_cmp(pos, t->tail[p]) > 0) t->tail[p] = pos;
+        if (t->state[p] != PART_FOUND || obx_pos_cmp(pos, t->tail[p]) > 0) {
+            t->tail[p] = pos;
+            t->tail_parts[p] = parts_header(m);
+        }
         t->state[p] = PART_FOUND;
     }
     obx_envelope_free(ev);
@@ -315,6 +350,16 @@ static int read_partition(obx_dedup_t *d, const char *name, topic_t *t, int32_t 
                  errstr_size) != 0)
             goto fail;
     }
+    /* Our newest record was partitioned with another partition count:
+     * events of the window may have gone to other partitions then, so a
+     * position here says nothing about them. Send them (duplicates). */
+    if (t->state[p] == PART_FOUND && t->tail_parts[p] && t->tail_parts[p] != t->n_parts) {
+        atomic_fetch_add(&obx_metrics()->exactly_once_fallbacks, 1);
+        obx_warn("exactly_once_fallback", "%s [%d]: the topic had %d partitions when this slot's newest record here "
+                 "was written and has %d now (the key -> partition map changed): events of the replay window are "
+                 "sent again (duplicates, never loss)", name, (int)p, (int)t->tail_parts[p], (int)t->n_parts);
+        t->state[p] = PART_NONE;
+    }
     d->parts_read++;
     if (t->state[p] == PART_FOUND)
         obx_debug("dedup_tail",
@@ -364,7 +409,8 @@ static int load_metadata(obx_dedup_t *d, const char *name, topic_t *t, char *err
     if (t->n_parts > 0) {
         t->state = calloc((size_t)t->n_parts, sizeof(*t->state));
         t->tail = calloc((size_t)t->n_parts, sizeof(*t->tail));
-        if (!t->state || !t->tail) {
+        t->tail_parts = calloc((size_t)t->n_parts, sizeof(*t->tail_parts));
+        if (!t->state || !t->tail || !t->tail_parts) {
             snprintf(errstr, errstr_size, "out of memory");
             return -1;
         }

@@ -65,6 +65,16 @@ void obx_dedup_destroy(obx_dedup_t *d);
 int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int64_t commit_time_us,
                     int32_t *partition, obx_err_t *err);
 
+/* Header on every record produced to a partition chosen here: the
+ * partition count of the topic the key was mapped with. A newest record of
+ * ours written with another count (partitions added since) is not trusted:
+ * the window's events may have gone elsewhere then (resent, never lost). */
+#define OBX_DEDUP_PARTS_HEADER "outboxd-partitions"
+
+/* The partition count obx_dedup_check maps topic's keys with in this
+ * session; 0 when the topic did not exist at its first check. */
+int32_t obx_dedup_partition_count(obx_dedup_t *d, const char *topic);
+
 /* Partitions read back so far in this session (logs, tests). */
 size_t obx_dedup_partitions_read(const obx_dedup_t *d);
 

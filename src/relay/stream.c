@@ -198,9 +198,29 @@ static obx_sink_rc_t sink_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
             return d < 0 ? OBX_SINK_FAILED : OBX_SINK_SKIPPED;
         }
     }
+    /* The partition count the key was mapped with goes along, so a later
+     * read-back can tell that partitions were added since (dedup.h). */
+    const char *const *hdrs = rec->headers;
+    const char **with_parts = NULL;
+    size_t n_hdrs = rec->n_headers;
+    char parts[16];
+    if (s->dedup && rec->partition != RD_KAFKA_PARTITION_UA) {
+        if (!(with_parts = malloc(2 * (n_hdrs + 1) * sizeof(*with_parts)))) {
+            free(rec->value);
+            obx_err_clear(err);
+            obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
+            return OBX_SINK_FAILED;
+        }
+        if (n_hdrs) memcpy(with_parts, rec->headers, 2 * n_hdrs * sizeof(*with_parts));
+        snprintf(parts, sizeof(parts), "%d", (int)obx_dedup_partition_count(s->dedup, rec->topic));
+        with_parts[2 * n_hdrs] = OBX_DEDUP_PARTS_HEADER;
+        with_parts[2 * n_hdrs + 1] = parts;
+        hdrs = with_parts;
+        n_hdrs++;
+    }
     for (;;) {
         obx_produce_rc_t pr = obx_producer_send(s->prod, rec->topic, rec->partition, rec->key, rec->value,
-                                                rec->value_len, rec->headers, rec->n_headers, rec->ticket, e, sizeof(e));
+                                                rec->value_len, hdrs, n_hdrs, rec->ticket, e, sizeof(e));
         if (pr == OBX_PRODUCE_OK) break;
         if (pr == OBX_PRODUCE_QUEUE_FULL) {
             if ((rc = wait_for_room(s, err)) != OBX_SINK_SENT) break;
@@ -217,6 +237,7 @@ static obx_sink_rc_t sink_produce(void *ctx, obx_record_t *rec, obx_err_t *err)
         }
         break;
     }
+    free(with_parts);
     if (rc != OBX_SINK_SENT) {
         free(rec->value);
         return rc;

@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 
-from conftest import APP_DSN, BIN, BROKERS, current_lsn, free_port, http_get, metric, pg
+from conftest import APP_DSN, BIN, BROKERS, RELAY_DSN, current_lsn, free_port, http_get, metric, pg, wait_until
 from loadgen import LoadGen, verify
 from test_faults import record
 
@@ -137,3 +137,105 @@ def test_foreign_producer_between_crashes_exactly_once(harness):
     """The same with another producer writing many records into the same
     partitions between the crashes."""
     record("snapshot + foreign producer, kill -9 x3" + (" (full)" if FULL else ""), **chaos(harness, True))
+
+
+# --- the read-back against other writers' Kafka features (hostile test of
+# issue 19): an open transaction of another producer, partitions added.
+
+HELPER_SRC = os.path.join(os.path.dirname(__file__), "helpers", "kafka_txn.c")
+
+
+def kafka_helper(tmp_path):
+    """tests/e2e/helpers/kafka_txn.c, built against the system librdkafka."""
+    exe = str(tmp_path / "kafka_txn")
+    subprocess.run(["cc", "-O1", "-o", exe, HELPER_SRC, "-lrdkafka"], check=True, timeout=120)
+    return exe
+
+
+def insert_events(table, n, keys=50):
+    with pg() as c:
+        return [r[0] for r in c.execute(
+            f"INSERT INTO {table} (aggregatetype, aggregateid, type, payload, aggregate_version) "
+            f"SELECT 'athlete', 'k' || (g % {keys}), 'AthleteUpdated', '{{}}', g FROM generate_series(1, {n}) g "
+            "RETURNING id::text").fetchall()]
+
+
+def crash_with_window(h, n):
+    """n events published and acked, and the slot back where it was before
+    them, as a kill -9 right after the acks leaves it (a copy of the slot
+    taken before, put back): the next start replays all n. Their ids."""
+    with pg(RELAY_DSN) as c:
+        c.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (h.slot, h.slot + "_bak"))
+    relay = h.start()
+    ids = insert_events(h.table, n)
+    h.wait_confirmed(current_lsn())
+    relay.stop(signal.SIGKILL)
+    with pg(RELAY_DSN) as c:
+        c.execute("SELECT pg_drop_replication_slot(%s)", (h.slot,))
+        c.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (h.slot + "_bak", h.slot))
+        c.execute("SELECT pg_drop_replication_slot(%s)", (h.slot + "_bak",))
+    return ids
+
+
+def restart(h):
+    relay = h.start(OUTBOXD_LOG_LEVEL="debug")
+    h.wait_confirmed(current_lsn(), timeout=60)
+    assert relay.stop() == 0
+    return relay.log()
+
+
+def count(h, ids):
+    """Missing ids, duplicates (read_committed: after any open transaction
+    ended)."""
+    counts = {}
+    for e in h.consume(["athlete"]):
+        counts[e["event_id"]] = counts.get(e["event_id"], 0) + 1
+    missing = [i for i in ids if i not in counts]
+    duplicates = sum(c - 1 for c in counts.values())
+    return missing, duplicates
+
+
+def first_event(h):
+    """The topic exists (3 partitions, the broker's default) and the slot
+    is confirmed past a first event."""
+    relay = h.start()
+    ids = insert_events(h.table, 1)
+    h.wait_confirmed(current_lsn())
+    assert relay.stop() == 0
+    return ids
+
+
+def test_open_foreign_transaction_does_not_hide_our_records(harness, tmp_path):
+    """Another producer's open transaction in every partition holds the last
+    stable offset: a read_committed read-back saw none of outboxd's records
+    after it and re-sent the whole window. 0 duplicates, all skipped."""
+    ids = first_event(harness)
+    txn = subprocess.Popen([kafka_helper(tmp_path), BROKERS, "open-txn", f"{harness.prefix}.athlete"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert txn.stdout.readline().startswith("open "), "the foreign transaction did not open"
+        ids += crash_with_window(harness, 500)
+        log = restart(harness)
+    finally:
+        txn.stdin.close()
+        txn.wait(60)
+    assert count(harness, ids) == ([], 0)
+    assert len(re.findall("dedup_skip", log)) == 500
+
+
+def test_partitions_added_between_crashes_lose_nothing(harness, tmp_path):
+    """Partitions added after a crash change the key -> partition map: an
+    event of the window may have been in flight to its old partition while
+    a newer record of ours landed in its new one. That newer record must
+    not make the event count as sent: the window is sent again, said in the
+    log and the fallback metric (duplicates, never loss)."""
+    ids = first_event(harness)
+    ids += crash_with_window(harness, 500)
+    out = subprocess.run([kafka_helper(tmp_path), BROKERS, "add-partitions", f"{harness.prefix}.athlete", "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    log = restart(harness)
+    missing, duplicates = count(harness, ids)
+    assert missing == []
+    assert "had 3 partitions when this slot's newest record here was written and has 5 now" in log
+    assert duplicates > 0  # the window, re-sent on purpose

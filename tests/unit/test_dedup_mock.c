@@ -49,8 +49,10 @@ static void set(obx_config_t *cfg, const char *k, const char *v)
     assert_int_equal(obx_config_set(cfg, k, v, "test", err, sizeof(err)), 0);
 }
 
-/* One event of slot "s" in database "d" at (lsn, index) into topic/partition. */
-static void produce_id(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, uint32_t index, const char *id)
+/* One event of slot "s" in database "d" at (lsn, index) into topic/partition,
+ * saying it was partitioned with `parts` partitions (NULL: says nothing). */
+static void produce_parts(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, uint32_t index, const char *id,
+                          const char *parts)
 {
     obx_outbox_row_t row;
     memset(&row, 0, sizeof(row));
@@ -68,7 +70,14 @@ static void produce_id(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn
     size_t len = 0;
     char err[256];
     assert_int_equal(obx_envelope_encode(&row, &src, &buf, &len, err, sizeof(err)), 0);
-    assert_int_equal(obx_producer_send(f->prod, topic, p, "k", buf, len, NULL, 0, 1, err, sizeof(err)), OBX_PRODUCE_OK);
+    const char *h[] = {OBX_DEDUP_PARTS_HEADER, parts};
+    assert_int_equal(obx_producer_send(f->prod, topic, p, "k", buf, len, h, parts ? 1 : 0, 1, err, sizeof(err)),
+                     OBX_PRODUCE_OK);
+}
+
+static void produce_id(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, uint32_t index, const char *id)
+{
+    produce_parts(f, topic, p, lsn, index, id, NULL);
 }
 
 static void produce(fixture_t *f, const char *topic, int32_t p, obx_lsn_t lsn, uint32_t index)
@@ -288,6 +297,41 @@ static void test_fallback_budget_gives_duplicates_not_loss(void **state)
     obx_dedup_destroy(d);
 }
 
+/* Partitions added to a topic change the key -> partition map: events of
+ * the replay window may have gone to another partition before, so a newer
+ * record of ours here proves nothing about them. Only a newest record
+ * written with today's partition count (or one saying none: an older
+ * outboxd) is trusted; otherwise the window is sent again (duplicates,
+ * never loss) and the fallback is counted. */
+static void test_partition_count_changed_since_newest_record_is_not_trusted(void **state)
+{
+    fixture_t *f = *state;
+    rd_kafka_mock_cluster_t *mc = rd_kafka_handle_mock_cluster((rd_kafka_t *)obx_producer_rk(f->prod));
+    const char *says[] = {"3", "4", NULL}, *names[] = {"grown", "same", "unsaid"};
+    int skip[] = {0, 1, 1};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(rd_kafka_mock_topic_create(mc, names[i], 4, 1), 0);
+        int before = f->dr.acks;
+        for (int p = 0; p < 4; p++)
+            produce_parts(f, names[i], p, 500, (uint32_t)p, "00000000-0000-0000-0000-000000000002", says[i]);
+        wait_acks(f, before + 4);
+    }
+    for (int i = 0; i < 3; i++) {
+        tick_t t = {0};
+        obx_dedup_t *d = mk_dedup(f, &t);
+        obx_err_t err;
+        int32_t part;
+        uint64_t fb = atomic_load(&obx_metrics()->exactly_once_fallbacks);
+        obx_pos_t at = {400, 0};
+        int rc = obx_dedup_check(d, names[i], "k", at, obx_now_us(), &part, &err);
+        if (rc < 0) fail_msg("%s: %s", names[i], err.msg);
+        assert_int_equal(rc, skip[i]);
+        assert_int_equal(obx_dedup_partition_count(d, names[i]), 4);
+        assert_int_equal(atomic_load(&obx_metrics()->exactly_once_fallbacks), fb + (skip[i] ? 0 : 1));
+        obx_dedup_destroy(d);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -296,6 +340,7 @@ int main(void)
         cmocka_unit_test(test_tick_can_stop_the_read_back),
         cmocka_unit_test(test_no_time_index_falls_back_and_skips_snapshots),
         cmocka_unit_test(test_fallback_budget_gives_duplicates_not_loss),
+        cmocka_unit_test(test_partition_count_changed_since_newest_record_is_not_trusted),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
