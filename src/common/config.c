@@ -34,7 +34,7 @@ static const obx_opt_t opts[] = {
     {"decoder", T_STR, S(decoder), "wal2json", 0, 0, 0,
      "Logical decoding plugin: `wal2json` (needs the plugin on the server) or `pgoutput` (built into PostgreSQL 10+, faster; uses publication.name). A slot is bound to the plugin it was created with: outboxd refuses a slot made for the other decoder (exit 2)."},
     {"publication.name", T_STR, S(publication_name), "", 0, 0, 0,
-     "decoder = pgoutput: the publication outboxd creates and streams (`FOR TABLE` the outbox and the signal table, `publish = 'insert'`, `publish_via_partition_root = true`). Empty: slot.name. An existing publication with other tables or options is refused (exit 2) with the ALTER PUBLICATION that fixes it; outboxd never changes a publication it did not create."},
+     "decoder = pgoutput: the publication outboxd creates and streams (`FOR TABLE` the outbox and the signal table, `publish = 'insert'`, `publish_via_partition_root = true`). Empty: slot.name. An existing publication with other tables or options is refused (exit 2) with the ALTER PUBLICATION that fixes it; outboxd never changes a publication it did not create. Do not alter it while outboxd runs: rows written while the outbox is out of it are never sent, so any change halts the relay (exit 2; docs/decoders.md)."},
     {"outbox.schema", T_STR, S(outbox_schema), "public", 0, 0, 0, "Schema of the outbox table."},
     {"outbox.table", T_STR, S(outbox_table), "outbox", 0, 0, 0,
      "Outbox table. Only INSERTs are relayed; UPDATEs and DELETEs are ignored, so producers may delete rows right after inserting them."},

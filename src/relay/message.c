@@ -134,9 +134,13 @@ int obx_message_parse(const obx_config_t *cfg, const char *content, size_t len, 
     m->chg.kind = OBX_CHG_INSERT;
     m->chg.lsn = lsn;
     m->chg.cols = m->cols;
-    cJSON *root = content ? cJSON_ParseWithLength(content, len) : NULL;
+    /* The whole content must be the object: bytes after it (a NUL and
+     * binary, or text) are a malformed message, not something to drop. */
+    const char *end = NULL;
+    cJSON *root = content ? cJSON_ParseWithLengthOpts(content, len, &end, 0) : NULL;
     m->tree = root;
-    if (!cJSON_IsObject(root)) {
+    while (root && end < content + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (!cJSON_IsObject(root) || end != content + len) {
         snprintf(errstr, errstr_size, "outbox message content is not a JSON object (%zu bytes)", len);
         goto fail;
     }

@@ -208,7 +208,8 @@ static int put_type(obx_pgo_t *p, uint32_t oid, const char *name)
     return 0;
 }
 
-/* Built-in table, then the resolver (once per OID), then Type messages. */
+/* Built-in table, then the resolver (once per OID); a type it cannot name
+ * is unknown. */
 static int type_name(obx_pgo_t *p, uint32_t oid, const char **out, obx_err_t *err)
 {
     *out = obx_pgo_builtin_type(oid);
@@ -218,7 +219,7 @@ static int type_name(obx_pgo_t *p, uint32_t oid, const char **out, obx_err_t *er
     char name[TYPE_NAME_MAX];
     int rc = p->resolver(p->ctx, oid, name, sizeof(name), err);
     if (rc < 0) return -1;
-    if (rc > 0) return 0; /* no such type: unknown */
+    if (rc > 0) return 0;
     if (put_type(p, oid, name) != 0) return oom(err);
     *out = find_type(p, oid);
     return 0;
@@ -285,14 +286,16 @@ static int on_relation(obx_pgo_t *p, rd_t *r, obx_err_t *err)
     return 1;
 }
 
-/* 'Y': a non-built-in type's name, kept unless the resolver named it. */
-static int on_type(obx_pgo_t *p, rd_t *r, obx_err_t *err)
+/* 'Y': checked, not used. It names a domain by its base type's bare
+ * typname ("jsonb" for a domain over jsonb, "_mood" for mood[]), where
+ * wal2json prints format_type() of the column's own type: trusting it
+ * would carry a payload differently from wal2json (docs/decoders.md). */
+static int on_type(rd_t *r, obx_err_t *err)
 {
-    uint32_t oid = (uint32_t)rd_int(r, 4);
-    rd_str(r); /* namespace */
-    const char *name = rd_str(r);
+    rd_int(r, 4); /* oid */
+    rd_str(r);    /* namespace */
+    rd_str(r);    /* base type's name */
     if (r->bad || r->p != r->end) return malformed(err, "truncated or invalid Type", 'Y');
-    if (!find_type(p, oid) && put_type(p, oid, name) != 0) return oom(err);
     return 1;
 }
 
@@ -503,7 +506,7 @@ int obx_pgo_parse(obx_pgo_t *p, const char *data, size_t len, obx_lsn_t data_sta
     case 'R':
         return on_relation(p, &r, err);
     case 'Y':
-        return on_type(p, &r, err);
+        return on_type(&r, err);
     case 'O':
         rd_int(&r, 8);
         rd_str(&r);

@@ -104,9 +104,9 @@ static int refuse(const obx_config_t *cfg, const names_t *n, const char *why, ch
     table_list(n, tables, sizeof(tables));
     snprintf(w, sizeof(w), "%s", why);
     snprintf(errstr, errstr_size,
-             "publication \"%s\" %s, so decoder = pgoutput would stream other changes than the outbox's: make it "
-             "outboxd's with ALTER PUBLICATION %s SET TABLE %s; ALTER PUBLICATION %s SET (publish = 'insert', "
-             "publish_via_partition_root = true); (a FOR ALL TABLES one: DROP PUBLICATION %s, outboxd creates it), "
+             "publication \"%s\" %s, so decoder = pgoutput would stream other changes than the outbox's or miss some "
+             "of its rows: make it outboxd's with ALTER PUBLICATION %s SET TABLE %s; ALTER PUBLICATION %s SET "
+             "(publish = 'insert', publish_via_partition_root = true); (a FOR ALL TABLES one: DROP PUBLICATION %s, outboxd creates it), "
              "or set publication.name to another name",
              obx_config_publication(cfg), w, n->pub, tables, n->pub, n->pub);
     return OBX_EXIT_CONFIG;
@@ -195,4 +195,51 @@ int obx_publication_type_name(PGconn *conn, uint32_t oid, char *name, size_t nam
     if (found) snprintf(name, name_size, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
     return found ? 0 : 1;
+}
+
+int obx_publication_identity(PGconn *conn, const char *name, char *out, size_t out_size, obx_err_t *err)
+{
+    /* Row versions, not contents: a table dropped from the publication and
+     * added back, or an option changed and changed back, leaves a new xmin
+     * or oid even though the publication reads the same again. */
+    int v15 = PQserverVersion(conn) >= 150000;
+    char sql[1024];
+    snprintf(sql, sizeof(sql),
+             "SELECT md5(p.oid || '/' || p.xmin || ':' || coalesce((SELECT string_agg(r.oid || '/' || r.xmin || '/' || "
+             "r.prrelid, ',' ORDER BY r.oid) FROM pg_publication_rel r WHERE r.prpubid = p.oid), '')%s)"
+             " FROM pg_publication p WHERE p.pubname = $1",
+             v15 ? " || ':' || coalesce((SELECT string_agg(n.oid || '/' || n.xmin, ',' ORDER BY n.oid)"
+                   " FROM pg_publication_namespace n WHERE n.pnpubid = p.oid), '')"
+                 : "");
+    const char *params[1] = {name};
+    PGresult *r = obx_pg_exec(conn, sql, 1, params, err);
+    if (!r) {
+        obx_err_prefix(err, "reading publication \"%s\"", name);
+        return -1;
+    }
+    snprintf(out, out_size, "%s", PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "");
+    PQclear(r);
+    return 0;
+}
+
+int obx_publication_unchanged(PGconn *conn, const obx_config_t *cfg, char *known, size_t known_size, obx_lsn_t before,
+                              obx_err_t *err)
+{
+    char now[64];
+    if (obx_publication_identity(conn, obx_config_publication(cfg), now, sizeof(now), err) != 0) return -1;
+    if (!known[0]) {
+        snprintf(known, known_size, "%s", now);
+        return 0;
+    }
+    if (!strcmp(now, known)) return 0;
+    obx_err_clear(err);
+    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                "publication \"%s\" %s while outboxd streamed slot %s: pgoutput does not send rows written while the "
+                "outbox was not in it (or inserts were not published), and no replay can. Stopped before confirming "
+                "past " OBX_LSN_FMT ". Never alter the publication outboxd streams. Recover: restore it (outboxd refuses "
+                "a wrong one at start and names the fix), restart, and re-emit the outbox's events written since the "
+                "change with a snapshot",
+                obx_config_publication(cfg), now[0] ? "was altered, re-created or lost a table" : "was dropped",
+                cfg->slot_name, OBX_LSN_ARGS(before));
+    return 1;
 }

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "err.h"
+#include "lsn.h"
 
 /* Makes sure the publication exists as described above. slot_exists: the
  * slot is already there, so a missing publication is refused (pgoutput
@@ -28,6 +29,21 @@ int obx_publication_ensure(PGconn *conn, const obx_config_t *cfg, int slot_exist
  * as outboxd needs it, else an OBX_EXIT_* code with errstr (what differs
  * and the fix). For doctor. */
 int obx_publication_check(PGconn *conn, const obx_config_t *cfg, int *exists, char *errstr, size_t errstr_size);
+
+/* A fingerprint of the publication's catalog rows (itself, its tables and
+ * schemas), "" when it does not exist; it changes with any ALTER, drop or
+ * re-create, even one undone since. 0, or -1 with err. */
+int obx_publication_identity(PGconn *conn, const char *name, char *out, size_t out_size, obx_err_t *err);
+
+/* pgoutput decodes each change against the publication as of that change:
+ * rows written while the outbox was out of it (ALTER PUBLICATION ... DROP
+ * TABLE, the outbox dropped and re-created, publish changed) are not sent,
+ * nothing in the stream says so, and no replay brings them back. known: the
+ * fingerprint when streaming began ("" = take it now). 0 unchanged, 1
+ * changed (err: FATAL, exit 2, naming `before`, the last position known
+ * safe), -1 query error (err). */
+int obx_publication_unchanged(PGconn *conn, const obx_config_t *cfg, char *known, size_t known_size, obx_lsn_t before,
+                              obx_err_t *err);
 
 /* pgoutput's resolver (pgoutput.h): format_type() of a type OID, as
  * wal2json names types. 0 found, 1 no such type, -1 with err (retriable). */

@@ -258,10 +258,22 @@ static int publication_gone(session_t *s, obx_err_t *err, const char *old)
 {
     char e[1024];
     int exists = 1;
+    obx_slot_info_t si;
     PGconn *c = s->aux ? obx_aux_conn(s->aux) : NULL;
-    if (!c || PQstatus(c) != CONNECTION_OK || obx_publication_check(c, s->cfg, &exists, e, sizeof(e)) == OBX_EXIT_FAIL ||
-        exists)
+    if (!c || PQstatus(c) != CONNECTION_OK || obx_publication_check(c, s->cfg, &exists, e, sizeof(e)) == OBX_EXIT_FAIL)
         return 0;
+    if (exists) {
+        /* There now and the slot too: it was missing as of the slot's pending
+         * changes (dropped, then created again by hand). */
+        if (obx_slot_inspect(c, s->cfg->slot_name, &si, e, sizeof(e)) != 0 || !si.exists) return 0;
+        obx_err_clear(err);
+        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
+                    "publication \"%s\" did not exist as of changes slot %s still holds (%.600s): it was created again "
+                    "after them, and pgoutput reads the publication as of each change. Recover: outboxd slot drop, "
+                    "restart outboxd (a new slot), and re-emit current state with a snapshot",
+                    obx_config_publication(s->cfg), s->cfg->slot_name, old);
+        return 1;
+    }
     obx_err_clear(err);
     obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
                 "publication \"%s\" of slot %s is gone (%.600s): pgoutput cannot decode without it. Recover: outboxd "
@@ -416,6 +428,15 @@ static int open_kafka(session_t *s, obx_err_t *err)
 
 static int load_relations(session_t *s, obx_err_t *err);
 
+/* decoder = pgoutput: 1 when the publication changed since this process
+ * began to stream (err set, exit 2), 0 unchanged, -1 query error (err). */
+static int publication_changed(session_t *s, obx_err_t *err)
+{
+    if (strcmp(s->cfg->decoder, "pgoutput")) return 0;
+    return obx_publication_unchanged(obx_aux_conn(s->aux), s->cfg, s->p->pub_identity, sizeof(s->p->pub_identity),
+                                     s->fence, err);
+}
+
 /* pgoutput names column types by OID: looked up on the aux connection. */
 static int resolve_type(void *ctx, uint32_t oid, char *name, size_t name_size, obx_err_t *err)
 {
@@ -428,6 +449,8 @@ static int session_open(session_t *s, obx_err_t *err)
     obx_relay_proc_t *p = s->p;
     if (!(s->aux = obx_aux_new(s->cfg, p->m, err))) return failed(s, "pg_connect");
     if (check_slot(s, err) != 0) return -1;
+    int pc = publication_changed(s, err);
+    if (pc != 0) return failed(s, pc > 0 ? "publication" : "pg_query");
     if (load_relations(s, err) != 0) return -1;
     if (!(s->repl = obx_repl_connect(s->cfg->pg_conninfo, err))) return failed(s, "pg_connect");
     if (!strcmp(s->cfg->decoder, "pgoutput") && !(s->pgo = obx_pgo_new(resolve_type, s))) {
@@ -551,6 +574,14 @@ static int check_relations(session_t *s, int force, obx_err_t *err)
     /* Transactions running at the mark may still commit partitions (one
      * waiting for a synchronous standby already has its commit in the WAL). */
     if (obx_wal_mark_done(c, &s->mark, &done, &e) != 0 || !done) return 0;
+    /* After the mark: an unchanged publication now covers every change
+     * before it, so the fence may move there. */
+    int pc = publication_changed(s, &e);
+    if (pc > 0) {
+        *err = e;
+        return failed(s, "publication");
+    }
+    if (pc < 0) return 0;
     obx_relset_t *now = obx_relset_new(), *next = obx_relset_new();
     int rc = 0;
     if (!now || !next || obx_outbox_relations(c, s->cfg, now, &e) != 0 ||

@@ -26,6 +26,9 @@ typedef struct {
     obx_txn_t *core;        /* the transaction core and its poison memory */
     obx_signals_t *signals; /* the signal table's snapshot thread */
     int signals_resumed;    /* once, by the first session that holds the slot */
+    /* decoder = pgoutput: the publication's fingerprint when streaming began
+     * (obx_publication_identity); any change since halts the relay. */
+    char pub_identity[64];
     /* The outbox's relations in the filter: the partition tree plus leaves
      * that left it while their rows may be unconfirmed (relset.h). */
     struct obx_relset_s *rels;

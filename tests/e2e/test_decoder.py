@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import APP_DSN, BIN, RELAY_DSN, SUPER_DSN, current_lsn, pg
+from conftest import APP_DSN, BIN, OUTBOX_DDL, RELAY_DSN, SUPER_DSN, current_lsn, pg
 
 
 def _run(env, args=("run",), timeout=60):
@@ -79,6 +79,93 @@ def test_publication_created_used_and_refused(harness):
         assert r.returncode == 2, r.stderr
         assert f'publication "{pub}" does not exist but slot "{harness.slot}" does' in r.stderr, r.stderr
         assert _publication(pub)[0] is None
+
+        # Created again by hand after changes the slot still holds: pgoutput
+        # reads it as of those changes, so it is still missing there (exit 2,
+        # not a lost slot).
+        with pg(APP_DSN) as c:
+            c.execute(f"INSERT INTO {harness.table} (aggregatetype, aggregateid, type) VALUES ('pub', 'a-2', 'X')")
+        with pg(SUPER_DSN) as c:
+            c.execute(f"CREATE PUBLICATION \"{pub}\" FOR TABLE {harness.table}"
+                      + (", outboxd_signals" if signals else "")
+                      + " WITH (publish = 'insert', publish_via_partition_root = true)")
+        r = _run(harness.env(**env))
+        assert r.returncode == 2, r.stderr
+        assert f'publication "{pub}" did not exist as of changes slot {harness.slot} still holds' in r.stderr, r.stderr
     finally:
         with pg(SUPER_DSN) as c:
             c.execute(f'DROP PUBLICATION IF EXISTS "{pub}"')
+
+
+def _halted(p, timeout=30):
+    try:
+        return p.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("outboxd kept streaming; log:\n" + p.log())
+
+
+# Every way the publication can stop covering the outbox under a running
+# relay: pgoutput then never sends the rows, so the relay must halt, even
+# when the change is undone before it looks.
+CHANGES = {
+    "table_dropped_and_added": ["ALTER PUBLICATION {pub} DROP TABLE {t}", "INSERT",
+                                "ALTER PUBLICATION {pub} ADD TABLE {t}"],
+    "inserts_off_and_on": ["ALTER PUBLICATION {pub} SET (publish = 'update')", "INSERT",
+                           "ALTER PUBLICATION {pub} SET (publish = 'insert')"],
+    "outbox_recreated": ["DROP TABLE {t}", "CREATE", "INSERT"],
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_publication_changed_while_streaming_halts(harness, change):
+    p = harness.start(OUTBOXD_DECODER="pgoutput")
+    insert = (f"INSERT INTO {harness.table} (aggregatetype, aggregateid, type, payload)"
+              " VALUES ('pubchg', 'k', 'T', '{}')")
+    with pg(APP_DSN) as c:
+        c.execute(insert)
+    harness.wait_confirmed(current_lsn())
+    before = current_lsn()
+    with pg(SUPER_DSN) as c:
+        for step in CHANGES[change]:
+            if step == "INSERT":
+                c.execute(insert)
+            elif step == "CREATE":
+                c.execute(OUTBOX_DDL.format(t=harness.table) + "; ALTER TABLE {0} OWNER TO app".format(harness.table))
+            else:
+                c.execute(step.format(pub=f'"{harness.slot}"', t=harness.table))
+        c.execute(insert)
+    assert _halted(p) == 2, p.log()
+    assert f'publication "{harness.slot}" was altered, re-created or lost a table while' in p.log(), p.log()
+    # Stopped before the change: the slot was not confirmed past it.
+    with pg(RELAY_DSN) as c:
+        assert c.execute("SELECT confirmed_flush_lsn <= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                         (before, harness.slot)).fetchone()[0], (harness.slot_confirmed(), before, p.log())
+
+
+@pytest.mark.parametrize("decoder", ["wal2json", "pgoutput"])
+@pytest.mark.parametrize("base,value,want", [
+    ("jsonb", '{"a": 1.50}', '{"a": 1.50}'),
+    ("bytea", "\\x00ff", "\\x00ff"),
+])
+def test_domain_payload_named_as_wal2json_names_it(harness, decoder, base, value, want):
+    """A payload of a domain type is carried by the domain's own name (text),
+    as wal2json prints it, never by pgoutput's Type message, which names the
+    base type: the same row gives the same event under both decoders."""
+    dom = f"{harness.table}_dom"
+    with pg(APP_DSN) as c:
+        c.execute(f"DROP DOMAIN IF EXISTS {dom} CASCADE")
+        c.execute(f"CREATE DOMAIN {dom} AS {base}")
+        c.execute(f"ALTER TABLE {harness.table} ALTER COLUMN payload TYPE {dom} USING NULL")
+    try:
+        p = harness.start(OUTBOXD_DECODER=decoder)
+        with pg(APP_DSN) as c:
+            c.execute(f"INSERT INTO {harness.table} (aggregatetype, aggregateid, type, payload)"
+                      " VALUES ('dom', 'k', 'T', %s)", (value,))
+        harness.wait_confirmed(current_lsn())
+        events = harness.consume(["dom"])
+        assert [(e["content_type"], e["payload"]) for e in events] == [("text/plain; charset=utf-8", want)], events
+        assert p.stop() == 0
+    finally:
+        with pg(APP_DSN) as c:
+            c.execute(f"DROP TABLE IF EXISTS {harness.table}")
+            c.execute(f"DROP DOMAIN IF EXISTS {dom}")

@@ -324,11 +324,25 @@ static void test_message(void **state)
     assert_int_equal(parse(f, &o, 0), 1);
 }
 
-/* Types outside the built-in table: the resolver once per OID, else the
- * Type message's name, else unknown (NULL), which the payload mapping refuses. */
+static msg_t type_msg(uint32_t oid, const char *nspname, const char *typname)
+{
+    msg_t y = {.n = 0};
+    u8(&y, 'Y');
+    be(&y, oid, 4);
+    str(&y, nspname);
+    str(&y, typname);
+    return y;
+}
+
+/* Types outside the built-in table: the resolver once per OID, else unknown
+ * (NULL), which the payload mapping refuses. pgoutput's Type message comes
+ * first and names a domain by its base type ("jsonb", "bytea"): never used,
+ * or a domain payload would be carried unlike wal2json's format_type(). */
 static void test_types(void **state)
 {
     fx_t *f = *state;
+    msg_t y1 = type_msg(70001, "pg_catalog", "jsonb");
+    assert_int_equal(parse(f, &y1, 0), 1);
     msg_t r = relation_msg(1, "public", "a", 70001);
     assert_int_equal(parse(f, &r, 0), 1);
     assert_int_equal(parse(f, &r, 0), 1);
@@ -337,16 +351,13 @@ static void test_types(void **state)
     assert_int_equal(parse(f, &i, 0), 0);
     assert_string_equal(col(&f->c, "payload")->type, "public.money_amount");
 
-    msg_t y = {.n = 0};
-    u8(&y, 'Y');
-    be(&y, 70002, 4);
-    str(&y, "public");
-    str(&y, "mood");
+    /* a type the resolver cannot name stays unknown, whatever Y said */
+    msg_t y = type_msg(70002, "pg_catalog", "bytea");
     assert_int_equal(parse(f, &y, 0), 1);
     msg_t r2 = relation_msg(2, "public", "b", 70002);
     assert_int_equal(parse(f, &r2, 0), 1);
     assert_int_equal(parse_v(f, insert_msg(2, "ok", 2)), 0);
-    assert_string_equal(col(&f->c, "payload")->type, "mood");
+    assert_null(col(&f->c, "payload")->type);
 
     msg_t r3 = relation_msg(3, "public", "c", 70003);
     assert_int_equal(parse(f, &r3, 0), 1);

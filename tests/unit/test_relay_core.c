@@ -729,10 +729,15 @@ static void test_message_malformed_content(void **state)
         "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
         "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\","
         "\\\"aggregateid\\\":\\\"k2\\\"}\"}",
+        /* a whole event, then bytes (pgoutput also delivers a NUL and binary
+         * after it; wal2json cuts the content at a NUL) */
+        "{\"action\":\"M\",\"transactional\":true,\"lsn\":\"0/2010\",\"prefix\":\"outboxd.event\",\"content\":"
+        "\"{\\\"id\\\":\\\"m\\\",\\\"aggregatetype\\\":\\\"a\\\",\\\"aggregateid\\\":\\\"k\\\",\\\"type\\\":\\\"t\\\"} junk\"}",
     };
     const char *why[] = {"not a JSON object", "not a JSON object", "\"id\" is not a string", "is NULL",
                          "beyond 2^53 or fractional", "\"headers\" is not an object", "not an integer's digits",
-                         "not an integer's digits", "\"aggregateid\" appears more than once"};
+                         "not an integer's digits", "\"aggregateid\" appears more than once",
+                         "not a JSON object"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         session(f, START);
         begin(f, 0x2000, 0x2100);
