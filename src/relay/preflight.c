@@ -289,6 +289,19 @@ int obx_slot_drop(PGconn *conn, const char *slot, char *errstr, size_t errstr_si
     return 0;
 }
 
+int obx_wal_end(PGconn *conn, obx_lsn_t *end, obx_err_t *err)
+{
+    *end = 0;
+    PGresult *r = obx_pg_exec(conn,
+                              "SELECT coalesce((CASE WHEN pg_is_in_recovery() THEN greatest(pg_last_wal_receive_lsn(),"
+                              " pg_last_wal_replay_lsn()) ELSE pg_current_wal_insert_lsn() END)::text, '')",
+                              0, NULL, err);
+    if (!r) return -1;
+    if (*PQgetvalue(r, 0, 0)) obx_lsn_parse(PQgetvalue(r, 0, 0), end);
+    PQclear(r);
+    return 0;
+}
+
 int obx_wal_mark(PGconn *conn, obx_wal_mark_t *m, obx_err_t *err)
 {
     /* The position first, the running transactions after (their own

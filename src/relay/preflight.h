@@ -67,6 +67,10 @@ typedef struct {
 } obx_wal_mark_t;
 
 int obx_wal_mark(PGconn *conn, obx_wal_mark_t *m, obx_err_t *err);
+
+/* How far the server's WAL goes: the insert position on a primary, what it
+ * has received or replayed on a standby. *end 0 when unknown. */
+int obx_wal_end(PGconn *conn, obx_lsn_t *end, obx_err_t *err);
 int obx_wal_mark_done(PGconn *conn, const obx_wal_mark_t *m, int *done, obx_err_t *err);
 void obx_wal_mark_clear(obx_wal_mark_t *m);
 

@@ -63,6 +63,7 @@ typedef struct {
     /* Kafka-kept evidence that this slot has published (evidence.h). */
     obx_evidence_writer_t *evidence;
     obx_lsn_t evidence_lsn;
+    obx_lsn_t wal_end;        /* the server's WAL end once the slot was ours (check_wal_end) */
     obx_period_t evidence_period;
     int tick_failed;          /* a status update during the read-back failed: */
     obx_err_t tick_err;       /* ... why; the sink reports it */
@@ -400,6 +401,28 @@ static int check_slot(session_t *s, obx_err_t *err)
     return 0;
 }
 
+/* Once the slot is ours: a position outboxd confirmed past the end of this
+ * server's WAL was decoded from WAL it never had (an async standby
+ * promoted). Streaming from there would skip the new primary's
+ * transactions below it, and the slot would be confirmed past its own WAL:
+ * exit 4 instead. The end also bounds the read-back (dedup.h). */
+static int check_wal_end(session_t *s, obx_err_t *err)
+{
+    if (obx_wal_end(obx_aux_conn(s->aux), &s->wal_end, err) != 0) return failed(s, "pg_query");
+    if (!s->wal_end || s->p->confirmed <= s->wal_end) return 0;
+    s->streaming = 0; /* no status update: it would confirm the slot past this server's WAL */
+    obx_err_clear(err);
+    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_SLOT,
+                "slot %s: outboxd has confirmed up to LSN " OBX_LSN_FMT ", but this server's WAL ends at " OBX_LSN_FMT
+                ": it lacks WAL outboxd has read (a standby promoted before it received it, or a restored backup). "
+                "Events committed after " OBX_LSN_FMT " on the old server may be in Kafka but not in this database, "
+                "and this server's new transactions below " OBX_LSN_FMT " would be skipped. outboxd stops rather than "
+                "skip them. Recover: docs/operations.md, Failover (a standby that lagged)",
+                s->cfg->slot_name, OBX_LSN_ARGS(s->p->confirmed), OBX_LSN_ARGS(s->wal_end),
+                OBX_LSN_ARGS(s->wal_end), OBX_LSN_ARGS(s->p->confirmed));
+    return failed(s, "slot_diverged");
+}
+
 static int open_kafka(session_t *s, obx_err_t *err)
 {
     char e[1024];
@@ -422,6 +445,7 @@ static int open_kafka(session_t *s, obx_err_t *err)
         s->dedup = obx_dedup_new(s->cfg, obx_producer_rk(s->prod), s->cfg->slot_name, s->p->pg.database,
                                  s->p->pg.sysid, readback_tick, s, err);
         if (!s->dedup) return failed(s, "kafka_consumer");
+        obx_dedup_set_horizon(s->dedup, s->wal_end);
     }
     return 0;
 }
@@ -464,7 +488,7 @@ static int session_open(session_t *s, obx_err_t *err)
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "out of memory");
         return failed(s, "oom");
     }
-    if (start_replication(s, err) != 0 || open_kafka(s, err) != 0) return -1;
+    if (start_replication(s, err) != 0 || check_wal_end(s, err) != 0 || open_kafka(s, err) != 0) return -1;
     /* Only the process that holds the slot resumes interrupted snapshots: a
      * hot standby would run a second copy. */
     if (!p->signals_resumed) {

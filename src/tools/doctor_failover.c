@@ -18,7 +18,26 @@ typedef struct {
     void *ctx;
     char slot_lsn[32]; /* the primary's confirmed_flush_lsn of the slot, "" if none */
     int slot_failover; /* the primary's slot has failover = true */
+    int slot_exists;   /* the primary has the slot */
+    char sss[1024];    /* the primary's synchronized_standby_slots */
+    char started[64];  /* the primary's pg_postmaster_start_time(): which host it is */
 } fo_t;
+
+/* Whether the comma-separated list names slot (spaces and quotes trimmed). */
+static int lists_slot(const char *list, const char *slot)
+{
+    size_t n = strlen(slot);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \"");
+        size_t len = strcspn(p, ",");
+        size_t k = len;
+        while (k > 0 && (p[k - 1] == ' ' || p[k - 1] == '"')) k--;
+        if (k == n && !strncmp(p, slot, n)) return 1;
+        p += len;
+        if (*p == ',') p++;
+    }
+    return 0;
+}
 
 static void rep(fo_t *f, int ok, int warn_only, const char *what, const char *fix)
 {
@@ -114,7 +133,7 @@ static int check_primary(fo_t *f, PGconn *c)
                               " (SELECT string_agg(s, ', ') FROM unnest(string_to_array("
                               "   current_setting('synchronized_standby_slots'), ',')) u(s) WHERE btrim(s, ' \"') <> ''"
                               "   AND btrim(s, ' \"') NOT IN (SELECT slot_name FROM pg_replication_slots"
-                              "   WHERE slot_type = 'physical'))",
+                              "   WHERE slot_type = 'physical' AND active)), pg_postmaster_start_time()::text",
                               1, p, &err);
     if (!r) {
         rep(f, 0, 0, "read the failover settings", err.msg);
@@ -133,19 +152,24 @@ static int check_primary(fo_t *f, PGconn *c)
         snprintf(fix, sizeof(fix), "restart outboxd (slot.failover = auto sets the flag on an idle slot), or run "
                  "ALTER_REPLICATION_SLOT %s (FAILOVER true) on a replication connection", f->cfg->slot_name);
         f->slot_failover = !strcmp(PQgetvalue(r, 0, 2), "t");
+        f->slot_exists = 1;
         rep(f, f->slot_failover, 0, what, fix);
         snprintf(f->slot_lsn, sizeof(f->slot_lsn), "%s", PQgetvalue(r, 0, 3));
     }
     const char *sss = PQgetvalue(r, 0, 1);
+    snprintf(f->sss, sizeof(f->sss), "%s", sss);
+    snprintf(f->started, sizeof(f->started), "%s", PQgetvalue(r, 0, 6));
     if (!*sss) {
         snprintf(what, sizeof(what), "synchronized_standby_slots is empty: outboxd may receive and publish changes no "
-                 "standby has yet; after a promotion such events are in Kafka but not in the database");
+                 "standby has yet; after a promotion such events are in Kafka but not in the database, and "
+                 "outboxd stops with exit 4 (" FIX_FAILOVER_DOC ", a standby that lagged)");
         rep(f, 0, 1, what, "ALTER SYSTEM SET synchronized_standby_slots = '<physical slot of each standby>'; "
                            "SELECT pg_reload_conf();");
     } else if (!PQgetisnull(r, 0, 5)) {
-        snprintf(what, sizeof(what), "synchronized_standby_slots = '%s' names slots that are not physical slots here "
-                 "(%s): logical walsenders wait for them, outboxd stalls", sss, PQgetvalue(r, 0, 5));
-        rep(f, 0, 0, what, "create the standby's physical slot (and set its primary_slot_name), or remove the name");
+        snprintf(what, sizeof(what), "synchronized_standby_slots = '%s' names slots no standby streams from here "
+                 "(%s: missing, or inactive): logical walsenders wait for them, outboxd stalls", sss, PQgetvalue(r, 0, 5));
+        rep(f, 0, 0, what, "start the standby that uses it (or create its physical slot and set its primary_slot_name), or remove "
+                "the name");
     } else {
         snprintf(what, sizeof(what), "synchronized_standby_slots = '%s': outboxd gets no change a standby lacks", sss);
         rep(f, 1, 0, what, NULL);
@@ -158,7 +182,7 @@ static int check_primary(fo_t *f, PGconn *c)
  * synced copy (persistent, not behind the primary by much). */
 static void check_standby(fo_t *f, PGconn *s, const char *label)
 {
-    char what[1024], fix[512];
+    char what[2400], fix[512];
     obx_err_t err;
     const char *p[2] = {f->cfg->slot_name, *f->slot_lsn ? f->slot_lsn : NULL};
     PGresult *r = obx_pg_exec(s,
@@ -186,7 +210,17 @@ static void check_standby(fo_t *f, PGconn *s, const char *label)
     rep(f, *PQgetvalue(r, 0, 2) != '\0', 0, what,
         "create a physical slot on the primary, set primary_slot_name to it here and name it in the primary's "
         "synchronized_standby_slots");
-    if (!f->slot_failover)
+    /* Only a listed standby is known to have all that outboxd published. */
+    if (*PQgetvalue(r, 0, 2) && !lists_slot(f->sss, PQgetvalue(r, 0, 2))) {
+        snprintf(what, sizeof(what), "standby %s: its slot '%s' is not in the primary's synchronized_standby_slots "
+                 "('%s'): outboxd may publish events it lacks; promoting it makes outboxd stop with exit 4", label,
+                 PQgetvalue(r, 0, 2), f->sss);
+        rep(f, 0, 0, what, "add it: ALTER SYSTEM SET synchronized_standby_slots = '<every standby's slot>'; "
+                           "SELECT pg_reload_conf(); on the primary (" FIX_FAILOVER_DOC ", a standby that lagged)");
+    }
+    if (!f->slot_exists)
+        snprintf(fix, sizeof(fix), "start outboxd: it creates the slot as a failover slot, synchronised within 30 s");
+    else if (!f->slot_failover)
         snprintf(fix, sizeof(fix), "make the primary's slot a failover slot (see above)");
     else
         snprintf(fix, sizeof(fix), "check the standby's log for \"could not synchronize replication slot\"; the slot "
@@ -228,10 +262,16 @@ static int check_standbys(fo_t *f, const PQconninfoOption *opts)
             rep(f, 0, 1, what, "a standby doctor cannot reach is not checked: check it by hand");
             continue;
         }
-        PGresult *r = obx_pg_exec(s, "SELECT pg_is_in_recovery()", 0, NULL, &err);
+        PGresult *r = obx_pg_exec(s, "SELECT pg_is_in_recovery(), pg_postmaster_start_time()::text", 0, NULL, &err);
         if (r && !strcmp(PQgetvalue(r, 0, 0), "t")) {
             found++;
             check_standby(f, s, label);
+        } else if (r && strcmp(PQgetvalue(r, 0, 1), f->started) != 0) {
+            /* Another read-write server: an old primary back after a failover. */
+            snprintf(what, sizeof(what), "host %s of pg.conninfo is read-write too: two primaries (an old primary "
+                     "back after a promotion?); outboxd and the writers go to the first one listed", label);
+            rep(f, 0, 0, what, "fence the old primary: stop it, or pg_rewind it into a standby of the new one ("
+                               FIX_FAILOVER_DOC ", the old primary coming back)");
         }
         PQclear(r);
         PQfinish(s);

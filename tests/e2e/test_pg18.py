@@ -309,3 +309,69 @@ def test_slot_failover_off_and_doctor_on_a_single_server(skip_reason):
         assert slot_row(PORT, h.slot)[2] is True
     finally:
         pg18("reset", check=False)
+
+
+@pytest.mark.parametrize("relay", ["follows", "restarts"])
+def test_lagging_standby_promoted_stops_loudly_never_skips(skip_reason, relay):
+    """An asynchronous standby (synchronized_standby_slots empty) that lacks
+    WAL outboxd has published from is promoted; the new primary writes at
+    the same WAL positions. Neither the same process (its confirmed LSN is
+    past the new WAL end) nor a new one (the read-back's newest record is)
+    may skip those new events: exit 4, nothing published. The recovery of
+    docs/operations.md (copy the synced slot) then sends every new event;
+    doctor FAILs the old primary when it comes back."""
+    if skip_reason:
+        pytest.skip(skip_reason)
+    h = Harness(f"pg18_lagging_{relay}")
+    pg18("reset")
+    pg18("start")
+    pg18("standby")
+    try:
+        with psycopg.connect(dsn("app", PORT), autocommit=True) as c:
+            c.execute(OUTBOX_DDL.format(t=h.table))
+        env = dict(OUTBOXD_PG_CONNINFO=dsn("outboxd", PORT, SPORT, connect_timeout=2), OUTBOXD_DECODER="pgoutput",
+                   OUTBOXD_RECONNECT_BACKOFF_MAX_MS=500, OUTBOXD_STATUS_INTERVAL_MS=500)
+
+        def insert(port, kind, n, pad):
+            with psycopg.connect(dsn("app", port), autocommit=True) as c:
+                c.execute(f"INSERT INTO {h.table}(aggregatetype, aggregateid, type, payload)"
+                          " SELECT 'athlete', 'a' || (g %% 6), %s, jsonb_build_object('pad', repeat('x', %s))"
+                          " FROM generate_series(1, %s) g", (kind, pad, n))
+        p = h.start(**env)
+        insert(PORT, "Synced", 10, 0)
+        wait_synced(h.slot)
+        with psycopg.connect(dsn("postgres", PORT), autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET synchronized_standby_slots = ''")
+            c.execute("SELECT pg_reload_conf()")
+        pg18("standby-stop")
+        insert(PORT, "Lost", 200, 2000)  # more WAL than the new primary writes below
+        wait_until(lambda: len(h.consume(TYPES, idle_ms=1000)) >= 210, timeout=60, what="210 events in Kafka")
+        if relay == "restarts":
+            p.stop(signal.SIGKILL)
+        pg18("crash")
+        pg18("standby-start")
+        pg18("promote")
+        insert(SPORT, "New", 20, 0)
+        if relay == "restarts":
+            p = h.start(wait=False, **env)
+        assert p.proc.wait(60) == 4, p.log()
+        assert "this server's WAL ends at" in p.log(), p.log()
+        assert "New" not in {e["event_type"] for e in h.consume(TYPES, idle_ms=1000)}
+        with psycopg.connect(dsn("postgres", SPORT), autocommit=True) as c:
+            assert c.execute("SELECT confirmed_flush_lsn <= pg_current_wal_lsn() FROM pg_replication_slots"
+                             " WHERE slot_name = %s", (h.slot,)).fetchone()[0], "slot confirmed past the WAL end"
+            c.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (h.slot, h.slot + "_2"))
+        q = h.start(OUTBOXD_SLOT_NAME=h.slot + "_2", OUTBOXD_PUBLICATION_NAME=h.slot, **env)
+        wait_until(lambda: sum(e["event_type"] == "New" for e in h.consume(TYPES, idle_ms=1000)) == 20,
+                   timeout=60, what="the new primary's 20 events in Kafka")
+        assert q.stop() == 0, q.log()
+        if relay == "follows":
+            pg18("start")  # the old primary back: two read-write hosts
+            doc = subprocess.run([BIN, "doctor"], env={**os.environ, **h.env(**env)}, capture_output=True, text=True,
+                                 timeout=120).stdout
+            assert f"FAIL  host 127.0.0.1:{SPORT} of pg.conninfo is read-write too" in doc, doc
+    finally:
+        for q in h.procs:
+            if q.proc.poll() is None:
+                q.stop(signal.SIGKILL)
+        pg18("reset", check=False)
