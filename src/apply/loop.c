@@ -211,7 +211,7 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
         set_state(a, OBX_STATE_HALTED);
         return OBX_EXIT_CONFIG;
     }
-    if (rc && obx_apply_err_row(a, &err)) {
+    if (rc && obx_apply_err_row(a, &err) && !obx_apply_err_busy(&err)) {
         obx_err_t ignore;
         if (PQtransactionStatus(a->db) != PQTRANS_IDLE) obx_pg_command(a->db, "ROLLBACK", &ignore);
         obx_warn("data_error", "SQLSTATE %s: %s; nothing of the batch committed; finding the events the database "
@@ -230,7 +230,13 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
         return OBX_EXIT_POISON;
     }
     if (rc) {
-        go_down(a, n + (size_t)cut, err.msg);
+        char why[sizeof(err.msg) + 128];
+        if (obx_apply_err_transient(&err))
+            snprintf(why, sizeof(why), "busy (SQLSTATE %s, a lock, a concurrent writer or a statement timeout; no "
+                     "event's fault): %s", err.sqlstate, err.msg);
+        else
+            snprintf(why, sizeof(why), "%s", err.msg);
+        go_down(a, n + (size_t)cut, why);
         return 0;
     }
     account(a, &st);
