@@ -120,7 +120,8 @@ struct obx_apply_s {
     size_t n_buf;  /* entries read into batch and not yet handed to a writer; the
                     * rebalance callback drops those of revoked partitions */
     int n_owned;   /* partitions assigned now */
-    int group_lost; /* the assignment was lost: not ready until the next one */
+    int parts_metrics_full; /* the per-partition metrics table overflowed (logged once) */
+    int group_lost; /* no member of the group: before the first assignment or after a lost one; not ready */
     int kafka_fatal; /* the consumer cannot go on: stop (exit 1) */
     int db_down;
     obx_backoff_t backoff;

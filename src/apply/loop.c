@@ -95,7 +95,8 @@ static int down_step(obx_apply_t *a)
     obx_apply_pause(a, 0);
     a->db_down = 0;
     obx_backoff_reset(&a->backoff);
-    set_state(a, OBX_STATE_STREAMING);
+    /* A lost assignment stays not ready until the group assigns again. */
+    if (!a->group_lost) set_state(a, OBX_STATE_STREAMING);
     obx_info("pg_recovered", "replica database is back; consuming again");
     return 0;
 }
@@ -347,7 +348,8 @@ static int run(obx_apply_t *a)
     obx_info("applying", "group %s: topics %s -> table %s (%zu mapped columns, %s mode, batches of up to %d, deletes %s)",
              cfg->apply_group, cfg->apply_topics, cfg->apply_table, a->n_maps, a->mode, cfg->apply_batch_max,
              a->use_tomb ? a->tomb_name : "off");
-    set_state(a, OBX_STATE_STREAMING);
+    /* Streaming (and ready) once the group has assigned it, maybe nothing. */
+    a->group_lost = 1;
     rc = loop(a);
     if (rc == OBX_EXIT_OK) set_state(a, OBX_STATE_STOPPING);
     log_progress(a, "stopped", "");
