@@ -121,7 +121,8 @@ struct obx_apply_s {
     size_t n_buf;  /* entries read into batch and not yet handed to a writer; the
                     * rebalance callback drops those of revoked partitions */
     int n_owned;   /* partitions assigned now */
-    int group_lost; /* the assignment was lost: not ready until the next one */
+    int parts_metrics_full; /* the per-partition metrics table overflowed (logged once) */
+    int group_lost; /* no member of the group: before the first assignment or after a lost one; not ready */
     int kafka_fatal; /* the consumer cannot go on: stop (exit 1) */
     int db_down;
     obx_backoff_t backoff;
@@ -139,10 +140,15 @@ struct obx_apply_s {
 int obx_apply_err_data(const obx_err_t *e);
 /* obx_apply_err_data and the connection still up. */
 int obx_apply_err_row(obx_apply_t *a, const obx_err_t *e);
-/* 40001, 40P01, 55P03, 57014: a single event is tried again
- * OBX_APPLY_TRANSIENT_TRIES times before its poison policy. */
+/* 40001, 40P01, 55P03, 57014: the database's load or locks, never an
+ * event's fault, so never its poison policy. A single event is tried again
+ * OBX_APPLY_TRANSIENT_TRIES times, then the batch is read again after
+ * backoff (as when the database is down). */
 #define OBX_APPLY_TRANSIENT_TRIES 3
 int obx_apply_err_transient(const obx_err_t *e);
+/* 40001, 40P01, 55P03: a lock or a concurrent writer; a smaller batch
+ * would meet the same lock, so the batch is not bisected. */
+int obx_apply_err_busy(const obx_err_t *e);
 /* The dead-letter topic refused for good: apply stops (exit 3). */
 int obx_apply_err_halt(const obx_err_t *e);
 

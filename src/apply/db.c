@@ -42,12 +42,14 @@ static int fail(obx_err_t *err, int exit_code, const char *fmt, ...)
 }
 
 /* A preflight query failed (err filled by obx_pg_exec): with the connection
- * alive the table or the grants need fixing; without it, retry. */
+ * alive the table or the grants need fixing; without it, or when the table
+ * is only locked or the server slow (lock_timeout, statement_timeout while
+ * a migration holds the table), retry. */
 static int query_failed(PGconn *c, obx_err_t *err)
 {
-    int alive = PQstatus(c) == CONNECTION_OK;
-    err->cls = alive ? OBX_ERR_FATAL : OBX_ERR_RETRIABLE;
-    err->exit_code = alive ? OBX_EXIT_CONFIG : OBX_EXIT_FAIL;
+    int fatal = PQstatus(c) == CONNECTION_OK && obx_apply_err_data(err) && !obx_apply_err_transient(err);
+    err->cls = fatal ? OBX_ERR_FATAL : OBX_ERR_RETRIABLE;
+    err->exit_code = fatal ? OBX_EXIT_CONFIG : OBX_EXIT_FAIL;
     return -1;
 }
 

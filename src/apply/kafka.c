@@ -43,6 +43,12 @@ int obx_apply_part_index(obx_apply_t *a, const char *topic, int32_t partition)
     n->partition = partition;
     n->seek_to = -1;
     n->mi = obx_metrics_apply_partition(topic, partition);
+    if (n->mi < 0 && !a->parts_metrics_full) {
+        a->parts_metrics_full = 1;
+        obx_warn("metrics", "more than %d partitions seen: %s [%d] and later ones get no "
+                 "outboxd_apply_consumer_lag_messages series (outboxd_apply_partitions_owned still counts them)",
+                 OBX_APPLY_MAX_PARTS, topic, (int)partition);
+    }
     return (int)a->n_parts++;
 }
 
@@ -81,6 +87,7 @@ static void count_owned(obx_apply_t *a)
     int owned = 0;
     for (size_t p = 0; p < a->n_parts; p++) owned += a->parts[p].assigned;
     a->n_owned = owned;
+    atomic_store(&a->m->apply_owned, owned);
 }
 
 static void on_assign(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int coop, const char *names)
@@ -107,6 +114,7 @@ static void on_assign(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_l
     if (a->db_down) rd_kafka_pause_partitions(rk, parts);
     if (a->group_lost) {
         a->group_lost = 0;
+        atomic_store(&a->m->apply_in_group, 1);
         if (!a->db_down) atomic_store(&a->m->state, (int)OBX_STATE_STREAMING);
     }
     count_owned(a);
@@ -147,6 +155,7 @@ static void on_revoke(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_l
     count_owned(a);
     if (lost) {
         a->group_lost = 1;
+        atomic_store(&a->m->apply_in_group, 0);
         if (atomic_load(&a->m->state) == (int)OBX_STATE_STREAMING) atomic_store(&a->m->state, (int)OBX_STATE_CONNECTING);
         obx_warn("assignment_lost", "group %s: lost %s (session timed out, max.poll.interval.ms exceeded, or with "
                  "cooperative-sticky and librdkafka < 2.10 an offset commit that raced a rebalance); %zu buffered "

@@ -97,7 +97,8 @@ static int down_step(obx_apply_t *a)
     obx_apply_pause(a, 0);
     a->db_down = 0;
     obx_backoff_reset(&a->backoff);
-    set_state(a, OBX_STATE_STREAMING);
+    /* A lost assignment stays not ready until the group assigns again. */
+    if (!a->group_lost) set_state(a, OBX_STATE_STREAMING);
     obx_info("pg_recovered", "replica database is back; consuming again");
     return 0;
 }
@@ -229,7 +230,7 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
         set_state(a, OBX_STATE_HALTED);
         return OBX_EXIT_CONFIG;
     }
-    if (rc && obx_apply_err_row(a, &err)) {
+    if (rc && obx_apply_err_row(a, &err) && !obx_apply_err_busy(&err)) {
         obx_err_t ignore;
         if (PQtransactionStatus(a->db) != PQTRANS_IDLE) obx_pg_command(a->db, "ROLLBACK", &ignore);
         obx_warn("data_error", "SQLSTATE %s: %s; nothing of the batch committed; finding the events the database "
@@ -248,7 +249,13 @@ static int apply_batch(obx_apply_t *a, size_t n, int cut)
         return OBX_EXIT_POISON;
     }
     if (rc) {
-        go_down(a, n + (size_t)cut, err.msg);
+        char why[sizeof(err.msg) + 128];
+        if (obx_apply_err_transient(&err))
+            snprintf(why, sizeof(why), "busy (SQLSTATE %s, a lock, a concurrent writer or a statement timeout; no "
+                     "event's fault): %s", err.sqlstate, err.msg);
+        else
+            snprintf(why, sizeof(why), "%s", err.msg);
+        go_down(a, n + (size_t)cut, why);
         return 0;
     }
     account(a, &st);
@@ -365,7 +372,8 @@ static int run(obx_apply_t *a)
     obx_info("applying", "group %s: topics %s -> table %s (%zu mapped columns, %s mode, batches of up to %d, deletes %s)",
              cfg->apply_group, cfg->apply_topics, cfg->apply_table, a->n_maps, a->mode, cfg->apply_batch_max,
              a->use_tomb ? a->tomb_name : "off");
-    set_state(a, OBX_STATE_STREAMING);
+    /* Streaming (and ready) once the group has assigned it, maybe nothing. */
+    a->group_lost = 1;
     rc = loop(a);
     if (rc == OBX_EXIT_OK) set_state(a, OBX_STATE_STOPPING);
     log_progress(a, "stopped", "");

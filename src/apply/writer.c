@@ -36,10 +36,15 @@ int obx_apply_err_row(obx_apply_t *a, const obx_err_t *e)
     return obx_apply_err_data(e) && a->db && PQstatus(a->db) == CONNECTION_OK;
 }
 
-int obx_apply_err_transient(const obx_err_t *e)
+int obx_apply_err_busy(const obx_err_t *e)
 {
     const char *st = e->sqlstate;
-    return !strcmp(st, "40001") || !strcmp(st, "40P01") || !strcmp(st, "55P03") || !strcmp(st, "57014");
+    return !strcmp(st, "40001") || !strcmp(st, "40P01") || !strcmp(st, "55P03");
+}
+
+int obx_apply_err_transient(const obx_err_t *e)
+{
+    return obx_apply_err_busy(e) || !strcmp(e->sqlstate, "57014");
 }
 
 int obx_apply_err_halt(const obx_err_t *e)
@@ -293,7 +298,9 @@ static void stats_add(obx_apply_stats_t *st, const obx_apply_stats_t *s)
 /* Writes [lo, hi) in one transaction; when the database refuses it for a
  * row's sake (at any statement or at COMMIT), writes each half on its own,
  * in order, down to the single event responsible, which becomes poison.
- * Under halt the first such event stops it: *halt_at. */
+ * Under halt the first such event stops it: *halt_at. A lock, deadlock,
+ * serialization or statement timeout error is never poison: -1 with it,
+ * and the caller reads the batch again after backoff. */
 static int bisect(obx_apply_t *a, size_t lo, size_t hi, obx_apply_stats_t *st, size_t *halt_at, obx_err_t *err)
 {
     obx_apply_stats_t one = {0};
@@ -302,7 +309,8 @@ static int bisect(obx_apply_t *a, size_t lo, size_t hi, obx_apply_stats_t *st, s
         stats_add(st, &one);
         return 0;
     }
-    if (!obx_apply_err_row(a, err)) return -1;
+    /* A lock or a concurrent writer: the database's state, not a row's. */
+    if (!obx_apply_err_row(a, err) || obx_apply_err_busy(err)) return -1;
     if (hi - lo == 1) {
         obx_apply_entry_t *e = &a->batch[lo];
         /* Serialization, deadlock, lock or statement timeout: the same
@@ -317,6 +325,9 @@ static int bisect(obx_apply_t *a, size_t lo, size_t hi, obx_apply_stats_t *st, s
             }
             if (!obx_apply_err_row(a, err)) return -1;
         }
+        /* Still timing out on its own: a slow or locked database, which a
+         * dead-letter or a halt would turn into a skipped good event. */
+        if (obx_apply_err_transient(err)) return -1;
         obx_apply_poison(e, "the replica database refused it (SQLSTATE %s): %s", err->sqlstate, err->msg);
         if (!a->dead_letter) *halt_at = lo;
         return 0;

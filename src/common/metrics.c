@@ -84,6 +84,14 @@ int obx_metrics_ready(char *reason, size_t reason_size)
                  g_metrics.slot);
         return 1;
     }
+    if (atomic_load(&g_metrics.apply_mode) && !atomic_load(&g_metrics.apply_in_group) && st != OBX_STATE_HALTED &&
+        st != OBX_STATE_STOPPING) {
+        /* A process the group never took (a JoinGroup refused, e.g. another
+         * partition.assignment.strategy in the group) is no hot spare. */
+        snprintf(reason, reason_size, "not a member of consumer group %s: joining, or its assignment was lost "
+                 "(kafka_consume or assignment_lost in the log says why)", g_metrics.apply_group);
+        return 0;
+    }
     if (st != OBX_STATE_STREAMING && st != OBX_STATE_BACKPRESSURED) {
         snprintf(reason, reason_size, "not streaming: %s", obx_state_name((obx_state_t)st));
         return 0;
@@ -171,13 +179,9 @@ static int64_t apply_part_lag(const obx_apply_part_metrics_t *p, int64_t *hi_out
     return hi > c ? hi - c : 0;
 }
 
-/* Partitions assigned to this process (issue 16: several processes share a group). */
-static int apply_owned(obx_metrics_t *m)
-{
-    int n = atomic_load(&m->apply_n_parts), owned = 0;
-    for (int i = 0; i < n; i++) owned += atomic_load(&m->apply_parts[i].assigned) != 0;
-    return owned;
-}
+/* Partitions assigned to this process (issue 16: several processes share a
+ * group), counted by the apply loop: the per-partition table may be full. */
+static int apply_owned(obx_metrics_t *m) { return atomic_load(&m->apply_owned); }
 
 static void render_apply_prometheus(FILE *out)
 {

@@ -47,7 +47,7 @@ typedef struct {
 } obx_histogram_t;
 
 /* --- outboxd apply (src/apply.c): per-partition offset lag ------------- */
-#define OBX_APPLY_MAX_PARTS 256
+#define OBX_APPLY_MAX_PARTS 1024
 /* Append-only: topic and partition are written once, before the entry is
  * published by incrementing apply_n_parts; the rest are atomics. */
 typedef struct {
@@ -90,6 +90,10 @@ typedef struct {
     obx_histogram_t apply_lag;
     _Atomic int apply_n_parts;
     obx_apply_part_metrics_t apply_parts[OBX_APPLY_MAX_PARTS];
+    /* Partitions owned now (the table above caps at OBX_APPLY_MAX_PARTS
+     * series; this count does not), and whether the process is a member of
+     * its group: 0 before its first assignment and after a lost one. */
+    _Atomic int apply_owned, apply_in_group;
     _Atomic(obx_apply_hwm_fn) apply_hwm;
     char apply_group[128];
     /* --- end outboxd apply */
@@ -110,7 +114,8 @@ const char *obx_wal_status_name(obx_wal_status_t s);
 /* Liveness: the main loop ran within max_stall_ms. */
 int obx_metrics_live(int64_t max_stall_ms);
 /* Readiness: streaming with Kafka brokers up, or a healthy hot standby
- * (reason then starts with "standby:"); loop alive. */
+ * (reason then starts with "standby:"); loop alive; apply: a member of its
+ * consumer group. */
 int obx_metrics_ready(char *reason, size_t reason_size);
 
 void obx_metrics_render_prometheus(FILE *out);

@@ -903,12 +903,13 @@ def test_apply_row_error_ends_in_poison_policy(harness, sqlstate):
     s.drop()
 
 
-@pytest.mark.parametrize("sqlstate", ["P0001", "XX000", "55P03"])
+@pytest.mark.parametrize("sqlstate", ["P0001", "XX000"])
 def test_apply_any_row_error_ends_in_poison_policy(harness, sqlstate):
     """Whatever the class of the error the server answers for one row (a
-    trigger raising P0001 or XX000; 55P03 after a few tries), the batch is
-    bisected to that event and its poison policy follows: never an endless
-    pg_lost loop that blocks every other event."""
+    trigger raising P0001 or XX000), the batch is bisected to that event and
+    its poison policy follows: never an endless pg_lost loop that blocks
+    every other event. (Lock and timeout errors are the database's state,
+    never poison: test_apply_locked_or_slow_replica_never_skips_an_event.)"""
     s = Scenario(harness)
     with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
         c.execute(f"CREATE OR REPLACE FUNCTION {s.rep}_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
@@ -926,6 +927,43 @@ def test_apply_any_row_error_ends_in_poison_policy(harness, sqlstate):
     s.drop()
     with psycopg.connect(REPLICA_SUPER, autocommit=True) as c:
         c.execute(f"DROP FUNCTION IF EXISTS {s.rep}_trg() CASCADE")
+
+
+@pytest.mark.parametrize("setting, sqlstate", [("lock_timeout", "55P03"), ("statement_timeout", "57014")])
+def test_apply_locked_or_slow_replica_never_skips_an_event(harness, setting, sqlstate):
+    """A replica table locked (a migration, VACUUM FULL) while apply runs
+    with a lock_timeout or statement_timeout: every write fails with 55P03
+    or 57014 for a while. That is the database's state, not an event's: two
+    processes in one group, one under halt and one under dead-letter, keep
+    running, dead-letter nothing, and converge once the lock is gone."""
+    s = Scenario(harness)
+    harness.start()
+    ids = [f"lk-{i}" for i in range(40)]
+    s.create(len(ids), prefix="lk")
+    conninfo = REPLICA_APPLY + f" options='-c {setting}=300'"
+    dlq = harness.prefix + ".dlq"
+    halt = s.start_apply("g-lock", OUTBOXD_APPLY_CONNINFO=conninfo)
+    dead = s.start_apply("g-lock", OUTBOXD_APPLY_CONNINFO=conninfo, OUTBOXD_APPLY_POISON_POLICY="dead-letter",
+                         OUTBOXD_APPLY_POISON_DLQ_TOPIC=dlq)
+    s.wait_converged(timeout=60)
+    with psycopg.connect(REPLICA_SUPER) as lock:
+        lock.execute(f"LOCK TABLE {s.rep} IN ACCESS EXCLUSIVE MODE")
+        with pg() as c:
+            for i in range(0, len(ids), 4):
+                s.update(c, ids[i:i + 4])
+        wait_until(lambda: all(f"SQLSTATE {sqlstate}" in p.log() for p in (halt, dead)), timeout=30,
+                   what=f"both processes meet {sqlstate}")
+        time.sleep(2)
+        lock.rollback()
+    s.wait_converged(timeout=60)
+    for p in (halt, dead):
+        assert p.proc.poll() is None, p.log()
+        log = p.log()
+        assert "poison_event" not in log and "dead_lettered" not in log, log
+        assert metric(metrics(p), "outboxd_apply_events_dead_lettered_total") == 0
+        assert p.stop() == 0, p.log()
+    assert _dlq(dlq) == {}
+    s.drop()
 
 
 def _typed_replica(table, key_type, cols):

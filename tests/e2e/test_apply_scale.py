@@ -169,7 +169,7 @@ def test_apply_processes_share_partitions_and_rebalance_under_load(harness, tmp_
         assert not sampler.unready, sampler.unready[:3]
     else:
         for p, body in sampler.unready:
-            assert body == "not streaming: connecting" and "assignment_lost" in p.log(), body
+            assert body.startswith("not a member of consumer group") and "assignment_lost" in p.log(), body
         # How long each lost assignment keeps a process unready depends on
         # the group's timing (longer on a loaded machine); what must hold is
         # that it is ready again once the group settles.
@@ -196,6 +196,44 @@ def test_apply_processes_share_partitions_and_rebalance_under_load(harness, tmp_
            unready_samples=len(sampler.unready))
     for p in live:
         assert p.stop() == 0
+    s.drop()
+
+
+def test_apply_ready_only_as_a_member_of_its_group(harness, tmp_path):
+    """/readyz means "a member of the group": a process whose JoinGroup the
+    coordinator refuses (another partition.assignment.strategy than the
+    group's, a roll-out that switches it in one step) is not ready and says
+    why, while it owns nothing exactly like a hot spare; the member beside it
+    stays ready. Once the old member leaves, the new one joins and is ready."""
+    s = Scenario(harness)
+    create_topic(tmp_path, s.topic, 4)
+    group = "g-member-" + harness.prefix.rsplit(".", 1)[1]
+    ready = lambda p: http_get(p.port, "/readyz")  # noqa: E731
+    old = s.start_apply(group)
+    wait_until(lambda: ready(old)[0] == 200, timeout=30, what="the eager member ready")
+    new = s.start_apply(group, wait=False, OUTBOXD_KAFKA_PARTITION_ASSIGNMENT_STRATEGY="cooperative-sticky")
+    new.wait_for(r"JoinGroup failed.*[Ii]nconsistent group protocol", timeout=30)
+    code, body = ready(new)
+    assert code == 503 and "not a member of consumer group " + group in body, (code, body)
+    m = metrics(new)
+    assert metric(m, "outboxd_ready") == 0 and metric(m, "outboxd_apply_partitions_owned") == 0
+    assert ready(old)[0] == 200 and owned(old)[0] == 4
+    assert old.stop() == 0
+    wait_until(lambda: ready(new)[0] == 200, timeout=60, what="the new member ready once it joined")
+    assert owned(new) == (4, {0, 1, 2, 3})
+    assert new.stop() == 0
+    s.drop()
+
+
+def test_apply_partitions_owned_counts_every_partition_of_a_wide_topic(harness, tmp_path):
+    """300 partitions, one process: outboxd_apply_partitions_owned says 300
+    and every partition has its lag series (the table once stopped at 256,
+    silently)."""
+    s = Scenario(harness)
+    create_topic(tmp_path, s.topic, 300)
+    p = s.start_apply("g-wide-" + harness.prefix.rsplit(".", 1)[1])
+    wait_until(lambda: owned(p) == (300, set(range(300))), timeout=30, what="300 partitions owned and listed")
+    assert p.stop() == 0
     s.drop()
 
 

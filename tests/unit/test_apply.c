@@ -265,6 +265,16 @@ static void test_error_decisions(void **state)
     obx_err_set(&e, OBX_ERR_POISON, OBX_EXIT_POISON, "dead-letter topic t: refused");
     assert_int_equal(obx_apply_err_halt(&e), 1);
     assert_int_equal(obx_apply_err_data(&e), 0);
+    /* Locks, deadlocks, serialization and statement timeouts are the
+     * database's state: never poison; only a timeout is worth a split. */
+    const char *tr[] = {"40001", "40P01", "55P03", "57014", "55000", "P0001", "22P02", "57P01"};
+    const int transient[] = {1, 1, 1, 1, 0, 0, 0, 0}, busy[] = {1, 1, 1, 0, 0, 0, 0, 0};
+    for (size_t i = 0; i < sizeof(tr) / sizeof(tr[0]); i++) {
+        obx_err_clear(&e);
+        snprintf(e.sqlstate, sizeof(e.sqlstate), "%s", tr[i]);
+        assert_int_equal(obx_apply_err_transient(&e), transient[i]);
+        assert_int_equal(obx_apply_err_busy(&e), busy[i]);
+    }
 }
 
 /* The span of the value at path in text, as a string ("" when none). */
