@@ -123,6 +123,9 @@ ALTER ROLE $TLS_ROLE LOGIN REPLICATION PASSWORD '$TLS_PASSWORD';
 GRANT outboxd TO $TLS_ROLE;
 GRANT app TO $TLS_ROLE;
 GRANT ALL ON SCHEMA public TO $TLS_ROLE;
+-- It acts as outboxd, so what it creates (outboxd_snapshots, publications)
+-- belongs to outboxd and the plain-text tests can use it afterwards.
+ALTER ROLE $TLS_ROLE SET role = 'outboxd';
 SQL
 }
 

@@ -272,12 +272,20 @@ def test_wal_stays_bounded_behind_an_idle_outbox(harness):
                 time.sleep(0.1)
             o.execute("DROP TABLE churn")
             a.execute(f"DROP TABLE {harness.table}_churn")
+        def measure():
+            with pg(RELAY_DSN) as c:
+                return c.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint,"
+                    " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots"
+                    " WHERE slot_name = %s", (start_lsn, harness.slot)).fetchone()
         time.sleep(12)  # a status interval and a running-xacts record
-        with pg(RELAY_DSN) as c:
-            written, retained = c.execute(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint,"
-                " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = %s",
-                (start_lsn, harness.slot)).fetchone()
+        if hb != "0":
+            # On a loaded machine the release can take another record or two
+            # (every 15 s); released it must be, within a bounded time.
+            deadline = time.time() + 45
+            while measure()[1] >= 64 * 2**20 and time.time() < deadline:
+                time.sleep(1)
+        written, retained = measure()
         figures["heartbeat_on" if hb != "0" else "heartbeat_off"] = {
             "wal_written_mb": round(written / 2**20), "peak_retained_mb": round(peak / 2**20, 1),
             "retained_after_mb": round(retained / 2**20, 1)}

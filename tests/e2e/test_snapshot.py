@@ -160,7 +160,7 @@ def test_bad_snapshot_input_is_refused_and_publishes_nothing(harness):
         (["--table", "no_such_table"], 2, "does not exist"),
         (["--table", f"{table}_nopk"], 2, "no primary key"),
         (["--set", "snapshot.version_column=nope"], 2, 'no version column "nope"'),
-        (["--page-size", "0"], 2, "page size 0"),
+        (["--page-size", "0"], 2, "snapshot.page_size is not an integer in [1, 1000000]"),
         ([], 3, "is NULL"),  # r1 has a NULL version: nothing of the page goes out
     ]
     for extra, code, msg in cases:
