@@ -90,18 +90,25 @@ static void count_owned(obx_apply_t *a)
     atomic_store(&a->m->apply_owned, owned);
 }
 
+/* Adds (add) or removes parts: incrementally under the cooperative
+ * protocol, the whole assignment under the eager one. librdkafka refuses
+ * only a call that does not fit its state, a bug: the process stops. */
+static int set_assignment(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int coop, int add,
+                          const char *names)
+{
+    rd_kafka_error_t *e = !coop ? NULL : add ? rd_kafka_incremental_assign(rk, parts) : rd_kafka_incremental_unassign(rk, parts);
+    rd_kafka_resp_err_t re = coop ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_assign(rk, add ? parts : NULL);
+    if (!e && !re) return 0;
+    obx_error(add ? "assign" : "revoke", "group %s: %s %s failed: %s", a->cfg->apply_group,
+              add ? "assigning" : "unassigning", names, e ? rd_kafka_error_string(e) : rd_kafka_err2str(re));
+    if (e) rd_kafka_error_destroy(e);
+    a->kafka_fatal = 1;
+    return -1;
+}
+
 static void on_assign(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int coop, const char *names)
 {
-    rd_kafka_error_t *e = coop ? rd_kafka_incremental_assign(rk, parts) : NULL;
-    rd_kafka_resp_err_t re = coop ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_assign(rk, parts);
-    if (e || re) {
-        /* librdkafka refuses only a call that does not fit its state: a bug. */
-        obx_error("assign", "group %s: assigning %s failed: %s", a->cfg->apply_group, names,
-                  e ? rd_kafka_error_string(e) : rd_kafka_err2str(re));
-        if (e) rd_kafka_error_destroy(e);
-        a->kafka_fatal = 1;
-        return;
-    }
+    if (set_assignment(a, rk, parts, coop, 1, names) != 0) return;
     for (int i = 0; i < parts->cnt; i++) {
         int p = obx_apply_part_index(a, parts->elems[i].topic, parts->elems[i].partition);
         if (p < 0) continue;
@@ -144,14 +151,7 @@ static void on_revoke(obx_apply_t *a, rd_kafka_t *rk, rd_kafka_topic_partition_l
             obx_metrics_apply_partition_set(a->parts[p].mi, 0, -1);
         }
     size_t dropped = drop_unowned(a);
-    rd_kafka_error_t *e = coop ? rd_kafka_incremental_unassign(rk, parts) : NULL;
-    rd_kafka_resp_err_t re = coop ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_assign(rk, NULL);
-    if (e || re) {
-        obx_error("revoke", "group %s: unassigning %s failed: %s", a->cfg->apply_group, names,
-                  e ? rd_kafka_error_string(e) : rd_kafka_err2str(re));
-        if (e) rd_kafka_error_destroy(e);
-        a->kafka_fatal = 1;
-    }
+    set_assignment(a, rk, parts, coop, 0, names);
     count_owned(a);
     if (lost) {
         a->group_lost = 1;
