@@ -137,7 +137,9 @@ int obx_message_parse(const obx_config_t *cfg, const char *content, size_t len, 
     /* The whole content must be the object: bytes after it (a NUL and
      * binary, or text) are a malformed message, not something to drop. */
     const char *end = NULL;
-    cJSON *root = content ? cJSON_ParseWithLengthOpts(content, len, &end, 0) : NULL;
+    /* A raw NUL is never JSON (a string holds it as \u0000), and the
+     * walk over the headers' text stops at one: refuse it whole. */
+    cJSON *root = content && !memchr(content, '\0', len) ? cJSON_ParseWithLengthOpts(content, len, &end, 0) : NULL;
     m->tree = root;
     while (root && end < content + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
     if (!cJSON_IsObject(root) || end != content + len) {

@@ -228,6 +228,7 @@ static const char *skip_ws(const char *p)
 
 static const char *skip_string(const char *p)
 {
+    if (*p != '"') return p; /* never step past the end: the walk follows cJSON, not trusts it */
     for (p++; *p && *p != '"'; p++)
         if (*p == '\\' && p[1]) p++;
     return *p ? p + 1 : p;
@@ -253,7 +254,11 @@ static const char *skip_value(const char *p)
     return p;
 }
 
-const char *obx_json_members(const char *json) { return skip_ws(json) + 1; }
+const char *obx_json_members(const char *json)
+{
+    json = skip_ws(json);
+    return *json ? json + 1 : json;
+}
 
 const char *obx_json_member_next(const char *p, const char **value, const char **value_end)
 {
