@@ -67,7 +67,7 @@ pgoutput_pass() {
 # a primary and a standby of their own on the same ports, so this pass runs
 # after them in lane A.
 pg18_pass() {
-    echo "== end-to-end tests on PostgreSQL 18 (relay suite, decoder = pgoutput)"
+    echo "== end-to-end tests on PostgreSQL 18 (relay suite + chaos subset, decoder = pgoutput)"
     scripts/pg18.sh reset && scripts/pg18.sh start || return 1
     local rc=0
     OBX_PG_PORT=${OBX_PG18_PORT:-31450} OBX_DECODER=pgoutput \
