@@ -216,7 +216,7 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
 {
     vstate_t v;
     memset(&v, 0, sizeof(v));
-    char why[512] = "", reason[600];
+    char why[1024] = "", reason[1100];
     o->consume.on_event = on_event;
     o->consume.opaque = &v;
     o->consume.require_topics = 1;
@@ -231,7 +231,8 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
             rc = OBX_EXIT_CONFIG;
         }
     }
-    if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL) {
+    /* A refusal by the brokers (exit 2) still gets its summary: why says it. */
+    if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL && !*why) {
         map_free(&v.seen);
         map_free(&v.aggs);
         map_free(&v.parts);
@@ -253,5 +254,5 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
     map_free(&v.seen);
     map_free(&v.aggs);
     map_free(&v.parts);
-    return ok ? OBX_EXIT_OK : OBX_EXIT_FAIL;
+    return ok ? OBX_EXIT_OK : rc != OBX_EXIT_OK ? rc : OBX_EXIT_FAIL;
 }
