@@ -79,16 +79,38 @@ int obx_kconf_security_failed(int min_refusals, obx_err_t *err)
     return 1;
 }
 
-/* A client certificate that is expired (or not yet valid) is refused by
- * every broker: say so before any connection, not as a retried TLS alert. */
-static int check_client_cert(const obx_config_t *cfg, obx_err_t *err)
+/* The client certificate, from kafka.ssl.certificate.location (a file) or
+ * kafka.ssl.certificate.pem (the PEM text); *key names the one used. NULL
+ * when neither is set or readable: librdkafka names a bad one itself. */
+static X509 *client_cert(const obx_config_t *cfg, const char **key, const char **where)
 {
     const char *path = cfg ? obx_config_kafka_get(cfg, "ssl.certificate.location") : NULL;
-    if (!path || !*path) return 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return 0; /* librdkafka names an unreadable file itself */
-    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
-    fclose(f);
+    const char *pem = cfg ? obx_config_kafka_get(cfg, "ssl.certificate.pem") : NULL;
+    X509 *x = NULL;
+    if (path && *path) {
+        *key = "kafka.ssl.certificate.location";
+        *where = path;
+        FILE *f = fopen(path, "r");
+        if (!f) return NULL;
+        x = PEM_read_X509(f, NULL, NULL, NULL);
+        fclose(f);
+    } else if (pem && *pem) {
+        *key = "kafka.ssl.certificate.pem";
+        *where = "PEM text";
+        BIO *b = BIO_new_mem_buf(pem, -1);
+        if (b) x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+        BIO_free(b);
+    }
+    return x;
+}
+
+/* A client certificate that is expired (or not yet valid) is refused by
+ * every broker, with a TLS alert librdkafka reports as a transport error
+ * (retried forever): say so before any connection. */
+static int check_client_cert(const obx_config_t *cfg, obx_err_t *err)
+{
+    const char *key = NULL, *where = NULL;
+    X509 *x = client_cert(cfg, &key, &where);
     if (!x) return 0;
     int rc = 0;
     const char *what = NULL;
@@ -97,9 +119,8 @@ static int check_client_cert(const obx_config_t *cfg, obx_err_t *err)
     if (what) {
         obx_err_clear(err);
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
-                    "kafka.ssl.certificate.location: the client certificate %s (%s); brokers refuse it: "
-                    "renew it from the CA the brokers trust",
-                    what, path);
+                    "%s: the client certificate %s (%s); brokers refuse it: renew it from the CA the brokers trust",
+                    key, what, where);
         rc = -1;
     }
     X509_free(x);

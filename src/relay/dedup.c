@@ -119,6 +119,11 @@ static void topic_free(void *v)
     free(t);
 }
 
+void obx_dedup_serve_errors(obx_dedup_t *d)
+{
+    if (d) obx_kconf_serve_errors(d->cons);
+}
+
 void obx_dedup_destroy(obx_dedup_t *d)
 {
     if (!d) return;

@@ -55,6 +55,10 @@ obx_dedup_t *obx_dedup_new(const obx_config_t *cfg, rd_kafka_t *producer, const 
                            const char *database, const char *system_id, obx_dedup_tick_fn tick, void *tick_ctx,
                            obx_err_t *err);
 void obx_dedup_destroy(obx_dedup_t *d);
+/* Serves the read-back consumer's queued error events, so a TLS or SASL
+ * refusal it meets between read-backs is recorded (kconf.h); NULL is a
+ * no-op. Its messages stay in their own queue. */
+void obx_dedup_serve_errors(obx_dedup_t *d);
 
 /* For an event about to be produced: *partition gets the partition the key
  * maps to (RD_KAFKA_PARTITION_UA if the topic does not exist yet).

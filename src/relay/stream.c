@@ -67,6 +67,7 @@ typedef struct {
     obx_period_t evidence_period;
     int tick_failed;          /* a status update during the read-back failed: */
     obx_err_t tick_err;       /* ... why; the sink reports it */
+    uint64_t sec_acked;       /* events_acked when Kafka refusals were last forgotten */
 } session_t;
 
 static void set_state(session_t *s, obx_state_t st) { atomic_store(&s->p->m->state, (int)st); }
@@ -648,6 +649,17 @@ static int housekeeping(session_t *s, obx_err_t *err)
         obx_err_clear(err);
         obx_err_set(err, OBX_ERR_RETRIABLE, 0, "producer fatal error: %s; restarting the pipeline", e);
         return failed(s, "kafka_fatal");
+    }
+    /* A refusal mid-session (a password rotated on the cluster, a broker
+     * reconnecting) never ends the session by itself: exactly_once waits
+     * for acks forever. Acks arriving mean some broker still takes us. */
+    obx_dedup_serve_errors(s->dedup);
+    uint64_t acked = atomic_load(&s->p->m->events_acked);
+    if (acked != s->sec_acked) {
+        s->sec_acked = acked;
+        obx_kconf_security_clear();
+    } else if (obx_kconf_security_failed(OBX_KAFKA_SECURITY_REFUSALS, err)) {
+        return failed(s, "kafka_security");
     }
     if (send_feedback(s, 0, err) != 0) return -1;
     if (obx_aux_tick(s->aux, s->p->confirmed, err) != 0) return failed(s, "slot_lost");

@@ -76,7 +76,7 @@ static const cmd_help_t cmds[] = {
      "  --max N                stop after N events (0: no limit)\n"
      "  --idle-exit-ms MS      stop after MS without a message (0: never)\n"
      "  --group G              commit offsets in consumer group G (default: a fresh group, from the start)\n"
-     HELP_OPT "\n" CODES "  1   an undecodable record or a Kafka error\n" CODE_CONFIG CODE_USAGE},
+     HELP_OPT "\n" CODES "  1   an undecodable record or a Kafka error (also: an idle exit before any broker answered)\n" CODE_CONFIG CODE_USAGE},
     {"verify", OBX_OPT_CONFIG | OBX_OPT_BROKERS | OBX_OPT_TOPIC | OBX_OPT_IDLE | OBX_OPT_GROUP | OBX_OPT_X |
                    OBX_OPT_EXPECTED | OBX_OPT_EXPECT | OBX_OPT_DUPS,
      "usage: outboxd verify [-c FILE] [-b BROKERS] [-X PROP=VALUE]... -t TOPICS [--expected IDS_FILE]\n"

@@ -98,18 +98,32 @@ static int subscribe(rd_kafka_t *rk, const char *list)
     return e ? -1 : 0;
 }
 
+/* Kafka did not answer a metadata request (e): a TLS or SASL refusal
+ * (exit 2, naming the kafka.* keys) or not reachable at all (exit 1). The
+ * main queue is redirected to the consumer's, so its error events (where
+ * refusals are recorded) are served by draining that queue; no message
+ * can be lost there, nothing was fetched. */
+static int unreachable(rd_kafka_t *rk, const obx_consume_opts_t *o, rd_kafka_resp_err_t e, char *why, size_t why_size)
+{
+    for (rd_kafka_message_t *m; (m = rd_kafka_consumer_poll(rk, 0));) rd_kafka_message_destroy(m);
+    obx_err_t sec;
+    if (obx_kconf_security_failed(1, &sec)) {
+        snprintf(why, why_size, "%s", sec.msg);
+        return obx_err_exit_code(&sec);
+    }
+    snprintf(why, why_size, "cannot reach Kafka at %s: %s", obx_consume_brokers(o), rd_kafka_err2str(e));
+    return OBX_EXIT_FAIL;
+}
+
 /* The broker answers and every topic named (or one matching a ^regex)
- * exists. A metadata request for all topics never creates one. 0 or -1
- * with why set. */
+ * exists. A metadata request for all topics never creates one. An exit
+ * code, with why set when not OBX_EXIT_OK. */
 static int topics_exist(rd_kafka_t *rk, const obx_consume_opts_t *o, char *why, size_t why_size)
 {
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 5000);
-    if (e) {
-        snprintf(why, why_size, "cannot reach Kafka at %s: %s", obx_consume_brokers(o), rd_kafka_err2str(e));
-        return -1;
-    }
-    int rc = 0;
+    if (e) return unreachable(rk, o, e, why, why_size);
+    int rc = OBX_EXIT_OK;
     if (o->topics[0] == '^') {
         regex_t re;
         int found = 0;
@@ -120,20 +134,39 @@ static int topics_exist(rd_kafka_t *rk, const obx_consume_opts_t *o, char *why, 
             found = 1; /* librdkafka's regex dialect: let the subscription judge */
         }
         if (!found) snprintf(why, why_size, "no topic matches %s", o->topics);
-        rc = found ? 0 : -1;
+        rc = found ? OBX_EXIT_OK : OBX_EXIT_FAIL;
     } else {
         char *list = strdup(o->topics), *save = NULL;
-        for (char *t = list ? strtok_r(list, ",", &save) : NULL; t && rc == 0; t = strtok_r(NULL, ",", &save)) {
+        for (char *t = list ? strtok_r(list, ",", &save) : NULL; t && rc == OBX_EXIT_OK;
+             t = strtok_r(NULL, ",", &save)) {
             int i = 0;
             while (i < md->topic_cnt && strcmp(md->topics[i].topic, t) != 0) i++;
             if (i == md->topic_cnt || md->topics[i].err) {
                 snprintf(why, why_size, "topic %s does not exist", t);
-                rc = -1;
+                rc = OBX_EXIT_FAIL;
             }
         }
         free(list);
     }
     rd_kafka_metadata_destroy(md);
+    return rc;
+}
+
+/* At an idle exit with nothing read: an empty topic, or a cluster that was
+ * never reached (closed port, wrong security.protocol, a client certificate
+ * the brokers refuse, which librdkafka reports as a transport error). Only
+ * the first is exit 0. */
+static int idle_check(rd_kafka_t *rk, const obx_consume_opts_t *o)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, NULL, &md, 5000);
+    if (!e) {
+        rd_kafka_metadata_destroy(md);
+        return OBX_EXIT_OK;
+    }
+    char why[1024];
+    int rc = unreachable(rk, o, e, why, sizeof(why));
+    obx_error(rc == OBX_EXIT_CONFIG ? "kafka_security" : "kafka_unreachable", "%s", why);
     return rc;
 }
 
@@ -148,9 +181,9 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
     rd_kafka_poll_set_consumer(rk);
     char whybuf[512];
     int rc = OBX_EXIT_OK;
-    if (o->require_topics && topics_exist(rk, o, o->why ? o->why : whybuf, o->why ? o->why_size : sizeof(whybuf)) != 0)
-        rc = OBX_EXIT_FAIL;
-    else if (subscribe(rk, o->topics) != 0)
+    if (o->require_topics)
+        rc = topics_exist(rk, o, o->why ? o->why : whybuf, o->why ? o->why_size : sizeof(whybuf));
+    if (rc == OBX_EXIT_OK && subscribe(rk, o->topics) != 0)
         rc = OBX_EXIT_FAIL;
     long n = 0;
     int halt = rc != OBX_EXIT_OK;
@@ -165,7 +198,10 @@ int obx_consume_run(const obx_consume_opts_t *o, FILE *out, volatile sig_atomic_
                 rc = obx_err_exit_code(&err);
                 break;
             }
-            if (idle) break;
+            if (idle) {
+                if (n == 0 && !o->require_topics) rc = idle_check(rk, o);
+                break;
+            }
             continue;
         }
         if (m->err) {

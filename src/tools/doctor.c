@@ -267,6 +267,29 @@ static void report_cb(void *d, int ok, int warn_only, const char *what, const ch
     report(d, ok, warn_only, what, fix);
 }
 
+/* The sslmode libpq actually used (keyword, else PGSSLMODE, else prefer).
+ * A keyword in pg.conninfo silently beats a stronger PGSSLMODE (the
+ * Kubernetes pg-verify-full component sets the variable): name that. */
+static void check_pg_tls(doc_t *d, PGconn *c)
+{
+    const char *host = PQhost(c);
+    if (host && host[0] == '/') return; /* a Unix socket: no TLS to check */
+    char mode[32] = "prefer", what[512], fix[512];
+    PQconninfoOption *o = PQconninfo(c);
+    for (PQconninfoOption *i = o; i && i->keyword; i++)
+        if (!strcmp(i->keyword, "sslmode") && i->val) snprintf(mode, sizeof(mode), "%s", i->val);
+    PQconninfoFree(o);
+    const char *env = getenv("PGSSLMODE");
+    int ok = !strcmp(mode, "verify-full");
+    snprintf(what, sizeof(what), "PostgreSQL connection: sslmode=%s, %s%s%s%s", mode,
+             PQsslInUse(c) ? "TLS" : "no TLS", ok ? "" : " (not verify-full: a server whose certificate names another host is accepted)",
+             env && strcmp(env, mode) ? "; pg.conninfo's sslmode overrides PGSSLMODE=" : "",
+             env && strcmp(env, mode) ? env : "");
+    snprintf(fix, sizeof(fix), "use sslmode=verify-full with sslrootcert=<the server's CA>%s",
+             env && strcmp(env, mode) ? " (or remove sslmode from pg.conninfo so PGSSLMODE applies)" : "");
+    report(d, ok, 1, what, fix);
+}
+
 static void check_pg(doc_t *d, const obx_config_t *cfg, PGconn *c)
 {
     char what[64];
@@ -388,6 +411,7 @@ int obx_doctor_run(const obx_config_t *cfg, FILE *out)
     snprintf(what, sizeof(what), "connect to PostgreSQL (%s)%s%s", red, c ? "" : ": ", c ? "" : err.msg);
     report(&d, c != NULL, 0, what, "check pg.conninfo, pg_hba.conf and the password");
     if (c) {
+        check_pg_tls(&d, c);
         check_pg(&d, cfg, c);
         PQfinish(c);
     }

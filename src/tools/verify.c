@@ -217,7 +217,7 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
 {
     vstate_t v;
     memset(&v, 0, sizeof(v));
-    char why[512] = "", reason[600];
+    char why[1024] = "", reason[1100];
     o->consume.on_event = on_event;
     o->consume.opaque = &v;
     o->consume.require_topics = 1;
@@ -235,7 +235,8 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
     long missing = 0, expected = 0;
     if (ef && (rc == OBX_EXIT_OK || rc == OBX_EXIT_FAIL)) missing = count_missing(&v, ef, &expected);
     if (ef) fclose(ef);
-    if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL) {
+    /* A refusal by the brokers (exit 2) still gets its summary: why says it. */
+    if (rc != OBX_EXIT_OK && rc != OBX_EXIT_FAIL && !*why) {
         map_free(&v.seen);
         map_free(&v.aggs);
         map_free(&v.parts);
@@ -257,5 +258,5 @@ int obx_verify_run(obx_verify_opts_t *o, FILE *out, volatile sig_atomic_t *stop)
     map_free(&v.seen);
     map_free(&v.aggs);
     map_free(&v.parts);
-    return ok ? OBX_EXIT_OK : OBX_EXIT_FAIL;
+    return ok ? OBX_EXIT_OK : rc != OBX_EXIT_OK ? rc : OBX_EXIT_FAIL;
 }

@@ -204,3 +204,14 @@ def test_outboxd_accepts_the_rendered_environment(overlay, app):
             # ssl.key.location is one of the properties librdkafka flags sensitive.
             assert printed.get(key) in (e["value"], "[redacted]"), f"{e['name']} did not reach {key}"
     assert printed.get("kafka.bootstrap.servers", "").endswith(":9093")
+
+
+@pytest.mark.parametrize("example", ["secret.example.yaml", "apply-secret.example.yaml"])
+def test_example_secrets_do_not_weaken_verify_full(example):
+    """A conninfo keyword beats PGSSLMODE: an example Secret (the file users
+    copy) with sslmode=require would silently undo pg-verify-full."""
+    doc = yaml.safe_load((K8S / "base" / example).read_text())
+    for key, value in doc["stringData"].items():
+        if key.endswith("_CONNINFO"):
+            modes = re.findall(r"\bsslmode\s*=\s*(\S+)", value)
+            assert all(m == "verify-full" for m in modes), f"{example} {key}: sslmode={modes}"

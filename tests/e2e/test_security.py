@@ -16,7 +16,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import APP_DSN, BIN, PG_PORT, Outboxd, current_lsn, pg, wait_until
+from conftest import APP_DSN, BIN, BROKERS, PG_PORT, Outboxd, current_lsn, pg, wait_until
 from loadgen import LoadGen, verify
 
 TLS = os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "tls")
@@ -267,3 +267,113 @@ def test_plain_connection_refused_for_tls_role_and_network_errors_retried(harnes
         assert p.returncode == 0, out + err
         assert "retrying" in err or "reconnect" in err, err
         no_secret(out + err)
+
+
+# --- refusals the first version missed (FINDINGS.md) ------------------------
+
+def scram_user(name, password=None):
+    """Sets (or, without password, deletes) a SCRAM-SHA-512 user with Kafka's
+    ConfigCommand from the jars scripts/kafka.sh runs, over PLAINTEXT."""
+    libs = os.path.join(os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run"), "kafka", "libs")
+    change = (["--add-config", f"SCRAM-SHA-512=[password={password}]"] if password
+              else ["--delete-config", "SCRAM-SHA-512"])
+    subprocess.run(["java", "-Xmx256m", "-cp", f"{libs}/*", "kafka.admin.ConfigCommand", "--bootstrap-server",
+                    BROKERS, "--alter", *change, "--entity-type", "users", "--entity-name", name],
+                   check=True, capture_output=True, timeout=60)
+
+
+def test_refusal_mid_session_ends_the_relay(harness):
+    """The relay's Kafka user is removed (a password rotated on the cluster)
+    while it streams. Kafka keeps connections authenticated before the
+    change, so librdkafka closes idle ones after 1 s here; the next event
+    needs a new connection, which is refused, and the relay exits 2 naming
+    the keys, in seconds, not after an ack that never comes (exactly_once
+    waits for acks forever). No broker restart: Kafka 3.9 KRaft may fail
+    altered SCRAM credentials after one, for the rest of the suite."""
+    user, pw = "rot-" + harness.prefix.rsplit(".", 1)[1], "rotating-secret-5e2a"
+    scram_user(user, pw)
+    env = {**SASL, "OUTBOXD_KAFKA_SASL_USERNAME": user, "OUTBOXD_KAFKA_SASL_PASSWORD": pw,
+           "OUTBOXD_KAFKA_CONNECTIONS_MAX_IDLE_MS": "1000"}
+    insert = (f"INSERT INTO {harness.table} (aggregatetype, aggregateid, type, payload)"
+              " VALUES ('athlete', %s, 'U', '{}')")
+    try:
+        relay = harness.start(**env, **PG_SECURE)
+        with pg() as c:
+            c.execute(insert, ("a1",))
+        harness.wait_confirmed(current_lsn())
+        scram_user(user)
+        time.sleep(3)  # idle connections closed, the removal applied
+        with pg() as c:
+            c.execute(insert, ("a2",))
+        t = time.monotonic()
+        assert relay.proc.wait(40) == 2, relay.log()
+        assert time.monotonic() - t < 30
+        log = relay.log()
+        assert "kafka_security" in log and "_AUTHENTICATION" in log and "kafka.sasl.password" in log, log
+        no_secret(log)
+        assert pw not in log
+    finally:
+        try:
+            scram_user(user)
+        except subprocess.CalledProcessError:
+            pass  # already gone
+
+
+def test_one_shot_readers_never_report_an_unreached_cluster_as_empty(harness):
+    """consume --idle-exit-ms and verify against a cluster they never
+    reached: a refusal is exit 2 naming the keys (verify too, with its
+    summary), anything else exit 1 "cannot reach Kafka"; never exit 0 with
+    no events. The brokers' refusal of a client certificate arrives as a
+    transport error (TLS 1.3 alert), so it is the second kind. An empty
+    topic on a reachable cluster stays exit 0."""
+    topic = harness.prefix + ".none"
+    idle = ["--topic", topic, "--idle-exit-ms", "1500"]
+    refused = {"wrong_password": {**SASL, "OUTBOXD_KAFKA_SASL_PASSWORD": WRONG_PW},
+               "unknown_ca": {**SASL, "OUTBOXD_KAFKA_SSL_CA_LOCATION": OTHER_CA}}
+    unreached = {"closed_port": {"OUTBOXD_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+                 "plaintext_to_sasl_ssl": {**SASL, "OUTBOXD_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"},
+                 "mtls_without_client_cert": {k: v for k, v in mtls().items() if "CERTIFICATE" not in k
+                                              and "KEY" not in k}}
+    jobs = {("empty", "consume"): (["consume", *idle], SASL)}
+    for case, env in {**refused, **unreached}.items():
+        jobs[case, "consume"] = (["consume", *idle], env)
+        jobs[case, "verify"] = (["verify", *idle], env)
+    res = parallel(harness, jobs)
+    assert res["empty", "consume"].returncode == 0 and res["empty", "consume"].stdout == "", res["empty", "consume"].out
+    for case in refused:
+        for tool in ("consume", "verify"):
+            r = res[case, tool]
+            assert r.returncode == 2 and "kafka.s" in r.out, (case, tool, r.out)
+        assert '"ok":false' in res[case, "verify"].stdout, res[case, "verify"].out
+    for case in unreached:
+        for tool in ("consume", "verify"):
+            r = res[case, tool]
+            assert r.returncode == 1 and "cannot reach Kafka" in r.out, (case, tool, r.out)
+    no_secret("".join(r.out for r in res.values()))
+
+
+def test_expired_client_certificate_as_pem_text_is_refused_before_connecting(harness):
+    """kafka.ssl.certificate.pem (PEM text, e.g. from a Secret as an
+    environment variable) is checked like a file: exit 2 at once, naming
+    the key."""
+    with open(os.path.join(TLS, "expired-client.crt")) as c, open(os.path.join(TLS, "expired-client.key")) as k:
+        env = {**{x: v for x, v in mtls().items() if "CERTIFICATE" not in x and "SSL_KEY" not in x},
+               "OUTBOXD_KAFKA_SSL_CERTIFICATE_PEM": c.read(), "OUTBOXD_KAFKA_SSL_KEY_PEM": k.read()}
+    for args in (["run"], ["consume", "--topic", "x", "--idle-exit-ms", "2000"]):
+        r = run(harness, args, {**env, **PG_SECURE})
+        assert r.returncode == 2 and "kafka.ssl.certificate.pem" in r.out and "expired" in r.out, r.out
+        assert r.elapsed < 10 and "PRIVATE KEY" not in r.out, r.out
+
+
+def test_doctor_warns_when_conninfo_weakens_pgsslmode(harness):
+    """A keyword beats PGSSLMODE: sslmode=require in pg.conninfo undoes the
+    Kubernetes component's PGSSLMODE=verify-full. doctor says so (WARN,
+    naming both), and is quiet about TLS when verify-full is what ran."""
+    env = {**SASL, "PGPASSWORD": PG_PW, "PGSSLMODE": "verify-full", "PGSSLROOTCERT": CA}
+    weak = f"host=127.0.0.1 port={PG_PORT} dbname=app user=outboxd_tls sslmode=require"
+    res = parallel(harness, {"weak": (["doctor"], {**env, "OUTBOXD_PG_CONNINFO": weak}),
+                             "strong": (["doctor"], {**env, "OUTBOXD_PG_CONNINFO": weak.rsplit(" ", 1)[0]})})
+    assert "WARN  PostgreSQL connection: sslmode=require, TLS" in res["weak"].stdout, res["weak"].out
+    assert "overrides PGSSLMODE=verify-full" in res["weak"].stdout, res["weak"].out
+    assert "PASS  PostgreSQL connection: sslmode=verify-full, TLS" in res["strong"].stdout, res["strong"].out
+    no_secret(res["weak"].out + res["strong"].out)
