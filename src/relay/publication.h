@@ -49,4 +49,11 @@ int obx_publication_unchanged(PGconn *conn, const obx_config_t *cfg, char *known
  * wal2json names types. 0 found, 1 no such type, -1 with err (retriable). */
 int obx_publication_type_name(PGconn *conn, uint32_t oid, char *name, size_t name_size, obx_err_t *err);
 
+/* A stream that failed with 42704 (undefined object) under pgoutput: the
+ * slot or the publication may be gone, and pgoutput names both alike. 1
+ * when it is the publication (err set: fatal, exit 2, with the recovery);
+ * 0 when it is not, or cannot be told (c NULL or down): the caller goes on
+ * as for a missing slot. old: the stream's error text, quoted. */
+int obx_publication_gone(PGconn *c, const obx_config_t *cfg, const char *old, obx_err_t *err);
+
 #endif

@@ -254,37 +254,6 @@ static void sink_signal(void *ctx, const char *id, const char *type, const char 
     obx_signals_start(s->p->signals, id, type, data);
 }
 
-/* pgoutput names a missing publication with 42704 too, as a missing slot:
- * look which one is gone. 1 when it is the publication (err set, exit 2). */
-static int publication_gone(session_t *s, obx_err_t *err, const char *old)
-{
-    char e[1024];
-    int exists = 1;
-    obx_slot_info_t si;
-    PGconn *c = s->aux ? obx_aux_conn(s->aux) : NULL;
-    if (!c || PQstatus(c) != CONNECTION_OK || obx_publication_check(c, s->cfg, &exists, e, sizeof(e)) == OBX_EXIT_FAIL)
-        return 0;
-    if (exists) {
-        /* There now and the slot too: it was missing as of the slot's pending
-         * changes (dropped, then created again by hand). */
-        if (obx_slot_inspect(c, s->cfg->slot_name, &si, e, sizeof(e)) != 0 || !si.exists) return 0;
-        obx_err_clear(err);
-        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
-                    "publication \"%s\" did not exist as of changes slot %s still holds (%.600s): it was created again "
-                    "after them, and pgoutput reads the publication as of each change. Recover: outboxd slot drop, "
-                    "restart outboxd (a new slot), and re-emit current state with a snapshot",
-                    obx_config_publication(s->cfg), s->cfg->slot_name, old);
-        return 1;
-    }
-    obx_err_clear(err);
-    obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
-                "publication \"%s\" of slot %s is gone (%.600s): pgoutput cannot decode without it. Recover: outboxd "
-                "slot drop, restart outboxd (publication and slot are created anew), and re-emit current state with a "
-                "snapshot",
-                obx_config_publication(s->cfg), s->cfg->slot_name, old);
-    return 1;
-}
-
 /* A failed START_REPLICATION or stream, by SQLSTATE: 55006 slot in use
  * (stand by), 42704 slot gone or 55000 slot invalidated (exit 4); the
  * rest is retried. */
@@ -296,7 +265,7 @@ static int slot_failure(session_t *s, obx_err_t *err, const char *what)
         err->cls = OBX_ERR_RETRIABLE;
         return failed(s, "standby");
     }
-    if (s->pgo && obx_err_is_sqlstate(err, OBX_SQLSTATE_UNDEFINED_OBJECT) && publication_gone(s, err, old))
+    if (s->pgo && obx_err_is_sqlstate(err, OBX_SQLSTATE_UNDEFINED_OBJECT) && obx_publication_gone(s->aux ? obx_aux_conn(s->aux) : NULL, s->cfg, old, err))
         return failed(s, "publication");
     if (obx_err_is_sqlstate(err, OBX_SQLSTATE_UNDEFINED_OBJECT) || obx_err_is_sqlstate(err, OBX_SQLSTATE_NOT_IN_PREREQ)) {
         obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_SLOT,
