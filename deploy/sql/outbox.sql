@@ -68,13 +68,13 @@ BEGIN
         -- Tables may be missing when a part of this file is applied alone,
         -- and only their owner may grant: a table outboxd created itself
         -- (outboxd_snapshots, by its first snapshot) needs no grant.
-        IF to_regclass('outbox') IS NOT NULL AND pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = 'outbox'::regclass), 'USAGE') THEN
+        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = to_regclass('outbox')), 'USAGE') THEN
             GRANT SELECT ON outbox TO outboxd;
         END IF;
-        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = 'outboxd_signals'::regclass), 'USAGE') THEN
+        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = to_regclass('outboxd_signals')), 'USAGE') THEN
             GRANT SELECT, UPDATE ON outboxd_signals TO outboxd;
         END IF;
-        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = 'outboxd_snapshots'::regclass), 'USAGE') THEN
+        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = to_regclass('outboxd_snapshots')), 'USAGE') THEN
             GRANT SELECT, INSERT, UPDATE ON outboxd_snapshots TO outboxd;
         END IF;
     END IF;
