@@ -280,3 +280,10 @@ def reset_slot_keep_size():
     with pg(SUPER_DSN) as c:
         c.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
         c.execute("SELECT pg_reload_conf()")
+
+
+def pytest_configure(config):
+    # A writer or reader thread that dies (a missing function, a lost
+    # connection) must fail its test: otherwise the test checks the few
+    # events written before it died and passes.
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")

@@ -5,6 +5,7 @@ in transactions of mixed sizes, and keeps its own record of what committed.
 Per-aggregate versions come from a row-locked counter, so commit order and
 version order agree: the verifier can demand versions 1..n in Kafka order."""
 import json
+import os
 import random
 import threading
 import time
@@ -37,6 +38,9 @@ class LoadGen:
         self.rolled_back = 0
         self.txns = 0
         with psycopg.connect(dsn, autocommit=True) as c:
+            if emit:  # the producer's function, as deploy/sql/outbox.sql defines it
+                sql = open(os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "sql", "outbox.sql")).read()
+                c.execute(sql[sql.index("CREATE OR REPLACE FUNCTION outbox_emit"):])
             c.execute(f"DROP TABLE IF EXISTS {self.counter}, {self.other}")
             c.execute(f"CREATE TABLE {self.counter} (id text PRIMARY KEY, version bigint NOT NULL)")
             c.execute(f"CREATE TABLE {self.other} (id serial PRIMARY KEY, note text)")
