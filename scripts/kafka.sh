@@ -38,7 +38,6 @@ PROPS=$KDIR/server.properties
 LOG4J=$KDIR/log4j.properties
 TLS=$RUN_DIR/tls
 STOREPASS=obx-test-store
-SCRAM_MARK=$DATA/.scram-$SCRAM_USER
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -138,18 +137,33 @@ format_storage() {
     # The SCRAM user goes into the first metadata records (KRaft).
     java_cmd kafka.tools.StorageTool format -t "$uuid" -c "$PROPS" \
         --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" >/dev/null
-    touch "$SCRAM_MARK"
 }
 
-# A data dir formatted before the secured listeners existed has no SCRAM
-# user: add it with Kafka's ConfigCommand through the PLAINTEXT listener.
+# Proves the SCRAM user logs in over SASL_SSL; where it does not, sets its
+# credential with Kafka's ConfigCommand through the PLAINTEXT listener and
+# waits until the broker accepts it. Run on every start, not once: a data dir
+# formatted before the secured listeners existed has no user, and Kafka 3.9
+# (KRaft) can lose a credential across a restart after other users were
+# added and deleted (test_security.py rotates users), which failed every
+# SASL test after a broker restart in CI.
+scram_login() {
+    timeout 15 kcat -b "127.0.0.1:$SASL_PORT" -X security.protocol=SASL_SSL \
+        -X sasl.mechanisms=SCRAM-SHA-512 -X sasl.username="$SCRAM_USER" \
+        -X sasl.password="$SCRAM_PASSWORD" -X ssl.ca.location="$TLS/ca.crt" \
+        -L -m 5 2>/dev/null | grep -q 'broker 1 at'
+}
 ensure_scram_user() {
-    [ -f "$SCRAM_MARK" ] && return 0
-    echo "kafka.sh: adding SCRAM-SHA-512 user $SCRAM_USER"
+    scram_login && return 0
+    echo "kafka.sh: setting the SCRAM-SHA-512 credential of user $SCRAM_USER"
     java_cmd kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$PORT" --alter \
         --add-config "SCRAM-SHA-512=[password=$SCRAM_PASSWORD]" \
         --entity-type users --entity-name "$SCRAM_USER" >/dev/null
-    touch "$SCRAM_MARK"
+    local deadline=$((SECONDS + 30))
+    while [ $SECONDS -lt $deadline ]; do
+        scram_login && return 0
+        sleep 1
+    done
+    die "SCRAM user $SCRAM_USER cannot log in on 127.0.0.1:$SASL_PORT after setting its credential (see $LOGS/server.log)"
 }
 
 wait_ready() {
