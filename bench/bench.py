@@ -1,20 +1,10 @@
 #!/usr/bin/env python3
 """The side-by-side benchmark behind bench/run.sh (run that, not this).
 
-One run, one PostgreSQL, one Kafka, the systems one after the other:
-  drain    N outbox rows are committed while nothing reads; then each system
-           drains that same backlog from its own slot (created before the writes):
-           pg_recvlogical + wal2json to /dev/null (the decoding limit),
-           pg_recvlogical + pgoutput to /dev/null (Debezium's plugin, for reference),
-           outboxd, Debezium (embedded engine + EventRouter + KafkaProducer).
-  latency  per relay, a fresh slot, the relay started and streaming, then the load
-           generator commits at fixed rates (1k/s, 10k/s); latency of an event =
-           broker LogAppendTime of its record - the time its COMMIT returned.
-CPU (utime+stime from /proc/PID/stat) and RSS (VmHWM/VmRSS from /proc/PID/status)
-are read from the relay process itself.
-
-Everything the run creates (slots, publication, table, topics) carries the run id
-and is dropped in `finally`; bench/run.sh drops leftovers again from its trap.
+The default run is bench/full.py (FullBench, on this file's Bench): drain,
+apply, message outbox and fixed-rate latency, every figure --reps times. This
+file keeps what all modes share (services, topics, relays, /proc readings, the
+drain and latency read-backs) and two narrower modes:
 
 A/B mode (--outboxd-bin LABEL=PATH given twice or more, or --rounds N, or --only
 without debezium): no Debezium, no pgoutput. Round after round, each binary in
@@ -27,9 +17,7 @@ and the spread between rounds of one binary is the noise to compare with.
 import argparse
 import json
 import os
-import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -218,10 +206,7 @@ class Bench:
         sig = self.sql(self.app, "SELECT to_regclass('public.outboxd_signals') IS NOT NULL", fetch=True)[0][0]
         self.sql(self.app, f"CREATE PUBLICATION {self.opub} FOR TABLE {self.table}{', outboxd_signals' if sig else ''}"
                            " WITH (publish = 'insert', publish_via_partition_root = true)")
-        aggs = ["drain", "warm"] + [self.rate_name(r) for r in self.a.rates]
-        systems = ([u[0] for u in self.units] if self.ab else ["outboxd", "outboxd_pgoutput"] if self.a.decoders
-                   else ["outboxd", "debezium", "outboxd_pgoutput"])
-        self.topics = [self.topic(s, g) for s in systems for g in aggs]
+        self.topics = self.topic_list()
         log(f"creating {len(self.topics)} topics (LogAppendTime, {PARTITIONS} partitions)")
         self.kafka.admin("create", str(PARTITIONS), *self.topics)
         # A freshly started broker answers the first idempotent producer with
@@ -230,6 +215,12 @@ class Bench:
         self.topics.append(init)
         subprocess.run(["kcat", "-P", "-b", self.a.brokers, "-t", init, "-X", "enable.idempotence=true"],
                        input=b"init\n", check=True, timeout=60)
+
+    def topic_list(self):
+        aggs = ["drain", "warm"] + [self.rate_name(r) for r in self.a.rates]
+        systems = ([u[0] for u in self.units] if self.ab else ["outboxd", "outboxd_pgoutput"] if self.a.decoders
+                   else ["outboxd", "debezium", "outboxd_pgoutput"])
+        return [self.topic(s, g) for s in systems for g in aggs]
 
     def services(self):
         """Identity of the running services, to notice a restart by someone else mid-run."""
@@ -295,14 +286,14 @@ class Bench:
         self.procs.append(p)
         return p
 
-    def start_debezium(self, slot, tag):
-        env = {"BENCH_KAFKA_BROKERS": self.a.brokers, "BENCH_TOPIC_PREFIX": f"bench.{self.topic_id}.debezium",
-               "BENCH_OFFSET_FILE": os.path.join(self.outdir, f"debezium-{tag}.offsets"),
+    def start_debezium(self, slot, tag, system="debezium"):
+        env = {"BENCH_KAFKA_BROKERS": self.a.brokers, "BENCH_TOPIC_PREFIX": f"bench.{self.topic_id}.{system}",
+               "BENCH_OFFSET_FILE": os.path.join(self.outdir, f"{system}-{tag}.offsets"),
                "BENCH_PG_PORT": str(self.a.pg_port), "BENCH_SLOT": slot, "BENCH_PUBLICATION": self.pub,
                "BENCH_TABLE": f"public.{self.table}"}
         cmd = ["java", f"-Xmx{self.a.xmx}", "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
                "-cp", self.a.java_cp, "io.outboxd.bench.DebeziumRelay"]
-        p = Proc(f"debezium-{tag}", cmd, env, os.path.join(self.outdir, f"debezium-{tag}.log"))
+        p = Proc(f"{system}-{tag}", cmd, env, os.path.join(self.outdir, f"{system}-{tag}.log"))
         self.procs.append(p)
         return p
 
@@ -364,10 +355,8 @@ class Bench:
     def drain(self):
         n = self.a.rows
         slots = {"recv_w2j": (f"{self.id}_recv_w2j", "wal2json"), "recv_pgo": (f"{self.id}_recv_pgo", "pgoutput"),
-                 "outboxd": (f"{self.id}_obx_drain", "wal2json"), "debezium": (f"{self.id}_dbz_drain", "pgoutput"),
+                 "outboxd": (f"{self.id}_obx_drain", "wal2json"),
                  "outboxd_pgoutput": (f"{self.id}_obxp_drain", "pgoutput")}
-        if self.a.decoders:
-            del slots["debezium"]
         for name, plugin in slots.values():
             self.create_slot(name, plugin)
         end_lsn = self.write_backlog()
@@ -389,26 +378,6 @@ class Bench:
         log("outboxd, decoder = pgoutput: drain until the slot confirms the backlog's end LSN")
         d["outboxd_pgoutput"] = self.drain_outboxd(slots["outboxd_pgoutput"][0], end_lsn, "outboxd_pgoutput",
                                                    decoder="pgoutput")
-        if self.a.decoders:
-            return
-
-        log("Debezium: drain until its topic holds the whole backlog")
-        p = self.start_debezium(slots["debezium"][0], "drain")
-        deadline = time.time() + self.a.drain_timeout
-        topic = self.topic("debezium", "drain")
-        t_done = None
-        while time.time() < deadline:
-            p.check()
-            p.mem()
-            if self.kafka.count(topic) >= n:
-                t_done = time.time()
-                break
-            time.sleep(0.1)
-        if t_done is None:
-            raise RuntimeError(f"Debezium did not deliver {n} records within {self.a.drain_timeout} s")
-        cpu, mem = p.cpu(), p.mem()
-        self.stop(p)
-        d["debezium"] = self.drain_row(n, None, None, cpu, mem["VmHWM"], t_start=p.t_start)
 
     def drain_outboxd(self, slot, end_lsn, system="outboxd", binary=None, decoder="wal2json"):
         n = self.a.rows
@@ -442,10 +411,10 @@ class Bench:
             row["_t_start"] = t_start
         return row
 
-    def drain_from_topic(self, system):
+    def drain_from_topic(self, system, section="drain", agg="drain"):
         """First and last LogAppendTime of the drained records: acked throughput."""
-        row = self.res["drain"][system]
-        ts = [int(line) for line in self.kafka.read(self.topic(system, "drain"), "%T\n") if line.strip()]
+        row = self.res[section][system]
+        ts = [int(line) for line in self.kafka.read(self.topic(system, agg), "%T\n") if line.strip()]
         t_start = row.pop("_t_start")
         if not ts:
             row["records_in_topic"] = 0
@@ -614,24 +583,15 @@ class Bench:
         return self.res
 
     def run(self):
+        """A/B mode or the decoders mode; the full run is bench/full.py."""
         if self.ab:
             return self.run_ab()
         self.setup()
         self.drain()
-        if self.a.decoders:
-            for system in ("outboxd", "outboxd_pgoutput"):
-                self.drain_from_topic(system)
-            self.decoder_ratios()
-            self.res["decoders"] = True
-            return self.finish()
-        for system in ("outboxd", "debezium"):
-            self.latency(system)
-        log("reading the topics back (append timestamps, event ids)")
-        for system in ("outboxd", "debezium", "outboxd_pgoutput"):
+        for system in ("outboxd", "outboxd_pgoutput"):
             self.drain_from_topic(system)
-        for system in ("outboxd", "debezium"):
-            self.latency_from_topic(system)
         self.decoder_ratios()
+        self.res["decoders"] = True
         return self.finish()
 
     def decoder_ratios(self):
@@ -678,10 +638,14 @@ def main():
     ap.add_argument("--stamp", required=True, help="UTC timestamp naming the results")
     ap.add_argument("--work-dir", required=True, help="logs and commit-time files")
     ap.add_argument("--json-out", required=True)
-    ap.add_argument("--rows", type=int, default=200000)
+    ap.add_argument("--rows", type=int, default=100000)
     ap.add_argument("--pad", type=int, default=600)
-    ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000])
-    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 10000, 30000])
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of every figure (full run)")
+    ap.add_argument("--max-lag-ms", type=float, default=5.0,
+                    help="a latency step whose load generator lagged more than this behind schedule is invalid")
+    ap.add_argument("--connections", type=int, default=4, help="load generator connections")
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--xmx", default="512m")
     ap.add_argument("--pg-port", type=int, default=55432)
@@ -713,7 +677,11 @@ def main():
         a.outboxd = a.outboxd_bin[0][1]
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    b = Bench(a)
+    if ab_mode(a) or a.decoders:
+        b = Bench(a)
+    else:
+        from full import FullBench  # the default run (issue 18)
+        b = FullBench(a)
     try:
         res = b.run()
     except Stop as e:

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Turns one bench/bench.py result into the printed table, the PNG plot and
 docs/benchmarks.md (from bench/benchmarks.md.in). Adds the machine and versions
-to the JSON. Targets from issue 5 are reported, never asserted.
+to the JSON (bench/report_full.py: tables, targets of issue 18, plot). Targets
+are reported, never asserted.
 
 usage: report.py RESULT.json PNG_OUT DOC_OUT [--command "bench/run.sh ..."]
+       report.py --verdicts R1.json R2.json R3.json   (targets of several runs side by side)
 
 An A/B result (bench.py --outboxd-bin/--rounds/--only) only gets its table
 printed and its JSON completed: no plot, docs/benchmarks.md is left alone.
@@ -73,100 +75,6 @@ def fmt(v, digits=0, unit=""):
     return f"{v:,.{digits}f}{unit}" if isinstance(v, (int, float)) else str(v)
 
 
-def targets(r):
-    d, lat, mem = r["drain"], r["latency"], r["memory"]
-    out = []
-
-    def add(name, value, ok, detail):
-        out.append({"target": name, "value": value, "met": bool(ok) if ok is not None else None, "detail": detail})
-
-    lim = d["pg_recvlogical_wal2json"]["events_per_s"]
-    o, z = d["outboxd"], d["debezium"]
-    ratio = o["events_per_s"] / lim
-    add("outboxd drain >= 0.9x decoding limit", f"{ratio:.2f}x", ratio >= 0.9,
-        f"outboxd {o['events_per_s']:,} ev/s (start to last ack) vs pg_recvlogical+wal2json {lim:,} ev/s; "
-        f"to slot confirmation {o.get('confirmed_events_per_s', 0):,} ev/s "
-        f"({o.get('confirmed_events_per_s', 0) / lim:.2f}x)")
-    if o.get("steady_events_per_s") and z.get("steady_events_per_s"):
-        ratio = o["steady_events_per_s"] / z["steady_events_per_s"]
-        add("outboxd >= 3x Debezium events/s", f"{ratio:.2f}x", ratio >= 3,
-            f"steady drain (first to last ack, start-up excluded): {o['steady_events_per_s']:,} vs "
-            f"{z['steady_events_per_s']:,} ev/s; with start-up: {o['events_per_s']:,} vs {z['events_per_s']:,} "
-            f"({o['events_per_s'] / z['events_per_s']:.2f}x)")
-    top = max(lat["outboxd"], key=lambda k: lat["outboxd"][k]["target_rate"])
-    lo, lz = lat["outboxd"][top], lat["debezium"].get(top, {})
-    if lo.get("p99_ms") is not None and lz.get("p99_ms") is not None:
-        ratio = lz["p99_ms"] / max(lo["p99_ms"], 1.0)
-        add(f"p99 at {lo['target_rate'] // 1000}k/s >= 10x lower than Debezium", f"{ratio:.1f}x", ratio >= 10,
-            f"outboxd {lo['p99_ms']} ms vs Debezium {lz['p99_ms']} ms (ms resolution: outboxd's p99 counted as >= 1 ms)")
-    po = max(mem["outboxd"]["steady_peak_rss_mib"], mem["outboxd"]["drain_peak_rss_mib"])
-    pz = max(mem["debezium"]["steady_peak_rss_mib"], mem["debezium"]["drain_peak_rss_mib"])
-    ratio = pz / po
-    add("memory >= 10x lower", f"{ratio:.1f}x", ratio >= 10,
-        f"peak RSS over drain and steady phases: outboxd {po} MiB vs Debezium JVM {pz} MiB")
-    add(f"outboxd p99 commit-to-ack <= 15 ms at {lo['target_rate'] // 1000}k/s", fmt(lo.get("p99_ms"), 1, " ms"),
-        lo.get("p99_ms") is not None and lo["p99_ms"] <= 15, "commit returned to the client -> broker append time")
-    so = mem["outboxd"]["steady_peak_rss_mib"]
-    add("outboxd steady RSS <= 32 MB", f"{so} MiB", so <= 32,
-        f"VmHWM of the process that ran the fixed-rate steps (after start-up, no backlog); "
-        f"drain peak {mem['outboxd']['drain_peak_rss_mib']} MiB")
-    return out
-
-
-def tables(r):
-    d, lat, mem = r["drain"], r["latency"], r["memory"]
-    n = r["params"]["backlog_rows"]
-    t = []
-    restarted = r.get("environment", {}).get("services_restarted_during_run")
-    if restarted:
-        t.append(f"> **WARNING: this run is not valid**: {', '.join(restarted)} changed during the run "
-                 "(a service was restarted by someone else); run again.\n")
-    t.append(f"**Backlog drain** ({n:,} rows committed before the reader starts, ~{r['params']['payload_pad_bytes']} B payload)\n")
-    t.append("| system | events/s (start to last ack) | wall s | start-up s | steady events/s (first to last ack) "
-             "| to slot confirmed s | CPU s / 100k | peak RSS MiB |")
-    t.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"pg_recvlogical_wal2json": "pg_recvlogical + wal2json to /dev/null (decoding limit)",
-             "pg_recvlogical_pgoutput": "pg_recvlogical + pgoutput to /dev/null (pgoutput's decoding limit)",
-             "outboxd": "outboxd", "debezium": f"Debezium (JVM -Xmx{r['params']['debezium_xmx']})",
-             "outboxd_pgoutput": "outboxd, decoder = pgoutput"}
-    for k, label in names.items():
-        x = d.get(k)
-        if x is None:  # a run from before that system was measured
-            continue
-        t.append(f"| {label} | {fmt(x.get('events_per_s'))} | {fmt(x.get('wall_s'), 2)} | {fmt(x.get('startup_s'), 2)} "
-                 f"| {fmt(x.get('steady_events_per_s'))} | {fmt(x.get('confirmed_s'), 2)} "
-                 f"| {fmt(x.get('cpu_s_per_100k'), 2)} | {fmt(x.get('peak_rss_mib'), 1)} |")
-    t.append("")
-    t.append(f"**Commit-to-broker-append latency at fixed rates** ({r['params']['step_seconds']:.0f} s per step, "
-             "after a warm-up; ms)\n")
-    t.append("| system | target ev/s | achieved ev/s | load gen max lag ms | rows/txn | p50 | p95 | p99 | max "
-             "| received / missing / dup | catch-up after load s | CPU s / 100k |")
-    t.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
-    for sysname in ("outboxd", "debezium"):
-        for name, s in sorted(lat[sysname].items(), key=lambda kv: kv[1]["target_rate"]):
-            t.append(f"| {sysname} | {s['target_rate']:,} | {fmt(s['achieved_rate'])} "
-                     f"| {fmt(s.get('loadgen_max_behind_ms'))} | {s['rows_per_txn']} "
-                     f"| {fmt(s['p50_ms'], 1)} | {fmt(s['p95_ms'], 1)} | {fmt(s['p99_ms'], 1)} | {fmt(s['max_ms'], 1)} "
-                     f"| {s['received']:,} / {s['missing']} / {s['duplicates']} | {fmt(s['catch_up_after_load_s'], 2)} "
-                     f"| {fmt(s['cpu_s_per_100k'], 2)} |")
-    t.append("")
-    t.append("**Relay memory**\n")
-    t.append("| system | start to streaming s | steady peak RSS MiB (fixed-rate process) | drain peak RSS MiB |")
-    t.append("|---|---:|---:|---:|")
-    for sysname in ("outboxd", "debezium"):
-        m = mem[sysname]
-        t.append(f"| {sysname} | {fmt(m['startup_to_streaming_s'], 2)} | {fmt(m['steady_peak_rss_mib'], 1)} "
-                 f"| {fmt(m['drain_peak_rss_mib'], 1)} |")
-    t.append("")
-    t.append("**Targets from issue 5** (reported, not asserted)\n")
-    t.append("| target | measured | met | detail |")
-    t.append("|---|---:|---|---|")
-    for x in r["targets"]:
-        met = "n/a" if x["met"] is None else ("met" if x["met"] else "**not met**")
-        t.append(f"| {x['target']} | {x['value']} | {met} | {x['detail']} |")
-    return "\n".join(t)
-
-
 AB_METRICS = [  # (key in a unit, column, digits)
     ("limit_eps", "limit ev/s", 0), ("drain_eps", "drain ev/s (start to last ack)", 0),
     ("ratio", "drain / limit", 2), ("steady_eps", "steady ev/s", 0), ("confirmed_eps", "to slot confirmed ev/s", 0),
@@ -234,59 +142,27 @@ def ab_tables(r, results=None):
     return "\n".join(t)
 
 
-def plot(r, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"outboxd": "#1f77b4", "debezium": "#d62728"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
-    lat = r["latency"]
-    steps = sorted(lat["outboxd"], key=lambda k: lat["outboxd"][k]["target_rate"])
-    qs = ["p50_ms", "p95_ms", "p99_ms", "max_ms"]
-    labels, xs = [], []
-    width = 0.38
-    for i, step in enumerate(steps):
-        for j, q in enumerate(qs):
-            x = i * (len(qs) + 1) + j
-            xs.append(x)
-            labels.append(f"{q[:-3]}\n{lat['outboxd'][step]['target_rate'] // 1000}k/s")
-            for k, sysname in enumerate(("outboxd", "debezium")):
-                v = lat[sysname].get(step, {}).get(q)
-                if v is None:
-                    continue
-                v = max(v, 0.5)
-                ax1.bar(x + (k - 0.5) * width, v, width, color=colors[sysname],
-                        label=sysname if (i, j) == (0, 0) else None)
-                ax1.text(x + (k - 0.5) * width, v * 1.05, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
-    ax1.set_yscale("log")
-    ax1.set_xticks(xs)
-    ax1.set_xticklabels(labels, fontsize=8)
-    ax1.set_ylabel("commit to broker append, ms (log)")
-    ax1.set_title("Latency at fixed rates")
-    ax1.legend()
-
-    d = r["drain"]
-    bars = [("wal2json\ndecoding limit", d["pg_recvlogical_wal2json"]["events_per_s"], None, "#7f7f7f"),
-            ("pgoutput\n(reference)", d["pg_recvlogical_pgoutput"]["events_per_s"], None, "#bdbdbd"),
-            ("outboxd", d["outboxd"]["events_per_s"], d["outboxd"].get("steady_events_per_s"), colors["outboxd"]),
-            ("Debezium", d["debezium"]["events_per_s"], d["debezium"].get("steady_events_per_s"), colors["debezium"])]
-    for i, (name, v, steady, c) in enumerate(bars):
-        ax2.bar(i, v, 0.6, color=c)
-        ax2.text(i, v / 2, f"{v / 1000:.0f}k", ha="center", va="center", fontsize=9, color="white")
-        if steady:
-            ax2.plot([i - 0.3, i + 0.3], [steady, steady], color="black", linestyle="--", linewidth=1)
-            ax2.text(i + 0.32, steady, f"{steady / 1000:.0f}k steady", va="center", fontsize=7)
-    ax2.set_xticks(range(len(bars)))
-    ax2.set_xticklabels([b[0] for b in bars], fontsize=8)
-    ax2.set_ylabel("events/s")
-    ax2.set_title(f"Backlog drain, {r['params']['backlog_rows'] // 1000}k rows (bars: from start; dashed: steady)")
-    fig.suptitle(f"outboxd vs Debezium, run {r['run_id']} ({r['machine']['nproc']} cores, shared by PG + Kafka)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def full_params(r):
+    p, env = r["params"], r.get("environment", {})
+    return (f"backlog {p['backlog_rows']:,} rows (and as many `outbox_emit()` messages) in transactions of 1000; "
+            f"{p['reps']} repetitions of everything; fixed rates {', '.join(f'{x:,}' for x in p['rates'])} events/s "
+            f"for {p['step_seconds']:.0f} s each (rows per transaction: "
+            f"{', '.join(f'{k}/s: {n}' for k, n in p['rows_per_txn'].items())}; load generator "
+            f"`build/bench_loadgen` on {p['loadgen_connections']} connections, a step is invalid when it lagged more "
+            f"than {p['max_loadgen_lag_ms']} ms behind its schedule), after a {p['warmup_seconds']:.0f} s warm-up at "
+            f"1k/s; {p['partitions']} partitions per topic; payload ~{p['payload_pad_bytes']} B of padding in a jsonb "
+            f"object; machine CPU busy before the run {env.get('cpu_busy_at_start', 0) * 100:.0f} %")
 
 
 def main():
+    if sys.argv[1:2] == ["--verdicts"]:
+        import report_full
+        results = []
+        for path in sys.argv[2:]:
+            with open(path) as f:
+                results.append(json.load(f))
+        print(report_full.verdicts(results))
+        return
     if sys.argv[1:2] == ["--ab"]:
         results = []
         for path in sys.argv[2:]:
@@ -320,14 +196,15 @@ def main():
             json.dump(r, f, indent=2)
         print(ab_tables(r))
         return
-    r["targets"] = targets(r)
+    import report_full  # the default run of bench/run.sh (bench/full.py)
+    r["targets"] = report_full.targets(r)
     with open(a.result, "w") as f:
         json.dump(r, f, indent=2)
-    table = tables(r)
+    table = report_full.tables(r)
     print(table)
-    plot(r, a.png)
+    report_full.plot(r, a.png)
 
-    m, v, p, env = r["machine"], r["versions"], r["params"], r.get("environment", {})
+    m, v, env = r["machine"], r["versions"], r.get("environment", {})
     with open(os.path.join(HERE, "benchmarks.md.in")) as f:
         doc = f.read()
     subst = {
@@ -340,16 +217,20 @@ def main():
                    f"Linux {m['kernel']}; PostgreSQL, Kafka, the load generator and the relay under test "
                    f"share these cores",
         "VERSIONS": "\n".join(f"- {k}: {val}" for k, val in v.items()),
-        "PARAMS": (f"backlog {p['backlog_rows']:,} rows in transactions of 1000; fixed rates "
-                   f"{', '.join(f'{x:,}' for x in p['rates'])} events/s for {p['step_seconds']:.0f} s each "
-                   f"(rows per transaction: {', '.join(f'{k}/s: {n}' for k, n in p['rows_per_txn'].items())}), "
-                   f"after a {p['warmup_seconds']:.0f} s warm-up at 1k/s; {p['partitions']} partitions per topic; "
-                   f"payload ~{p['payload_pad_bytes']} B of padding in a jsonb object"),
+        "PARAMS": full_params(r),
         "SERVICES": env.get("services", "?"),
-        "NOISE": (f"load average at start {' '.join(env.get('loadavg_at_start', []))}, at end "
+        "NOISE": (f"Load average at start {' '.join(env.get('loadavg_at_start', []))}, at end "
                   f"{' '.join(env.get('loadavg_at_end', []))}; other active replication slots at start: "
                   f"{', '.join(env.get('other_active_slots', [])) or 'none'}"),
     }
+    runs = []
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(a.result)), "*.json"))):
+        with open(path) as f:
+            x = json.load(f)
+        if "summary" in x and "targets" in x and path != os.path.abspath(a.result):
+            runs.append(x)
+    subst.update(REPS=r["params"]["reps"], LIMITS=report_full.limits_text(r),
+                 CONSECUTIVE=report_full.consecutive((runs + [r])[-3:]))
     for k, val in subst.items():
         doc = doc.replace("{{" + k + "}}", str(val))
     with open(a.doc, "w") as f:

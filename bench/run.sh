@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# outboxd vs Debezium vs the decoding limit, side by side in one run on the same
-# PostgreSQL and Kafka (issue 5). One command:
+# outboxd against its own limits and against Debezium, side by side in one run on
+# the same PostgreSQL and Kafka (issues 5 and 18). One command:
 #
-#   bench/run.sh [--rows N] [--seconds S] [--rates 1000,10000] [--keep-topics]
+#   bench/run.sh [--rows N] [--seconds S] [--rates 1000,10000,30000] [--reps 3] [--keep-topics]
 #
-# Builds outboxd (if needed) and the Debezium side (bench/debezium, mvn -q package),
-# starts the local services if they are down, runs bench/bench.py, prints the
-# table, writes bench/results/<UTC timestamp>.json and .png, copies the plot to
+# Builds outboxd and the benchmark programs (bench_loadgen, bench_slot_reader,
+# bench_apply_row) and the Debezium side (bench/debezium, mvn -q package),
+# starts the local services if they are down, runs bench/bench.py (bench/full.py:
+# drain of rows and of outbox_emit() messages on both decoders against the
+# slot's decoding limit, apply against the replica's write limit, latency at
+# fixed rates; everything --reps times), prints the tables, writes
+# bench/results/<UTC timestamp>.json and .png, copies the plot to
 # docs/img/benchmarks.png and rewrites docs/benchmarks.md from
-# bench/benchmarks.md.in. About 5 minutes on 2 cores once Maven has its jars.
+# bench/benchmarks.md.in. About 12 minutes on 2 cores once Maven has its jars.
+# Run it on a quiet machine: other work on the cores shows up as invalid steps
+# (the load generator reports how late it was) and wider min-max ranges.
 # Every slot, publication, table and topic of the run is dropped at the end, also
 # on failure or Ctrl-C (a forgotten slot pins WAL forever).
 #
