@@ -9,7 +9,7 @@ drain and latency read-backs) and two narrower modes:
 A/B mode (--outboxd-bin LABEL=PATH given twice or more, or --rounds N, or --only
 without debezium): no Debezium, no pgoutput. Round after round, each binary in
 turn (A B A B ...) gets its own fresh backlog (its slots created just before the
-writes), drained by pg_recvlogical + wal2json (the decoding limit, unless --only
+writes), drained by the slot reader on wal2json (the decoding limit, unless --only
 drops `limit`) and then by that binary, followed by that binary's latency steps
 on a fresh slot. Machine noise (shared cores) then falls on both binaries alike,
 and the spread between rounds of one binary is the noise to compare with.
@@ -339,18 +339,30 @@ class Bench:
         log(f"backlog written in {time.time() - t:.1f} s, end LSN {end_lsn}")
         return end_lsn
 
-    def recvlogical(self, slot, end_lsn, opts):
-        # Under /usr/bin/time: wait4's ru_maxrss of a child forked from this Python
-        # process would count Python's own pages, copied before the exec.
-        tf = os.path.join(self.outdir, f"{slot}.time")
-        cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", tf, "pg_recvlogical", "-d", self.rel, "-S", slot,
-               "--start", f"--endpos={end_lsn}", "-f", "/dev/null", "--no-loop"]
-        for o in opts:
-            cmd += ["-o", o]
-        subprocess.run(cmd, check=True)
-        with open(tf) as f:
-            wall, user, sys_, rss = f.read().split()[-4:]
-        return {"wall_s": float(wall), "cpu_s": float(user) + float(sys_), "peak_rss_kb": int(rss)}
+    def reader_options(self, plugin):
+        """outboxd's own plugin options (src/relay/stream.c)."""
+        if plugin == "wal2json":
+            return ["format-version=2", "include-xids=1", "include-lsn=1", "include-timestamp=1", "include-typmod=0",
+                    f"add-tables=public.{self.table}", "add-msg-prefixes=outboxd,outboxd.event"]
+        return ["proto_version=1", f"publication_names={self.opub}", "messages=true"]
+
+    def slot_reader(self, slot, end_lsn, plugin, n):
+        """The decoding limit: build/bench_slot_reader receives and acknowledges
+        the slot up to end_lsn and does nothing else."""
+        cmd = [os.path.join(ROOT, "build", "bench_slot_reader"), "--dsn", self.rel, "--slot", slot, "--end-lsn", end_lsn]
+        for o in self.reader_options(plugin):
+            cmd += ["--option", o]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.a.drain_timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"bench_slot_reader on {slot} failed ({r.returncode}): {r.stderr[-2000:]}")
+        x = json.loads(r.stdout)
+        wall = x["t_last_data"] - x["t_start"]
+        steady = x["t_last_data"] - x["t_first_data"]
+        return {"events": n, "messages": x["messages"], "bytes": x["bytes"], "wall_s": round(wall, 3),
+                "events_per_s": round(n / wall), "startup_s": round(x["t_first_data"] - x["t_start"], 3),
+                "steady_s": round(steady, 3), "steady_events_per_s": round(n / steady) if steady > 0 else None,
+                "cpu_s": x["cpu_s"], "cpu_s_per_100k": round(x["cpu_s"] / n * 1e5, 3),
+                "peak_rss_mib": round(x["peak_rss_kb"] / 1024, 1)}
 
     def drain(self):
         n = self.a.rows
@@ -363,15 +375,9 @@ class Bench:
         self.res["params"]["backlog_end_lsn"] = end_lsn
         d = self.res["drain"]
 
-        log("decoding limit: pg_recvlogical + wal2json (outboxd's options) -> /dev/null")
-        r = self.recvlogical(slots["recv_w2j"][0], end_lsn,
-                             ["format-version=2", "include-xids=1", "include-lsn=1", "include-timestamp=1",
-                              "include-typmod=0", f"add-tables=public.{self.table}"])
-        d["pg_recvlogical_wal2json"] = self.drain_row(n, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
-        log("pgoutput's decoding limit: pg_recvlogical + pgoutput (outboxd's options) -> /dev/null")
-        r = self.recvlogical(slots["recv_pgo"][0], end_lsn,
-                             ["proto_version=1", f"publication_names={self.opub}", "messages=true"])
-        d["pg_recvlogical_pgoutput"] = self.drain_row(n, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
+        log("decoding limits: the slot reader on wal2json and on pgoutput (outboxd's options)")
+        d["limit_wal2json"] = self.slot_reader(slots["recv_w2j"][0], end_lsn, "wal2json", n)
+        d["limit_pgoutput"] = self.slot_reader(slots["recv_pgo"][0], end_lsn, "pgoutput", n)
 
         log("outboxd: drain until the slot confirms the backlog's end LSN")
         d["outboxd"] = self.drain_outboxd(slots["outboxd"][0], end_lsn)
@@ -542,11 +548,8 @@ class Bench:
         with open("/proc/loadavg") as f:
             unit["loadavg_at_start"] = f.read().split()[:3]
         if limit:
-            log("decoding limit: pg_recvlogical + wal2json (outboxd's options) -> /dev/null")
-            r = self.recvlogical(sl["recv"], end_lsn,
-                                 ["format-version=2", "include-xids=1", "include-lsn=1", "include-timestamp=1",
-                                  "include-typmod=0", f"add-tables=public.{self.table}"])
-            unit["limit"] = self.drain_row(self.a.rows, r["wall_s"], None, r["cpu_s"], r["peak_rss_kb"])
+            log("decoding limit: the slot reader on wal2json (outboxd's options)")
+            unit["limit"] = self.slot_reader(sl["recv"], end_lsn, "wal2json", self.a.rows)
             self.drop_slot(sl["recv"])
         log(f"{system}: drain until the slot confirms the backlog's end LSN")
         self.res["drain"][system] = self.drain_outboxd(sl["drain"], end_lsn, system, binary)
@@ -598,11 +601,11 @@ class Bench:
         """Issue 14's targets: outboxd on pgoutput against pgoutput's limit (>= 0.9)
         and against outboxd on wal2json (>= 1.3); drain rates start to last ack."""
         d = self.res["drain"]
-        po, ow, lim = (d[k].get("events_per_s") for k in ("outboxd_pgoutput", "outboxd", "pg_recvlogical_pgoutput"))
+        po, ow, lim = (d[k].get("events_per_s") for k in ("outboxd_pgoutput", "outboxd", "limit_pgoutput"))
         self.res["decoder_ratios"] = {
             "outboxd_pgoutput_vs_pgoutput_limit": round(po / lim, 3) if po and lim else None,
             "outboxd_pgoutput_vs_outboxd_wal2json": round(po / ow, 3) if po and ow else None,
-            "outboxd_wal2json_vs_wal2json_limit": round(ow / d["pg_recvlogical_wal2json"]["events_per_s"], 3)
+            "outboxd_wal2json_vs_wal2json_limit": round(ow / d["limit_wal2json"]["events_per_s"], 3)
             if ow else None}
         log(f"decoder ratios: {self.res['decoder_ratios']}")
 

@@ -31,7 +31,6 @@ PLUGIN = {"limit_wal2json": "wal2json", "limit_pgoutput": "pgoutput", "outboxd":
 DRAIN_SYSTEMS = ["limit_wal2json", "limit_pgoutput", "outboxd", "outboxd_pgoutput", "debezium"]
 MESSAGE_SYSTEMS = ["limit_wal2json", "limit_pgoutput", "outboxd", "outboxd_pgoutput"]
 LATENCY_SYSTEMS = ["outboxd", "debezium"]
-MESSAGE_PREFIX = "outboxd.event"
 
 
 def loadavg():
@@ -85,29 +84,6 @@ class FullBench(Bench):
 
     def step_name(self, rate, rep):
         return f"{self.rate_name(rate)}-{rep}"
-
-    # ------------------------------------------------------------ readers
-    def reader_options(self, plugin):
-        if plugin == "wal2json":
-            return ["format-version=2", "include-xids=1", "include-lsn=1", "include-timestamp=1", "include-typmod=0",
-                    f"add-tables=public.{self.table}", f"add-msg-prefixes=outboxd,{MESSAGE_PREFIX}"]
-        return ["proto_version=1", f"publication_names={self.opub}", "messages=true"]
-
-    def slot_reader(self, slot, end_lsn, plugin, n):
-        cmd = [os.path.join(ROOT, "build", "bench_slot_reader"), "--dsn", self.rel, "--slot", slot, "--end-lsn", end_lsn]
-        for o in self.reader_options(plugin):
-            cmd += ["--option", o]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.a.drain_timeout)
-        if r.returncode != 0:
-            raise RuntimeError(f"bench_slot_reader on {slot} failed ({r.returncode}): {r.stderr[-2000:]}")
-        x = json.loads(r.stdout)
-        wall = x["t_last_data"] - x["t_start"]
-        steady = x["t_last_data"] - x["t_first_data"]
-        return {"events": n, "messages": x["messages"], "bytes": x["bytes"], "wall_s": round(wall, 3),
-                "events_per_s": round(n / wall), "startup_s": round(x["t_first_data"] - x["t_start"], 3),
-                "steady_s": round(steady, 3), "steady_events_per_s": round(n / steady) if steady > 0 else None,
-                "cpu_s": x["cpu_s"], "cpu_s_per_100k": round(x["cpu_s"] / n * 1e5, 3),
-                "peak_rss_mib": round(x["peak_rss_kb"] / 1024, 1)}
 
     def drain_debezium(self, slot, system):
         n = self.a.rows

@@ -24,8 +24,8 @@
 #       no Debezium; prints every run and a per-binary summary, writes
 #       bench/results/<stamp>.json and leaves docs/benchmarks.md alone.
 #   bench/run.sh [--private] --decoders --rows 100000
-#       The backlog drain only, on both decoders: pg_recvlogical + wal2json and
-#       + pgoutput (the two limits), outboxd with decoder = wal2json and =
+#       The backlog drain only, on both decoders: the slot reader on wal2json
+#       and on pgoutput (the two limits), outboxd with decoder = wal2json and =
 #       pgoutput; prints the ratios of issue 14 (no Debezium, no latency).
 #   bench/run.sh --private [...]   the same on a private PostgreSQL + Kafka
 #       (OBX_RUN_DIR=/tmp/obxbench-run, ports 55532 and 9192-9195), started for
@@ -86,7 +86,6 @@ trap 'exit 143' TERM
 
 # ---- prerequisites
 command -v kcat >/dev/null || { say "kcat is missing (apt-get install kcat)"; exit 1; }
-command -v pg_recvlogical >/dev/null || { say "pg_recvlogical is missing (postgresql-client-15)"; exit 1; }
 python3 -c 'import psycopg' 2>/dev/null || { say "python3 psycopg is missing (pip install psycopg)"; exit 1; }
 if ! python3 -c 'import matplotlib' 2>/dev/null; then
     say "installing matplotlib (plots)"
@@ -95,7 +94,7 @@ fi
 
 say "building outboxd (incremental)"
 [ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOBX_WERROR=ON >/dev/null
-cmake --build build --target outboxd -j"$(nproc)" >/dev/null
+cmake --build build --target outboxd bench_loadgen bench_slot_reader bench_apply_row -j"$(nproc)" >/dev/null
 
 say "building the Debezium side (mvn -q package)"
 mvn -q -B -Dstyle.color=never -f "$DBZ/pom.xml" package
