@@ -129,6 +129,24 @@ class Proc:
         return self.p.returncode
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def cpu_ticks():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def busy_since(t0):
+    b1, t1 = cpu_ticks()
+    return round((b1 - t0[0]) / max(1, t1 - t0[1]), 3)
+
+
 def percentile(sorted_vals, q):
     """Nearest-rank percentile."""
     if not sorted_vals:
@@ -433,65 +451,71 @@ class Bench:
                    steady_events_per_s=round(n / (last - first)) if last > first else None)
 
     # -------------------------------------------------------- phase 2: latency
-    def loadgen(self, aggtype, step, rate, seconds, out):
-        cmd = [sys.executable, os.path.join(HERE, "loadgen.py"), "--dsn", self.app, "--table", self.table,
+    def run_loadgen(self, aggtype, step, rate, seconds, commits):
+        cmd = [os.path.join(ROOT, "build", "bench_loadgen"), "--dsn", self.app, "--table", self.table,
                "--aggtype", aggtype, "--step", str(step), "--rate", str(rate), "--seconds", str(seconds),
-               "--batch", str(self.batch_for(rate)), "--pad", str(self.a.pad), "--out", out]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"load generator failed ({r.returncode}): {r.stderr[-2000:]}")
-        return json.loads(r.stdout)
+               "--batch", str(self.batch_for(rate)), "--pad", str(self.a.pad), "--out", commits,
+               "--connections", str(self.a.connections)]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def latency(self, system, binary=None, slot=None, base=None):
-        """Fixed-rate steps on a fresh slot. An outboxd system other than "outboxd"
-        (A/B mode) passes its binary, slot and step base."""
+    def step_name(self, rate, rep):
+        return f"{self.rate_name(rate)}-{rep}"
+
+    def latency(self, system, base, reps=1, binary=None, slot=None):
+        """Fixed-rate steps on a fresh slot, repetitions interleaved (1k 10k 30k
+        1k ...); row ids are unique per (system, step) since every system
+        writes to the same table. A/B mode passes each binary and its slot."""
         debezium = system == "debezium"
         slot = slot or f"{self.id}_{'dbz' if debezium else 'obx'}_lat"
         self.create_slot(slot, "pgoutput" if debezium else "wal2json")
         p = self.start_debezium(slot, "latency") if debezium else self.start_outboxd(slot, "latency", system, binary)
         t_ready = self.wait_streaming(p, slot)
         log(f"{system}: streaming after {t_ready:.1f} s; warm-up {self.a.warmup} s at 1k/s")
-        steps = {}
-        # Row ids are unique per (system, step): all systems write to the same table.
-        if base is None:
-            base = 200 if debezium else 100
         if self.a.warmup > 0:
-            w = self.loadgen("warm", base, 1000, self.a.warmup, os.path.join(self.outdir, f"{system}-warm.commits"))
-            self.wait_count(p, self.topic(system, "warm"), w["rows"], 120)
-        for i, rate in enumerate(self.a.rates, start=1):
-            name = self.rate_name(rate)
-            commits = os.path.join(self.outdir, f"{system}-{name}.commits")
-            log(f"{system}: {rate} events/s for {self.a.seconds} s")
-            cpu0 = p.cpu()
-            lg = self.lg = subprocess.Popen([sys.executable, os.path.join(HERE, "loadgen.py"), "--dsn", self.app,
-                                   "--table", self.table, "--aggtype", name, "--step", str(base + i), "--rate", str(rate),
-                                   "--seconds", str(self.a.seconds), "--batch", str(self.batch_for(rate)),
-                                   "--pad", str(self.a.pad), "--out", commits], stdout=subprocess.PIPE, text=True)
-            while lg.poll() is None:
-                p.check()
-                p.mem()
-                time.sleep(0.25)
+            lg = self.run_loadgen("warm", base, 1000, self.a.warmup, os.path.join(self.outdir, f"{system}-warm.commits"))
+            out, err = lg.communicate()
             if lg.returncode != 0:
-                raise RuntimeError(f"load generator failed ({lg.returncode})")
-            summary = json.loads(lg.stdout.read())
-            t_gen_end = time.time()
-            self.wait_count(p, self.topic(system, name), summary["rows"], self.a.step_timeout, every=0.25)
-            catch_up = time.time() - t_gen_end
-            cpu = p.cpu() - cpu0
-            p.mem()
-            steps[name] = {"target_rate": rate, "achieved_rate": summary["achieved_rate"],
-                           "rows": summary["rows"], "rows_per_txn": summary["batch"],
-                           "loadgen_max_behind_ms": summary["max_behind_ms"],
-                           "catch_up_after_load_s": round(catch_up, 2),
-                           "cpu_s": round(cpu, 3), "cpu_s_per_100k": round(cpu / summary["rows"] * 1e5, 3),
-                           "_commits": commits, "_step": base + i}
+                raise RuntimeError(f"load generator failed ({lg.returncode}): {err[-2000:]}")
+            self.wait_count(p, self.topic(system, "warm"), json.loads(out)["rows"], 120)
+        steps = self.res["latency"][system] = {}
+        for rep in range(1, reps + 1):
+            for i, rate in enumerate(self.a.rates, start=1):
+                name = self.step_name(rate, rep)
+                commits = os.path.join(self.outdir, f"{system}-{name}.commits")
+                log(f"{system}: {rate} events/s for {self.a.seconds} s (repetition {rep})")
+                cpu0, load0, ticks0 = p.cpu(), loadavg(), cpu_ticks()
+                lg = self.lg = self.run_loadgen(name, base + rep * 10 + i, rate, self.a.seconds, commits)
+                while lg.poll() is None:
+                    p.check()
+                    p.mem()
+                    time.sleep(0.25)
+                out, err = lg.communicate()
+                if lg.returncode != 0:
+                    raise RuntimeError(f"load generator failed ({lg.returncode}): {err[-2000:]}")
+                g = json.loads(out)
+                t_gen_end = time.time()
+                self.wait_count(p, self.topic(system, name), g["rows"], self.a.step_timeout, every=0.25)
+                catch_up = time.time() - t_gen_end
+                cpu = p.cpu() - cpu0
+                p.mem()
+                lag = g["lag_ms"]
+                steps[name] = {"target_rate": rate, "rep": rep, "achieved_rate": g["achieved_rate"],
+                               "rows": g["rows"], "rows_per_txn": g["batch"], "loadgen_lag_ms": lag,
+                               "loadgen_commit_ms": g.get("commit_ms"),
+                               "valid": lag["max"] <= self.a.max_lag_ms,
+                               "catch_up_after_load_s": round(catch_up, 2), "cpu_s": round(cpu, 3),
+                               "cpu_s_per_100k": round(cpu / g["rows"] * 1e5, 3), "machine_busy": busy_since(ticks0),
+                               "loadavg_before": load0, "loadavg_after": loadavg(),
+                               "_commits": commits, "_step": base + rep * 10 + i}
+                if not steps[name]["valid"]:
+                    log(f"{system} {name}: INVALID step, the load generator lagged {lag['max']} ms "
+                        f"(> {self.a.max_lag_ms} ms)")
         mem = p.mem()
         self.stop(p)
-        self.res["latency"][system] = steps
         self.res["memory"][system] = {"steady_peak_rss_mib": round(mem["VmHWM"] / 1024, 1),
                                       "rss_at_end_mib": round(mem["VmRSS"] / 1024, 1),
-                                      "drain_peak_rss_mib": self.res["drain"][system]["peak_rss_mib"],
                                       "startup_to_streaming_s": round(t_ready, 2)}
+        self.drop_slot(slot)
 
     def latency_from_topic(self, system):
         for name, st in self.res["latency"][system].items():
@@ -554,9 +578,7 @@ class Bench:
         log(f"{system}: drain until the slot confirms the backlog's end LSN")
         self.res["drain"][system] = self.drain_outboxd(sl["drain"], end_lsn, system, binary)
         self.drop_slot(sl["drain"])
-        lat_slot = f"{self.id}_u{i}_lat"
-        self.latency(system, binary, lat_slot, base=100 * (i + 1))
-        self.drop_slot(lat_slot)
+        self.latency(system, base=100 * (i + 1), binary=binary, slot=f"{self.id}_u{i}_lat")
         return unit
 
     def run_ab(self):

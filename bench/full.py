@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import time
 
-from bench import HERE, ROOT, Bench, log
+from bench import HERE, Bench, busy_since, cpu_ticks, loadavg, log
 
 SHORT = {"limit_wal2json": "lw", "limit_pgoutput": "lp", "outboxd": "ow", "outboxd_pgoutput": "op", "debezium": "dz"}
 PLUGIN = {"limit_wal2json": "wal2json", "limit_pgoutput": "pgoutput", "outboxd": "wal2json",
@@ -31,24 +31,6 @@ PLUGIN = {"limit_wal2json": "wal2json", "limit_pgoutput": "pgoutput", "outboxd":
 DRAIN_SYSTEMS = ["limit_wal2json", "limit_pgoutput", "outboxd", "outboxd_pgoutput", "debezium"]
 MESSAGE_SYSTEMS = ["limit_wal2json", "limit_pgoutput", "outboxd", "outboxd_pgoutput"]
 LATENCY_SYSTEMS = ["outboxd", "debezium"]
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
-
-
-def cpu_ticks():
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    idle = v[3] + v[4]
-    return sum(v) - idle, sum(v)
-
-
-def busy_since(t0):
-    b1, t1 = cpu_ticks()
-    return round((b1 - t0[0]) / max(1, t1 - t0[1]), 3)
 
 
 def spread(xs):
@@ -81,9 +63,6 @@ class FullBench(Bench):
             t.append(self.topic(s, "warm"))
             t += [self.topic(s, self.step_name(r, rep)) for rep in range(1, self.reps + 1) for r in self.a.rates]
         return t
-
-    def step_name(self, rate, rep):
-        return f"{self.rate_name(rate)}-{rep}"
 
     def drain_debezium(self, slot, system):
         n = self.a.rows
@@ -141,67 +120,6 @@ class FullBench(Bench):
         for label, row in out.items():
             if "_t_start" in row:
                 self.drain_from_topic(label, section, agg)
-
-    # ------------------------------------------------------------ latency
-    def run_loadgen(self, aggtype, step, rate, seconds, commits):
-        cmd = [os.path.join(ROOT, "build", "bench_loadgen"), "--dsn", self.app, "--table", self.table,
-               "--aggtype", aggtype, "--step", str(step), "--rate", str(rate), "--seconds", str(seconds),
-               "--batch", str(self.batch_for(rate)), "--pad", str(self.a.pad), "--out", commits,
-               "--connections", str(self.a.connections)]
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def latency_full(self, system, base):
-        debezium = system == "debezium"
-        slot = f"{self.id}_{SHORT[system]}_lat"
-        self.create_slot(slot, PLUGIN[system])
-        p = self.start_debezium(slot, "latency") if debezium else self.start_outboxd(slot, "latency", system)
-        t_ready = self.wait_streaming(p, slot)
-        log(f"{system}: streaming after {t_ready:.1f} s; warm-up {self.a.warmup} s at 1k/s")
-        if self.a.warmup > 0:
-            lg = self.run_loadgen("warm", base, 1000, self.a.warmup, os.path.join(self.outdir, f"{system}-warm.commits"))
-            out, err = lg.communicate()
-            if lg.returncode != 0:
-                raise RuntimeError(f"load generator failed ({lg.returncode}): {err[-2000:]}")
-            self.wait_count(p, self.topic(system, "warm"), json.loads(out)["rows"], 120)
-        steps = self.res["latency"][system] = {}
-        for rep in range(1, self.reps + 1):
-            for i, rate in enumerate(self.a.rates, start=1):
-                name = self.step_name(rate, rep)
-                commits = os.path.join(self.outdir, f"{system}-{name}.commits")
-                log(f"{system}: {rate} events/s for {self.a.seconds} s (repetition {rep})")
-                cpu0, load0, ticks0 = p.cpu(), loadavg(), cpu_ticks()
-                lg = self.lg = self.run_loadgen(name, base + rep * 10 + i, rate, self.a.seconds, commits)
-                while lg.poll() is None:
-                    p.check()
-                    p.mem()
-                    time.sleep(0.25)
-                out, err = lg.communicate()
-                if lg.returncode != 0:
-                    raise RuntimeError(f"load generator failed ({lg.returncode}): {err[-2000:]}")
-                g = json.loads(out)
-                t_gen_end = time.time()
-                self.wait_count(p, self.topic(system, name), g["rows"], self.a.step_timeout, every=0.25)
-                catch_up = time.time() - t_gen_end
-                cpu = p.cpu() - cpu0
-                p.mem()
-                lag = g["lag_ms"]
-                steps[name] = {"target_rate": rate, "rep": rep, "achieved_rate": g["achieved_rate"],
-                               "rows": g["rows"], "rows_per_txn": g["batch"], "loadgen_lag_ms": lag,
-                               "loadgen_commit_ms": g.get("commit_ms"),
-                               "valid": lag["max"] <= self.a.max_lag_ms,
-                               "catch_up_after_load_s": round(catch_up, 2), "cpu_s": round(cpu, 3),
-                               "cpu_s_per_100k": round(cpu / g["rows"] * 1e5, 3), "machine_busy": busy_since(ticks0),
-                               "loadavg_before": load0, "loadavg_after": loadavg(),
-                               "_commits": commits, "_step": base + rep * 10 + i}
-                if not steps[name]["valid"]:
-                    log(f"{system} {name}: INVALID step, the load generator lagged {lag['max']} ms "
-                        f"(> {self.a.max_lag_ms} ms)")
-        mem = p.mem()
-        self.stop(p)
-        self.res["memory"][system] = {"steady_peak_rss_mib": round(mem["VmHWM"] / 1024, 1),
-                                      "rss_at_end_mib": round(mem["VmRSS"] / 1024, 1),
-                                      "startup_to_streaming_s": round(t_ready, 2)}
-        self.drop_slot(slot)
 
     # ------------------------------------------------------------ apply
     def apply_phase(self):
@@ -286,7 +204,7 @@ class FullBench(Bench):
         self.apply_phase()
         self.drain_phase("messages", "mdrain", MESSAGE_SYSTEMS, self.write_messages)
         for k, system in enumerate(LATENCY_SYSTEMS):
-            self.latency_full(system, base=100 * (k + 1))
+            self.latency(system, base=100 * (k + 1), reps=self.reps)
         log("reading the latency topics back (append timestamps, event ids)")
         for system in LATENCY_SYSTEMS:
             self.latency_from_topic(system)

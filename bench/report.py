@@ -92,7 +92,7 @@ def ab_values(u):
          "steady_rss": u["memory"]["steady_peak_rss_mib"]}
     v["ratio"] = v["drain_eps"] / v["limit_eps"] if v["limit_eps"] and v["drain_eps"] else None
     for name, st in lat.items():
-        k = name[1:]  # r1k -> 1k
+        k = name[1:].split("-")[0]  # r1k-1 -> 1k
         v.update({f"p50_{k}": st.get("p50_ms"), f"p99_{k}": st.get("p99_ms"), f"ach_{k}": st.get("achieved_rate")})
     return v
 
