@@ -14,6 +14,7 @@
 
 struct obx_evidence_writer_s {
     rd_kafka_t *rk;
+    rd_kafka_topic_t *rkt; /* held so the leader learned at creation stays known */
     char *topic, *key;
     int failed;            /* last async write failed (logged once) */
     int64_t sync_acked;    /* set by the delivery report of a sync write */
@@ -180,6 +181,18 @@ static void create_topic(obx_evidence_writer_t *w)
     rd_kafka_NewTopic_destroy(nt);
 }
 
+/* The topic's leader before the first record: a new client otherwise
+ * learns it on librdkafka's 1 s topic scan, which held every start and
+ * every session restart for a second. A failure here is the first
+ * write's to report. */
+static void learn_leader(obx_evidence_writer_t *w)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    if (!(w->rkt = rd_kafka_topic_new(w->rk, w->topic, NULL))) return;
+    if (rd_kafka_metadata(w->rk, 0, w->rkt, &md, IO_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        rd_kafka_metadata_destroy(md);
+}
+
 obx_evidence_writer_t *obx_evidence_writer_new(const obx_config_t *cfg, const char *key, obx_err_t *err)
 {
     obx_evidence_writer_t *w = calloc(1, sizeof(*w));
@@ -200,6 +213,7 @@ obx_evidence_writer_t *obx_evidence_writer_new(const obx_config_t *cfg, const ch
         goto fail;
     }
     create_topic(w);
+    learn_leader(w);
     return w;
 fail:
     if (conf && !(w && w->rk)) rd_kafka_conf_destroy(conf);
@@ -212,6 +226,7 @@ void obx_evidence_writer_destroy(obx_evidence_writer_t *w)
     if (!w) return;
     if (w->rk) {
         rd_kafka_flush(w->rk, 2000);
+        if (w->rkt) rd_kafka_topic_destroy(w->rkt);
         rd_kafka_destroy(w->rk);
     }
     free(w->topic);
