@@ -28,6 +28,7 @@ One JSON object goes to stdout, progress to stderr. Every table is named
 <run-id>_... and dropped at the end, also on failure, SIGTERM or Ctrl-C.
 """
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -104,6 +105,33 @@ def proc_cpu_s(pid):
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
+def die_with_parent():
+    """preexec_fn: the child gets SIGTERM when this process dies, also by SIGKILL
+    (bench.py's subprocess.run kills us on Ctrl-C): no orphaned consumer keeps
+    writing after the run."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def topic_records(brokers, topic):
+    """Records in TOPIC now (end - start offset, summed over its partitions)."""
+    meta = json.loads(subprocess.run(["kcat", "-b", brokers, "-L", "-J", "-t", topic], capture_output=True,
+                                     text=True, timeout=30, check=True).stdout)
+    parts = [p["partition"] for t in meta["topics"] if t["topic"] == topic for p in t.get("partitions", [])]
+    if not parts:
+        raise RuntimeError(f"topic {topic} does not exist on {brokers}")
+    n = 0
+    for end in ("-1", "-2"):
+        cmd = ["kcat", "-b", brokers, "-Q"]
+        for p in parts:
+            cmd += ["-t", f"{topic}:{p}:{end}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+        offs = [int(m) for m in re.findall(r"offset (-?\d+)", out)]
+        if len(offs) != len(parts):
+            raise RuntimeError(f"kcat -Q {topic}: {out!r}")
+        n += sum(offs) * (1 if end == "-1" else -1)
+    return n
+
+
 def proc_hwm_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -152,7 +180,12 @@ class Bench:
 
     # ------------------------------------------------------------- the source
     def expected(self):
-        """Rows and sum of the newest versions per aggregate, from the source."""
+        """Rows and sum of the newest versions per aggregate, from the source; the
+        topic must hold exactly those N events (a duplicate or a lost one makes
+        N / seconds the rate over other data than the limit's)."""
+        n = topic_records(self.a.brokers, self.a.topic)
+        if n != self.a.events:
+            raise RuntimeError(f"topic {self.a.topic} holds {n} records, not --events {self.a.events}")
         with self.conn() as c:
             n, keys, vsum = c.execute(sql.SQL(
                 "SELECT (SELECT count(*) FROM {s}), count(*), sum(v) FROM (SELECT max(aggregate_version) v "
@@ -255,7 +288,8 @@ class Bench:
         logpath = os.path.join(self.a.work_dir, f"{self.a.run_id}-{system}-{rep}.log")
         f = open(logpath, "w")
         t0 = time.time()
-        p = subprocess.Popen(cmd, env=self.env(table, group, appname), stdout=f, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, env=self.env(table, group, appname), stdout=f, stderr=subprocess.STDOUT,
+                             preexec_fn=die_with_parent)
         f.close()
         p.logpath = logpath
         p.appname = appname
@@ -375,6 +409,8 @@ class Bench:
             cpu = proc_cpu_s(p.pid)
         # SIGTERM: it writes the rest of the batch in hand, one event at a time.
         applied, stale, _ = self.stop(p)
+        if applied is None:
+            raise RuntimeError(f"bench_apply_row printed no 'applied, stale' summary; see {p.logpath}")
         with self.conn() as c:
             t_last = self.last_write(c, t)
         if capped:
@@ -415,6 +451,9 @@ def main():
     a = ap.parse_args()
     if not re.fullmatch(r"[a-z0-9_]{1,40}", a.run_id):
         ap.error("--run-id: lower-case letters, digits, _ (at most 40)")
+    for k in ("events", "reps", "batch", "row_max_events"):
+        if getattr(a, k) < 1:
+            ap.error(f"--{k.replace('_', '-')} must be at least 1")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     b = Bench(a)
@@ -440,7 +479,8 @@ def main():
     # exposed to the shared machine's load swings than the ratio of medians.
     med["apply_vs_sql_limit_rep_median"] = round(statistics.median(
         r["apply"]["events_per_s"] / r["sql_limit"]["events_per_s"] for r in reps), 3)
-    med["apply_rows_vs_sql_limit"] = round(median([r["apply"]["rows_per_s"] for r in reps]) / med["sql_limit"], 3)
+    rows = [r["apply"]["rows_per_s"] for r in reps if r["apply"]["rows_per_s"] is not None]
+    med["apply_rows_vs_sql_limit"] = round(median(rows) / med["sql_limit"], 3) if len(rows) == len(reps) else None
     med["apply_vs_row"] = round(med["apply"] / med["apply_row"], 2)
     out = {"events": a.events, "batch": a.batch, "reps": reps, "median": med,
            "statement_matches_apply": b.stmt_checked,

@@ -5,6 +5,7 @@ judged on medians, reported and never asserted.
 `report.py --verdicts A.json B.json C.json` prints the targets of several runs
 side by side (issue 18: the same verdicts on three consecutive runs).
 """
+import statistics
 
 NAMES = {"limit_wal2json": "decoding limit, wal2json (slot reader: receive + ack)",
          "outboxd": "outboxd, decoder = wal2json",
@@ -30,31 +31,57 @@ def med(sp, digits=0, rng=True):
     return f"{fmt(sp['median'], digits)} ({fmt(sp['min'], digits)} - {fmt(sp['max'], digits)})"
 
 
+def unbounded(ratios, section, system):
+    """Repetitions in which `system` outran its decoding limit: no verdict against it."""
+    return [b["rep"] for b in ratios["limit_is_upper_bound"]
+            if b["section"] == section and b["system"] == system and not b["bounded"]]
+
+
+def steps_unjudgeable(e):
+    """Why a latency entry gives no verdict: not measured, or not every repetition valid
+    (a median over the valid subset is a different, kinder figure)."""
+    if not e or not e.get("reps"):
+        return "not measured (no 10k events/s step in --rates)"
+    if e["valid"] < e["reps"]:
+        return f"only {e['valid']} of {e['reps']} steps valid (generator lagged)"
+    return None
+
+
 def targets(r):
     s, ratios = r["summary"], r["summary"]["ratios"]
     out = []
+    restarted = r.get("environment", {}).get("services_restarted_during_run")
 
-    def add(name, value, ok, detail, kind="target"):
+    def add(name, value, ok, detail, kind="target", why_not=None):
+        # A target whose figure is not valid gets no verdict, never "met".
+        if kind != "validity" and restarted:
+            why_not = f"run not valid: {', '.join(restarted)} restarted during it"
+        if why_not:
+            ok, detail = None, f"NO VERDICT, {why_not}; {detail}"
         out.append({"target": name, "value": value, "met": None if ok is None else bool(ok), "detail": detail,
-                    "kind": kind})
+                    "kind": kind, "invalid": bool(why_not)})
 
     lat = s["latency"]
     o10 = lat.get("outboxd", {}).get("r10k", {})
+    d10 = lat.get("debezium", {}).get("r10k", {})
     p99 = (o10.get("p99_ms") or {}).get("median")
     add("p99 commit-to-append <= 5 ms at 10k events/s", f"{fmt(p99, 1)} ms", p99 is not None and p99 <= 5,
         f"outboxd, median of {o10.get('valid', 0)} valid of {o10.get('reps', 0)} steps; p50 "
-        f"{med(o10.get('p50_ms'), 1, False)} ms")
+        f"{med(o10.get('p50_ms'), 1, False)} ms", why_not=steps_unjudgeable(o10))
     x = ratios["drain_outboxd_vs_wal2json_limit"]
+    bad = unbounded(ratios, "drain", "outboxd")
     add("drain >= 0.95x the decoding limit", f"{fmt(x.get('median'), 2)}x", x.get("median") and x["median"] >= 0.95,
-        f"outboxd (wal2json) / slot reader on wal2json, steady events/s, per repetition {x['per_rep']}")
+        f"outboxd (wal2json) / slot reader on wal2json, steady events/s, per repetition {x['per_rep']}",
+        why_not=bad and f"the limit was not an upper bound in repetition(s) {bad}")
     x = ratios["drain_outboxd_vs_debezium"]
     add(">= 5x Debezium's events/s", f"{fmt(x.get('median'), 2)}x", x.get("median") and x["median"] >= 5,
         f"steady drain, per repetition {x['per_rep']}; outboxd on pgoutput (Debezium's plugin): "
         f"{fmt(ratios['drain_outboxd_pgoutput_vs_debezium'].get('median'), 2)}x")
     x = ratios.get("p99_10k_debezium_vs_outboxd")
-    d10 = lat.get("debezium", {}).get("r10k", {})
+    why = steps_unjudgeable(o10) or steps_unjudgeable(d10)
     add(">= 20x lower p99 than Debezium at 10k/s", f"{fmt(x, 1)}x", x is not None and x >= 20,
-        f"Debezium p99 {med(d10.get('p99_ms'), 1)} ms vs outboxd {med(o10.get('p99_ms'), 1)} ms (medians of valid steps)")
+        f"Debezium p99 {med(d10.get('p99_ms'), 1)} ms vs outboxd {med(o10.get('p99_ms'), 1)} ms (medians of valid steps)",
+        why_not=why and f"outboxd or Debezium: {why}")
     x = ratios["memory_debezium_vs_outboxd"]
     m = r["memory"]
     add(">= 20x less memory", f"{fmt(x, 1)}x", x >= 20,
@@ -70,8 +97,10 @@ def targets(r):
         f"batch, so it writes fewer rows than events); "
         f"row-at-a-time consumer {fmt(ap.get('apply_row'))} ev/s ({fmt(ap.get('apply_vs_row'), 1)}x slower than apply)")
     x = ratios["drain_outboxd_pgoutput_vs_pgoutput_limit"]
+    bad = unbounded(ratios, "drain", "outboxd_pgoutput")
     add("drain, decoder = pgoutput, vs pgoutput's limit (issue 14: >= 0.9x)", f"{fmt(x.get('median'), 2)}x",
-        x.get("median") and x["median"] >= 0.9, f"per repetition {x['per_rep']}", kind="related")
+        x.get("median") and x["median"] >= 0.9, f"per repetition {x['per_rep']}", kind="related",
+        why_not=bad and f"the limit was not an upper bound in repetition(s) {bad}")
     for key, label in (("messages_outboxd_vs_wal2json_limit", "message outbox drain vs wal2json's limit"),
                        ("messages_outboxd_pgoutput_vs_pgoutput_limit", "message outbox drain, pgoutput, vs its limit")):
         x = ratios[key]
@@ -86,6 +115,23 @@ def targets(r):
             add(f"{sysname} at {rate[1:]}/s: load generator held its rate", f"{e['valid']} of {e['reps']} steps",
                 e["valid"] == e["reps"], f"lag max per step {med(e['loadgen_lag_max_ms'], 2)} ms "
                 f"(invalid above {r['params']['max_loadgen_lag_ms']} ms)", kind="validity")
+            add(f"{sysname} at {rate[1:]}/s: every event arrived exactly once", f"{e['missing']} missing, "
+                f"{e['duplicates']} duplicates", not e["missing"] and not e["duplicates"],
+                "read back from the step's topic by event id", kind="validity")
+    # A drain rate divides the backlog by a time span: only right if the topic
+    # holds exactly the backlog (not fewer, not duplicates).
+    wrong = [f"{sec} {label}: {row['records_in_topic']:,}" for sec in ("drain", "messages")
+             for label, row in r.get(sec, {}).items()
+             if "records_in_topic" in row and row["records_in_topic"] != row["events"]]
+    add("every drain topic holds exactly the backlog", f"{len(wrong)} wrong", not wrong,
+        "; ".join(wrong) + f" records, not {r['params']['backlog_rows']:,}" if wrong else "yes", kind="validity")
+    reps = r["params"].get("reps", 0)
+    add("every figure from >= 3 repetitions", f"{reps}", reps >= 3, "issue 18: median of 3; with fewer the "
+        "median is one run's figure", kind="validity")
+    busy = r.get("environment", {}).get("cpu_busy_at_start")
+    add("machine quiet before the run (CPU busy <= 25 %)", f"{fmt(busy * 100 if busy is not None else None)} %",
+        None if busy is None else busy <= 0.25, "both cores, 2 s before the first phase; other work on the "
+        "cores shows up in every figure", kind="validity")
     return out
 
 
@@ -136,7 +182,7 @@ def tables(r):
                                  ("apply", "outboxd apply", "first to last row applied"),
                                  ("apply_row", "row-at-a-time consumer (the article's)", "one upsert + commit per event")):
             xs = [rep[k]["events_per_s"] for rep in ap["reps"] if rep.get(k)]
-            sp = {"min": min(xs), "median": sorted(xs)[len(xs) // 2], "max": max(xs)} if xs else None
+            sp = {"min": min(xs), "median": statistics.median(xs), "max": max(xs)} if xs else None
             t.append(f"| {label} | {med(sp)} | {detail} |")
         t.append("")
     m = r["memory"]
@@ -152,8 +198,10 @@ def tables(r):
     t.append("|---|---:|---|---|")
     for x in r["targets"]:
         verdict = "n/a" if x["met"] is None else ("met" if x["met"] else "**not met**")
+        if x.get("invalid"):
+            verdict = "**no verdict**"
         if x["kind"] == "validity":
-            verdict = "ok" if x["met"] else "**no**"
+            verdict = "n/a" if x["met"] is None else "ok" if x["met"] else "**no**"
         t.append(f"| {x['target']} | {x['value']} | {verdict} | {x['detail']} |")
     return "\n".join(t)
 
@@ -169,7 +217,8 @@ def verdicts(results):
             x = next((y for y in r["targets"] if y["target"] == name), None)
             v = None if x is None else x["met"]
             vs.append(v)
-            cells.append("n/a" if x is None else f"{x['value']} {'met' if v else 'n/a' if v is None else 'NOT MET'}")
+            word = "NO VERDICT" if x and x.get("invalid") else "met" if v else "n/a" if v is None else "NOT MET"
+            cells.append("n/a" if x is None else f"{x['value']} {word}")
         t.append(f"| {name} | " + " | ".join(cells) + f" | {'yes' if len(set(vs)) == 1 else '**no**'} |")
     return "\n".join(t)
 
@@ -234,7 +283,7 @@ def plot(r, path):
             xs_ = sorted(rep[k]["events_per_s"] for rep in ap["reps"] if rep.get(k))
             if not xs_:
                 continue
-            v = xs_[len(xs_) // 2]
+            v = statistics.median(xs_)
             ax3.bar(i, v, 0.6, color=c, yerr=[[v - xs_[0]], [xs_[-1] - v]], capsize=2)
             ax3.text(i, v * 1.02, f"{v / 1000:.1f}k", ha="center", va="bottom", fontsize=8)
         ax3.set_xticks(range(len(keys)))
@@ -254,11 +303,20 @@ def limits_text(r):
     d = s["drain"]
     lw = (d.get("limit_wal2json") or {}).get("steady_events_per_s") or {}
     dz = (d.get("debezium") or {}).get("steady_events_per_s") or {}
+    x = ratios["drain_outboxd_vs_wal2json_limit"].get("median")
+    bad = unbounded(ratios, "drain", "outboxd")
+    # Only a drain at the limit is the machine's figure; below it, the gap is outboxd's.
+    if bad:
+        why = (f"in repetition(s) {bad} outboxd outran it, so in this run it is not an upper bound and the "
+               f"drain ratio says nothing")
+    elif x is not None and x >= 0.95:
+        why = "so its drain figure is the slot's decoding rate on this machine, not a property of outboxd"
+    else:
+        why = "below the limit: the gap is outboxd's own cost, not the machine's"
     out.append(
         f"- **Drain.** One slot is decoded by one walsender process on one core: the slot reader, which does "
         f"nothing but receive, reached {fmt(lw.get('median'))} events/s on wal2json (median). outboxd drained at "
-        f"{fmt(ratios['drain_outboxd_vs_wal2json_limit'].get('median'), 2)}x that, so its drain figure is the "
-        f"slot's decoding rate on this machine, not a property of outboxd; a faster core moves both. The "
+        f"{fmt(x, 2)}x that; {why}. A faster core moves the limit. The "
         f"Debezium ratio is bounded the same way: outboxd cannot drain faster than the slot decodes, so "
         f"outboxd / Debezium <= limit / Debezium = "
         f"{fmt(lw['median'] / dz['median'] if lw.get('median') and dz.get('median') else None, 2)}x here. "
@@ -286,7 +344,8 @@ def limits_text(r):
     if ap:
         out.append(
             f"- **Apply.** The write limit ({fmt(ap.get('sql_limit'))} events/s) is PostgreSQL's rate for apply's "
-            f"own statement on this machine; outboxd apply's ratio to it ({fmt(ap.get('apply_vs_sql_limit'), 2)}x) "
+            f"own statement on this machine; outboxd apply's ratio to it "
+            f"({fmt(ap.get('apply_vs_sql_limit_rep_median'), 2)}x, median of the per-repetition ratios) "
             f"is outboxd's, the absolute figure is the machine's.")
     out.append(
         "- **Memory** is not a machine limit: both relays' peaks are set by their own buffers (outboxd's "
@@ -294,8 +353,19 @@ def limits_text(r):
     return "\n".join(out)
 
 
+COMPARABLE = ("backlog_rows", "payload_pad_bytes", "rates", "step_seconds", "reps", "max_loadgen_lag_ms")
+
+
 def consecutive(results):
-    """The verdicts of the given full runs (oldest first), side by side."""
-    if len(results) < 2:
-        return "Only this run so far."
-    return verdicts(results)
+    """The verdicts of the given full runs (oldest first, the last is this run), side
+    by side: only runs with this run's parameters (a --reps 1 or --rows 1000 smoke run
+    is no repetition of it), the last three of them."""
+    key = [results[-1]["params"].get(k) for k in COMPARABLE]
+    same = [x for x in results if [x["params"].get(k) for k in COMPARABLE] == key][-3:]
+    note = ""
+    if len(same) < len(results):
+        note = (f"\n\n{len(results) - len(same)} other run(s) left out: other parameters "
+                f"({', '.join(COMPARABLE)}) or older than the last three.")
+    if len(same) < 2:
+        return "Only this run so far with these parameters." + note
+    return verdicts(same) + note
