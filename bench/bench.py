@@ -253,8 +253,12 @@ class Bench:
 
     def cleanup(self):
         if self.lg is not None and self.lg.poll() is None:
-            self.lg.kill()
-            self.lg.wait()
+            self.lg.terminate()  # apply_bench.py cleans up on SIGTERM
+            try:
+                self.lg.wait(30)
+            except subprocess.TimeoutExpired:
+                self.lg.kill()
+                self.lg.wait()
         for p in self.procs:
             try:
                 p.stop(timeout=20)
@@ -472,7 +476,8 @@ class Bench:
         t_ready = self.wait_streaming(p, slot)
         log(f"{system}: streaming after {t_ready:.1f} s; warm-up {self.a.warmup} s at 1k/s")
         if self.a.warmup > 0:
-            lg = self.run_loadgen("warm", base, 1000, self.a.warmup, os.path.join(self.outdir, f"{system}-warm.commits"))
+            lg = self.lg = self.run_loadgen("warm", base, 1000, self.a.warmup,
+                                            os.path.join(self.outdir, f"{system}-warm.commits"))
             out, err = lg.communicate()
             if lg.returncode != 0:
                 raise RuntimeError(f"load generator failed ({lg.returncode}): {err[-2000:]}")
@@ -690,6 +695,12 @@ def main():
                     help="an outboxd binary to measure, under LABEL (repeat for A/B: old=... new=...)")
     ap.add_argument("--rounds", type=int, default=1, help="A/B mode: rounds of every binary, alternating")
     a = ap.parse_args()
+    # Rows are written in transactions of 1000 and rates divide by --rows;
+    # step ids are base + rep * 10 + rate index.
+    if a.rows < 1000 or a.rows % 1000:
+        ap.error("--rows: a positive multiple of 1000")
+    if not 1 <= a.reps <= 9 or not 1 <= len(a.rates) <= 9 or len(set(a.rates)) != len(a.rates) or min(a.rates) <= 0:
+        ap.error("--reps 1-9, --rates 1-9 distinct positive rates")
     if not set(a.only) <= set(SYSTEMS):
         ap.error(f"--only: unknown system in {a.only}")
     if ab_mode(a):

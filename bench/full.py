@@ -129,10 +129,13 @@ class FullBench(Bench):
                "--source-table", self.table, "--run-id", self.id, "--work-dir", self.outdir,
                "--reps", str(self.reps)]
         log("apply: write limit from SQL, outboxd apply, row-at-a-time (bench/apply_bench.py)")
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=1800)
+        # Popen + self.lg: a Ctrl-C reaches it as SIGTERM (cleanup), so it
+        # drops its tables and stops its consumers itself.
+        r = self.lg = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        out, _ = r.communicate(timeout=1800)
         if r.returncode != 0:
             raise RuntimeError(f"bench/apply_bench.py failed ({r.returncode})")
-        self.res["apply"] = json.loads(r.stdout)
+        self.res["apply"] = json.loads(out)
 
     # ------------------------------------------------------------ summaries
     def summarize(self):

@@ -230,7 +230,7 @@ def main():
         if "summary" in x and "targets" in x and path != os.path.abspath(a.result):
             runs.append(x)
     subst.update(REPS=r["params"]["reps"], LIMITS=report_full.limits_text(r),
-                 CONSECUTIVE=report_full.consecutive((runs + [r])[-3:]))
+                 CONSECUTIVE=report_full.consecutive(runs + [r]))
     for k, val in subst.items():
         doc = doc.replace("{{" + k + "}}", str(val))
     with open(a.doc, "w") as f:

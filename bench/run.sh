@@ -75,6 +75,10 @@ cleanup() {
     [ "$left" = 0 ] || say "WARNING: slots ${RUN_ID}_* still present (active?): drop them by hand"
     psql "$APP" -qAt -c "DROP PUBLICATION IF EXISTS ${RUN_ID}_pub; DROP PUBLICATION IF EXISTS ${RUN_ID}_opub; DROP TABLE IF EXISTS ${RUN_ID}_outbox" \
         >/dev/null 2>&1 || true
+    # bench/apply_bench.py's tables, should it have been killed.
+    psql "$APP" -qAt -c "SELECT format('DROP TABLE IF EXISTS %I', tablename) FROM pg_tables
+                         WHERE tablename LIKE '${RUN_ID}\_%' AND tablename <> '${RUN_ID}_outbox'" 2>/dev/null |
+        psql "$APP" -qAt >/dev/null 2>&1 || true
     if [ -n "$PRIVATE" ] && [ -n "${STARTED_PRIVATE:-}" ]; then
         scripts/services.sh down >&2 || true
     fi
@@ -91,6 +95,12 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
     say "installing matplotlib (plots)"
     pip install -q matplotlib || pip install -q --break-system-packages matplotlib
 fi
+
+# One run at a time per services directory: runs share the services, and a
+# second run's cleanup or stale-object sweep would hit the first's objects.
+mkdir -p "$RESULTS"
+exec 9>"$RESULTS/.lock-$(echo "${OBX_RUN_DIR:-/tmp/outboxd-run}" | tr / _)"
+flock -n 9 || { say "another bench/run.sh is running on these services (lock $RESULTS/.lock-*)"; exit 1; }
 
 say "building outboxd (incremental)"
 [ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOBX_WERROR=ON >/dev/null
