@@ -91,7 +91,7 @@ static int parse_args(int argc, char **argv, lg_args_t *a)
         {"out", required_argument, NULL, 'o'},     {"connections", required_argument, NULL, 'c'},
         {NULL, 0, NULL, 0}};
     /* loadgen.py's defaults for batch and pad. */
-    *a = (lg_args_t){.step = -1, .rate = -1, .seconds = -1, .batch = 1, .pad = 600, .conns = 4};
+    *a = (lg_args_t){.step = -1, .rate = -1, .seconds = -1, .batch = 1, .pad = 600, .conns = 16};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
