@@ -163,6 +163,7 @@ class Bench:
         self.topic_id = a.run_id.replace("_", "-")
         self.app = f"host=127.0.0.1 port={a.pg_port} dbname=app user=app password=app"
         self.rel = f"host=127.0.0.1 port={a.pg_port} dbname=app user=outboxd password=outboxd"
+        self.super = f"host=127.0.0.1 port={a.pg_port} dbname=app user=postgres"  # CHECKPOINT only
         self.table = f"{self.id}_outbox"
         self.pub = f"{self.id}_pub"
         self.opub = f"{self.id}_opub"  # outboxd's own (decoder = pgoutput), as outboxd creates it
@@ -185,7 +186,7 @@ class Bench:
                     "drain": {}, "latency": {}, "memory": {}}
 
     def batch_for(self, rate):
-        return 1 if rate <= 2000 else 10
+        return 1 if rate <= 2000 else 10 if rate <= 10000 else 30
 
     def sql(self, dsn, q, args=None, fetch=False):
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -358,6 +359,7 @@ class Bench:
             FROM generate_series(t * 1000, t * 1000 + 999) g;
           COMMIT; END LOOP; END $$""")
         end_lsn = self.sql(self.rel, "SELECT pg_current_wal_lsn()::text", fetch=True)[0][0]
+        self.sql(self.super, "CHECKPOINT")  # not during the drains
         log(f"backlog written in {time.time() - t:.1f} s, end LSN {end_lsn}")
         return end_lsn
 
@@ -488,6 +490,10 @@ class Bench:
                 name = self.step_name(rate, rep)
                 commits = os.path.join(self.outdir, f"{system}-{name}.commits")
                 log(f"{system}: {rate} events/s for {self.a.seconds} s (repetition {rep})")
+                # A checkpoint forced now rather than one due mid-step: a 30k/s
+                # step writes ~0.3 GB of WAL, and max_wal_size's checkpoint
+                # stalled commits for 100-150 ms (the generator's lag showed it).
+                self.sql(self.super, "CHECKPOINT")
                 cpu0, load0, ticks0 = p.cpu(), loadavg(), cpu_ticks()
                 lg = self.lg = self.run_loadgen(name, base + rep * 10 + i, rate, self.a.seconds, commits)
                 while lg.poll() is None:
@@ -675,7 +681,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions of every figure (full run)")
     ap.add_argument("--max-lag-ms", type=float, default=5.0,
                     help="a latency step whose load generator lagged more than this behind schedule is invalid")
-    ap.add_argument("--connections", type=int, default=4, help="load generator connections")
+    ap.add_argument("--connections", type=int, default=16,
+                    help="load generator connections (16 absorb the server's short commit stalls)")
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--xmx", default="512m")
     ap.add_argument("--pg-port", type=int, default=55432)

@@ -47,9 +47,6 @@ class FullBench(Bench):
         self.res["params"].update(reps=a.reps, max_loadgen_lag_ms=a.max_lag_ms, loadgen_connections=a.connections)
         self.res.update(drain={}, messages={}, latency={}, memory={}, apply=None)
 
-    def batch_for(self, rate):
-        return 1 if rate <= 2000 else 10
-
     @staticmethod
     def label(system, rep):
         return f"{system}-{rep}"
@@ -92,6 +89,7 @@ class FullBench(Bench):
             FROM generate_series(t * 1000, t * 1000 + 999) g;
           COMMIT; END LOOP; END $$""")
         end_lsn = self.sql(self.rel, "SELECT pg_current_wal_lsn()::text", fetch=True)[0][0]
+        self.sql(self.super, "CHECKPOINT")
         log(f"message backlog written in {time.time() - t:.1f} s, end LSN {end_lsn}")
         return end_lsn
 

@@ -44,6 +44,12 @@ def machine_info(pg_port):
             "kernel": platform.release(), "os": sh("sh", "-c", ". /etc/os-release && echo $PRETTY_NAME")}
 
 
+def debezium_version():
+    with open(os.path.join(HERE, "debezium", "pom.xml")) as f:
+        m = re.search(r"<version.debezium>([^<]+)</version.debezium>", f.read())
+    return m.group(1) if m else "?"
+
+
 def versions(pg_port, java_cp):
     run_dir = os.environ.get("OBX_RUN_DIR", "/tmp/outboxd-run")
     kafka = sorted(glob.glob(os.path.join(run_dir, "kafka", "libs", "kafka_2.13-*.jar")))
@@ -59,7 +65,7 @@ def versions(pg_port, java_cp):
         "wal2json": sh("dpkg-query", "-W", "-f=${Version}", "postgresql-15-wal2json"),
         "librdkafka": sh("dpkg-query", "-W", "-f=${Version}", "librdkafka1"),
         "kafka_broker": re.sub(r".*kafka_2\.13-(.*)\.jar", r"\1", kafka[0]) if kafka else "?",
-        "debezium": "3.6.1.Final (embedded engine, PostgreSQL connector, pgoutput)",
+        "debezium": debezium_version() + " (embedded engine, PostgreSQL connector, pgoutput)",
         "debezium_kafka_clients": re.sub(r".*kafka-clients-(.*)\.jar", r"\1", clients[0]) if clients else "?",
         "pgjdbc": re.sub(r".*postgresql-(.*)\.jar", r"\1", pgjdbc[0]) if pgjdbc else "?",
         "java": java.replace('"', ""),
