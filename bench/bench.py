@@ -236,7 +236,7 @@ class Bench:
                        input=b"init\n", check=True, timeout=60)
 
     def topic_list(self):
-        aggs = ["drain", "warm"] + [self.rate_name(r) for r in self.a.rates]
+        aggs = ["drain", "warm"] + [self.step_name(r, 1) for r in self.a.rates]
         systems = ([u[0] for u in self.units] if self.ab else ["outboxd", "outboxd_pgoutput"] if self.a.decoders
                    else ["outboxd", "debezium", "outboxd_pgoutput"])
         return [self.topic(s, g) for s in systems for g in aggs]
@@ -488,6 +488,10 @@ class Bench:
         for rep in range(1, reps + 1):
             for i, rate in enumerate(self.a.rates, start=1):
                 name = self.step_name(rate, rep)
+                # Latency needs the broker's append time: a topic the run did not
+                # create (LogAppendTime) would carry outboxd's own timestamp.
+                if self.topic(system, name) not in self.topics:
+                    raise RuntimeError(f"topic {self.topic(system, name)} was not created by the run")
                 commits = os.path.join(self.outdir, f"{system}-{name}.commits")
                 log(f"{system}: {rate} events/s for {self.a.seconds} s (repetition {rep})")
                 # A checkpoint forced now rather than one due mid-step: a 30k/s
