@@ -236,7 +236,7 @@ class Bench:
                        input=b"init\n", check=True, timeout=60)
 
     def topic_list(self):
-        aggs = ["drain", "warm"] + [self.step_name(r, 1) for r in self.a.rates]
+        aggs = ["drain", "lat"]
         systems = ([u[0] for u in self.units] if self.ab else ["outboxd", "outboxd_pgoutput"] if self.a.decoders
                    else ["outboxd", "debezium", "outboxd_pgoutput"])
         return [self.topic(s, g) for s in systems for g in aggs]
@@ -477,21 +477,25 @@ class Bench:
         p = self.start_debezium(slot, "latency") if debezium else self.start_outboxd(slot, "latency", system, binary)
         t_ready = self.wait_streaming(p, slot)
         log(f"{system}: streaming after {t_ready:.1f} s; warm-up {self.a.warmup} s at 1k/s")
+        # One topic for the warm-up and every step (the step is in each row's
+        # id): the first events of a new topic wait ~50 ms for its partitions'
+        # leaders, a one-time cost that is not steady latency. Latency needs the
+        # broker's append time, so it must be a topic the run created.
+        topic, total = self.topic(system, "lat"), 0
+        if topic not in self.topics:
+            raise RuntimeError(f"topic {topic} was not created by the run (LogAppendTime)")
         if self.a.warmup > 0:
-            lg = self.lg = self.run_loadgen("warm", base, 1000, self.a.warmup,
+            lg = self.lg = self.run_loadgen("lat", base, 1000, self.a.warmup,
                                             os.path.join(self.outdir, f"{system}-warm.commits"))
             out, err = lg.communicate()
             if lg.returncode != 0:
                 raise RuntimeError(f"load generator failed ({lg.returncode}): {err[-2000:]}")
-            self.wait_count(p, self.topic(system, "warm"), json.loads(out)["rows"], 120)
+            total = json.loads(out)["rows"]
+            self.wait_count(p, topic, total, 120)
         steps = self.res["latency"][system] = {}
         for rep in range(1, reps + 1):
             for i, rate in enumerate(self.a.rates, start=1):
                 name = self.step_name(rate, rep)
-                # Latency needs the broker's append time: a topic the run did not
-                # create (LogAppendTime) would carry outboxd's own timestamp.
-                if self.topic(system, name) not in self.topics:
-                    raise RuntimeError(f"topic {self.topic(system, name)} was not created by the run")
                 commits = os.path.join(self.outdir, f"{system}-{name}.commits")
                 log(f"{system}: {rate} events/s for {self.a.seconds} s (repetition {rep})")
                 # A checkpoint forced now rather than one due mid-step: a 30k/s
@@ -499,7 +503,7 @@ class Bench:
                 # stalled commits for 100-150 ms (the generator's lag showed it).
                 self.sql(self.super, "CHECKPOINT")
                 cpu0, load0, ticks0 = p.cpu(), loadavg(), cpu_ticks()
-                lg = self.lg = self.run_loadgen(name, base + rep * 10 + i, rate, self.a.seconds, commits)
+                lg = self.lg = self.run_loadgen("lat", base + rep * 10 + i, rate, self.a.seconds, commits)
                 while lg.poll() is None:
                     p.check()
                     p.mem()
@@ -509,7 +513,8 @@ class Bench:
                     raise RuntimeError(f"load generator failed ({lg.returncode}): {err[-2000:]}")
                 g = json.loads(out)
                 t_gen_end = time.time()
-                self.wait_count(p, self.topic(system, name), g["rows"], self.a.step_timeout, every=0.25)
+                total += g["rows"]
+                self.wait_count(p, topic, total, self.a.step_timeout, every=0.25)
                 catch_up = time.time() - t_gen_end
                 cpu = p.cpu() - cpu0
                 p.mem()
@@ -517,13 +522,18 @@ class Bench:
                 steps[name] = {"target_rate": rate, "rep": rep, "achieved_rate": g["achieved_rate"],
                                "rows": g["rows"], "rows_per_txn": g["batch"], "loadgen_lag_ms": lag,
                                "loadgen_commit_ms": g.get("commit_ms"),
-                               "valid": lag["max"] <= self.a.max_lag_ms,
+                               # p99, not max: a single commit stall of the
+                               # server (WAL fsync) lags the max on any
+                               # generator; it bunches a few ms of events, while
+                               # a p99 over the limit means the offered load
+                               # itself was not the rate.
+                               "valid": lag["p99"] <= self.a.max_lag_ms,
                                "catch_up_after_load_s": round(catch_up, 2), "cpu_s": round(cpu, 3),
                                "cpu_s_per_100k": round(cpu / g["rows"] * 1e5, 3), "machine_busy": busy_since(ticks0),
                                "loadavg_before": load0, "loadavg_after": loadavg(),
                                "_commits": commits, "_step": base + rep * 10 + i}
                 if not steps[name]["valid"]:
-                    log(f"{system} {name}: INVALID step, the load generator lagged {lag['max']} ms "
+                    log(f"{system} {name}: INVALID step, the load generator's p99 lag was {lag['p99']} ms "
                         f"(> {self.a.max_lag_ms} ms)")
         mem = p.mem()
         self.stop(p)
@@ -533,33 +543,41 @@ class Bench:
         self.drop_slot(slot)
 
     def latency_from_topic(self, system):
-        for name, st in self.res["latency"][system].items():
-            commit = {}
+        """One read of the system's latency topic; records go to their step by
+        the step number in their id (the warm-up's are counted apart)."""
+        steps = {st["_step"]: st for st in self.res["latency"][system].values()}
+        commit = {k: {} for k in steps}
+        for k, st in steps.items():
             with open(st.pop("_commits")) as f:
                 for line in f:
                     s, t = line.split()
-                    commit[int(s)] = float(t)
-            step = st.pop("_step")
-            lat, seen, dup, foreign = [], set(), 0, 0
-            for line in self.kafka.read(self.topic(system, name), "%T %h\n"):
-                ts, _, hdrs = line.rstrip("\n").partition(" ")
-                m = re.search(r"(?:^|,)id=([0-9a-f]{8})-0000-4000-8000-([0-9a-f]{12})", hdrs)
-                if not m or int(m.group(1), 16) != step:
-                    foreign += 1
-                    continue
-                seq = int(m.group(2), 16)
-                if seq in seen:
-                    dup += 1
-                    continue
-                seen.add(seq)
-                lat.append(int(ts) - commit[seq] * 1000)
-            lat.sort()
-            st.update(received=len(seen), missing=len(commit) - len(seen), duplicates=dup, unmatched=foreign)
+                    commit[k][int(s)] = float(t)
+        lat = {k: [] for k in steps}
+        seen = {k: set() for k in steps}
+        dup = dict.fromkeys(steps, 0)
+        foreign = 0
+        for line in self.kafka.read(self.topic(system, "lat"), "%T %h\n"):
+            ts, _, hdrs = line.rstrip("\n").partition(" ")
+            m = re.search(r"(?:^|,)id=([0-9a-f]{8})-0000-4000-8000-([0-9a-f]{12})", hdrs)
+            k = int(m.group(1), 16) if m else None
+            if k not in steps:
+                foreign += 1
+                continue
+            seq = int(m.group(2), 16)
+            if seq in seen[k]:
+                dup[k] += 1
+                continue
+            seen[k].add(seq)
+            lat[k].append(int(ts) - commit[k][seq] * 1000)
+        for k, st in steps.items():
+            xs = sorted(lat[k])
+            st.update(received=len(seen[k]), missing=len(commit[k]) - len(seen[k]), duplicates=dup[k])
             for q in (50, 95, 99):
-                v = percentile(lat, q)
+                v = percentile(xs, q)
                 st[f"p{q}_ms"] = round(v, 1) if v is not None else None
-            st["max_ms"] = round(lat[-1], 1) if lat else None
-            st["mean_ms"] = round(sum(lat) / len(lat), 1) if lat else None
+            st["max_ms"] = round(xs[-1], 1) if xs else None
+            st["mean_ms"] = round(sum(xs) / len(xs), 1) if xs else None
+        self.res["latency_topic_other_records"] = self.res.get("latency_topic_other_records", 0) + foreign
 
     # -------------------------------------------------------- A/B mode
     def drop_slot(self, name):
@@ -684,7 +702,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--reps", type=int, default=3, help="repetitions of every figure (full run)")
     ap.add_argument("--max-lag-ms", type=float, default=5.0,
-                    help="a latency step whose load generator lagged more than this behind schedule is invalid")
+                    help="a latency step in which the load generator sent more than 1 %% of its transactions more than "
+                         "this late (p99 lag) is invalid")
     ap.add_argument("--connections", type=int, default=16,
                     help="load generator connections (16 absorb the server's short commit stalls)")
     ap.add_argument("--warmup", type=float, default=5)

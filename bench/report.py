@@ -154,7 +154,7 @@ def full_params(r):
             f"{p['reps']} repetitions of everything; fixed rates {', '.join(f'{x:,}' for x in p['rates'])} events/s "
             f"for {p['step_seconds']:.0f} s each (rows per transaction: "
             f"{', '.join(f'{k}/s: {n}' for k, n in p['rows_per_txn'].items())}; load generator "
-            f"`build/bench_loadgen` on {p['loadgen_connections']} connections, a step is invalid when it lagged more "
+            f"`build/bench_loadgen` on {p['loadgen_connections']} connections, a step is invalid when its p99 lag was more "
             f"than {p['max_loadgen_lag_ms']} ms behind its schedule), after a {p['warmup_seconds']:.0f} s warm-up at "
             f"1k/s; {p['partitions']} partitions per topic; payload ~{p['payload_pad_bytes']} B of padding in a jsonb "
             f"object; machine CPU busy before the run {env.get('cpu_busy_at_start', 0) * 100:.0f} %")
