@@ -75,7 +75,9 @@ class FullBench(Bench):
             raise RuntimeError(f"Debezium did not deliver {n} records within {self.a.drain_timeout} s")
         cpu, mem = p.cpu(), p.mem()
         self.stop(p)
-        return self.drain_row(n, None, None, cpu, mem["VmHWM"], t_start=p.t_start)
+        row = self.drain_row(n, None, None, cpu, mem["VmHWM"], t_start=p.t_start)
+        row["peak_anon_mib"] = round(p.max_anon_kb / 1024, 1)
+        return row
 
     # ------------------------------------------------------------ backlogs
     def write_messages(self):
@@ -193,6 +195,12 @@ class FullBench(Bench):
             mem[system] = max(statistics.median(drains), self.res["memory"][system]["steady_peak_rss_mib"])
             self.res["memory"][system]["drain_peak_rss_mib"] = spread(drains)
         r["memory_debezium_vs_outboxd"] = round(mem["debezium"] / mem["outboxd"], 2)
+        anon = {}
+        for system in ("outboxd", "debezium"):
+            drains = [self.res["drain"][self.label(system, rep)]["peak_anon_mib"] for rep in range(1, self.reps + 1)]
+            anon[system] = max(statistics.median(drains), self.res["memory"][system]["steady_peak_anon_mib"])
+            self.res["memory"][system]["drain_peak_anon_mib"] = spread(drains)
+        r["private_memory_debezium_vs_outboxd"] = round(anon["debezium"] / max(anon["outboxd"], 0.1), 2)
         lat = s["latency"]
         p99 = {k: (lat[k].get("r10k", {}).get("p99_ms") or {}).get("median") for k in LATENCY_SYSTEMS}
         r["p99_10k_debezium_vs_outboxd"] = round(p99["debezium"] / p99["outboxd"], 2) if all(p99.values()) else None

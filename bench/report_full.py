@@ -88,6 +88,13 @@ def targets(r):
         f"peak RSS, the larger of median drain peak and fixed-rate peak: outboxd "
         f"{med(m['outboxd']['drain_peak_rss_mib'], 1)} / {m['outboxd']['steady_peak_rss_mib']} MiB, Debezium JVM "
         f"{med(m['debezium']['drain_peak_rss_mib'], 1)} / {m['debezium']['steady_peak_rss_mib']} MiB")
+    x = ratios.get("private_memory_debezium_vs_outboxd")
+    if x is not None:
+        add("private memory (anonymous RSS: heap, stacks), Debezium / outboxd", f"{fmt(x, 1)}x", None,
+            f"sampled peaks: outboxd {med(m['outboxd'].get('drain_peak_anon_mib'), 1)} MiB draining / "
+            f"{m['outboxd'].get('steady_peak_anon_mib')} MiB at fixed rates, Debezium "
+            f"{med(m['debezium'].get('drain_peak_anon_mib'), 1)} / {m['debezium'].get('steady_peak_anon_mib')} MiB; "
+            "RSS also counts shared-library pages (13 MiB of outboxd's 16 at rest)", kind="related")
     ap = (r.get("apply") or {}).get("median") or {}
     x = ap.get("apply_vs_sql_limit_rep_median")
     add("apply >= 0.8x the replica's write limit", f"{fmt(x, 2)}x", x is not None and x >= 0.8,
@@ -188,10 +195,12 @@ def tables(r):
         t.append("")
     m = r["memory"]
     t.append("**Relay memory** (peak RSS, MiB)\n")
-    t.append("| system | backlog drain, median (min - max) | fixed-rate steps | start to streaming s |")
-    t.append("|---|---:|---:|---:|")
+    t.append("| system | backlog drain, median (min - max) | fixed-rate steps | private (anonymous) memory: drain "
+             "/ fixed rates | start to streaming s |")
+    t.append("|---|---:|---:|---:|---:|")
     for sysname in ("outboxd", "debezium"):
         t.append(f"| {sysname} | {med(m[sysname]['drain_peak_rss_mib'], 1)} | {m[sysname]['steady_peak_rss_mib']} "
+                 f"| {med(m[sysname].get('drain_peak_anon_mib'), 1, False)} / {m[sysname].get('steady_peak_anon_mib')} "
                  f"| {m[sysname]['startup_to_streaming_s']} |")
     t.append("")
     t.append("**Targets of issue 18** (medians; reported, not asserted) **and the run's own checks**\n")
