@@ -103,8 +103,12 @@ class FullBench(Bench):
         self.res["params"][f"{section}_end_lsn"] = end_lsn
         out = self.res[section]
         for rep in range(1, self.reps + 1):
-            for s in systems:
+            # Rotated each repetition, so no system always runs first (right
+            # after the backlog's checkpoint or the JVM's exit).
+            k = (rep - 1) % len(systems)
+            for s in systems[k:] + systems[:k]:
                 slot, label = slots[(s, rep)], self.label(s, rep)
+                self.settle()
                 log(f"{section}, repetition {rep}: {s}")
                 load0 = loadavg()
                 if s.startswith("limit_"):
@@ -119,6 +123,18 @@ class FullBench(Bench):
         for label, row in out.items():
             if "_t_start" in row:
                 self.drain_from_topic(label, section, agg)
+
+    @staticmethod
+    def settle(busy_max=0.25, window=0.5, timeout=10.0):
+        """Waits (at most timeout s) until the machine's CPU use over a short
+        window drops below busy_max: the previous system's exit (a JVM,
+        Kafka flushing its log) must not fall into the next one's figures."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            t0 = cpu_ticks()
+            time.sleep(window)
+            if busy_since(t0) < busy_max:
+                return
 
     # ------------------------------------------------------------ apply
     def apply_phase(self):
