@@ -682,8 +682,14 @@ static void session_close(session_t *s, int final)
         if (left > 0) obx_warn("kafka_unflushed", "%d messages not acked; they will be re-sent after restart", left);
     }
     if (s->streaming) {
-        /* A current fence, so a clean stop confirms all that was acked. */
-        if (final && s->rels) check_relations(s, 1, &err);
+        /* A current fence, so a clean stop confirms all that was acked: the
+         * first check may only complete a mark taken earlier (a halt in the
+         * session's first second confirmed nothing past the slot's start);
+         * the second takes one now. */
+        if (final && s->rels) {
+            check_relations(s, 1, &err);
+            if (obx_txn_flush_lsn(s->p->core) > s->fence) check_relations(s, 1, &err);
+        }
         if (send_feedback(s, 1, &err) == 0 && final)
             obx_info("lsn_confirmed", "final confirmed flush LSN " OBX_LSN_FMT, OBX_LSN_ARGS(s->sent_flush));
         if (final) obx_repl_end(s->repl, &err);
