@@ -41,6 +41,8 @@ import time
 import psycopg
 from psycopg import sql
 
+from bench import Stop, on_signal  # noqa: E402 -- the harness's own, so a Ctrl-C ends both alike
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -63,14 +65,6 @@ META = ["source_version", "source_updated_at", "replicated_at"]
 
 def log(msg):
     print(f"[apply_bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Stop(Exception):
-    pass
-
-
-def on_signal(signum, _frame):
-    raise Stop(f"signal {signum}")
 
 
 def qi(name):

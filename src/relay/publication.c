@@ -252,23 +252,17 @@ int obx_publication_gone(PGconn *c, const obx_config_t *cfg, const char *old, ob
     obx_slot_info_t si;
     if (!c || PQstatus(c) != CONNECTION_OK || obx_publication_check(c, cfg, &exists, e, sizeof(e)) == OBX_EXIT_FAIL)
         return 0;
-    if (exists) {
-        /* There now and the slot too: it was missing as of the slot's pending
-         * changes (dropped, then created again by hand). */
-        if (obx_slot_inspect(c, cfg->slot_name, &si, e, sizeof(e)) != 0 || !si.exists) return 0;
-        obx_err_clear(err);
-        obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
-                    "publication \"%s\" did not exist as of changes slot %s still holds (%.600s): it was created again "
-                    "after them, and pgoutput reads the publication as of each change. Recover: outboxd slot drop, "
-                    "restart outboxd (a new slot), and re-emit current state with a snapshot",
-                    obx_config_publication(cfg), cfg->slot_name, old);
-        return 1;
-    }
+    /* There now and the slot too: it was missing as of the slot's pending
+     * changes (dropped, then created again by hand). */
+    if (exists && (obx_slot_inspect(c, cfg->slot_name, &si, e, sizeof(e)) != 0 || !si.exists)) return 0;
     obx_err_clear(err);
     obx_err_set(err, OBX_ERR_FATAL, OBX_EXIT_CONFIG,
-                "publication \"%s\" of slot %s is gone (%.600s): pgoutput cannot decode without it. Recover: outboxd "
-                "slot drop, restart outboxd (publication and slot are created anew), and re-emit current state with a "
-                "snapshot",
-                obx_config_publication(cfg), cfg->slot_name, old);
+                "publication \"%s\" %s%s%s (%.600s): %s. Recover: outboxd slot drop, restart outboxd (%s), and "
+                "re-emit current state with a snapshot",
+                obx_config_publication(cfg), exists ? "did not exist as of changes slot " : "of slot ", cfg->slot_name,
+                exists ? " still holds" : " is gone", old,
+                exists ? "it was created again after them, and pgoutput reads the publication as of each change"
+                       : "pgoutput cannot decode without it",
+                exists ? "a new slot" : "publication and slot are created anew");
     return 1;
 }
