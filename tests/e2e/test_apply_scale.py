@@ -182,7 +182,10 @@ def test_apply_processes_share_partitions_and_rebalance_under_load(harness, tmp_
     # The rebalances were the strategy's: eager revokes everything and
     # cooperative only what moves, so a process that stays keeps some.
     revokes = [l for p in live for l in p.lines if "revoked: group" in l]
-    assert revokes, "no process saw a revocation"
+    lost = sum(p.log().count("assignment_lost") for p in procs)
+    # With cooperative-sticky, librdkafka's #4059 (above) may take the
+    # partitions that move as a lost assignment rather than a revocation.
+    assert revokes or (kind == "incremental" and lost), "no process saw a revocation or a lost assignment"
     assert all(f"({kind})" in l for p in procs for l in p.lines if "assigned: group" in l or "revoked: group" in l)
     survivors = [l for l in revokes if "owns 0 partitions" not in l]
     if kind == "eager":
@@ -190,7 +193,6 @@ def test_apply_processes_share_partitions_and_rebalance_under_load(harness, tmp_
     else:
         assert len(survivors) == len(revokes), revokes
     dropped = sum(int(n) for p in procs for n in re.findall(r"(\d+) buffered events dropped", p.log()))
-    lost = sum(p.log().count("assignment_lost") for p in procs)
     record("apply scale-out under rebalances", strategy=strategy, events=len(messages), rows=len(src),
            offset_samples=len(sampler.samples), revocations=len(revokes), lost=lost, buffered_dropped=dropped,
            unready_samples=len(sampler.unready))
